@@ -1,0 +1,167 @@
+"""Settings from the environment, validated once, at the edges.
+
+Only the CLI, the server and the process-wide :func:`icn_mcp.db.get_db` read the
+environment; everything below them takes explicit arguments. A malformed value raises
+:class:`~icn_mcp.errors.ConfigError` naming the variable, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from icn_mcp.errors import ConfigError
+
+__all__ = ["Settings", "DEFAULT_DB_DIR", "DEFAULT_DB_FILENAME"]
+
+DEFAULT_DB_DIR = "./var"
+DEFAULT_DB_FILENAME = "icn-mcp.sqlite"
+
+#: Accepted spellings of booleans in the environment.
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+
+T = TypeVar("T")
+
+
+def _int(name: str, raw: str, *, minimum: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(name, raw, f"an integer >= {minimum}") from None
+    if value < minimum:
+        raise ConfigError(name, raw, f"an integer >= {minimum}")
+    return value
+
+
+def _float(name: str, raw: str, *, minimum: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(name, raw, f"a number >= {minimum:g}") from None
+    if not value >= minimum or value == float("inf"):  # also rejects NaN
+        raise ConfigError(name, raw, f"a finite number >= {minimum:g}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(name, raw, "one of 1/0, true/false, yes/no, on/off")
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().upper()
+    if value not in choices:
+        raise ConfigError(name, raw, "one of " + ", ".join(choices))
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every ``MCP_*`` setting icn-mcp understands, with its validated value."""
+
+    db_dir: Path = Path(DEFAULT_DB_DIR)
+    db_path: Path = Path(DEFAULT_DB_DIR) / DEFAULT_DB_FILENAME
+    #: None means the migrations shipped inside the package.
+    migrations_dir: Path | None = None
+    db_url: str | None = None
+    busy_timeout_ms: int = 30_000
+    synchronous: str = "NORMAL"
+    temp_store: str = "MEMORY"
+    cache_size_kib: int = 8 * 1024
+    journal_size_limit: int = 64 * 1024 * 1024
+    health_check_interval_s: float = 30.0
+    retries: int = 8
+    allow_missing_migrations: bool = False
+    allow_out_of_order_migrations: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read and validate the settings from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None:
+                return default
+            return parse(name, raw)
+
+        def path(name: str, raw: str) -> Path:
+            if not raw.strip():
+                raise ConfigError(name, raw, "a non-empty filesystem path")
+            if "\x00" in raw:
+                raise ConfigError(name, raw, "a path without NUL characters")
+            return Path(raw).expanduser()
+
+        db_dir = get("MCP_DB_DIR", path, Path(DEFAULT_DB_DIR))
+        db_path = get("MCP_DB_PATH", path, db_dir / DEFAULT_DB_FILENAME)
+        migrations_dir = get("MCP_MIGRATIONS_DIR", path, None)
+
+        db_url = env.get("MCP_DB_URL") or None
+        if db_url is not None and not db_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                "MCP_DB_URL", db_url, "unset (SQLite) or a postgresql:// URL"
+            )
+
+        values: dict[str, Any] = dict(
+            db_dir=db_dir,
+            db_path=db_path,
+            migrations_dir=migrations_dir,
+            db_url=db_url,
+            busy_timeout_ms=get(
+                "MCP_DB_BUSY_TIMEOUT_MS", lambda n, r: _int(n, r, minimum=0), 30_000
+            ),
+            synchronous=get(
+                "MCP_DB_SYNCHRONOUS",
+                lambda n, r: _choice(n, r, SYNCHRONOUS_MODES),
+                "NORMAL",
+            ),
+            temp_store=get(
+                "MCP_DB_TEMP_STORE", lambda n, r: _choice(n, r, TEMP_STORES), "MEMORY"
+            ),
+            cache_size_kib=get(
+                "MCP_DB_CACHE_SIZE_KIB", lambda n, r: _int(n, r, minimum=1), 8 * 1024
+            ),
+            journal_size_limit=get(
+                "MCP_DB_JOURNAL_SIZE_LIMIT",
+                lambda n, r: _int(n, r, minimum=-1),
+                64 * 1024 * 1024,
+            ),
+            health_check_interval_s=get(
+                "MCP_DB_HEALTH_CHECK_INTERVAL_S",
+                lambda n, r: _float(n, r, minimum=0),
+                30.0,
+            ),
+            retries=get("MCP_DB_RETRIES", lambda n, r: _int(n, r, minimum=0), 8),
+            allow_missing_migrations=get("MCP_MIGRATIONS_ALLOW_MISSING", _bool, False),
+            allow_out_of_order_migrations=get(
+                "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", _bool, False
+            ),
+            extra={k: v for k, v in env.items() if k.startswith("MCP_")},
+        )
+        return cls(**values)
+
+    def database_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`icn_mcp.db.Database` from these settings."""
+        return dict(
+            migrations_dir=self.migrations_dir,
+            busy_timeout_ms=self.busy_timeout_ms,
+            synchronous=self.synchronous,
+            temp_store=self.temp_store,
+            cache_size_kib=self.cache_size_kib,
+            journal_size_limit=self.journal_size_limit,
+            health_check_interval_s=self.health_check_interval_s,
+            retries=self.retries,
+            allow_missing_migrations=self.allow_missing_migrations,
+            allow_out_of_order_migrations=self.allow_out_of_order_migrations,
+        )

@@ -1,0 +1,676 @@
+"""Database: connections, pragmas, health checks, transactions and retry.
+
+One sqlite3 connection per thread (connections must not be shared between threads),
+opened in autocommit mode: this module issues ``BEGIN IMMEDIATE``/``COMMIT`` itself.
+Every connection the database opened is tracked, so :meth:`Database.close` closes all
+of them, in every thread. A child process created by ``fork`` never touches its
+parent's connections: they are set aside (not closed, which could disturb the
+parent's locks) and the child opens its own on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
+from icn_mcp.errors import (
+    BusyError,
+    DatabaseClosed,
+    DatabaseError,
+    DatabaseFileError,
+)
+
+__all__ = [
+    "Database",
+    "get_db",
+    "close_db",
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "DEFAULT_HEALTH_CHECK_INTERVAL_S",
+    "DEFAULT_RETRIES",
+]
+
+log = logging.getLogger("icn_mcp.db")
+
+T = TypeVar("T")
+
+DEFAULT_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_SYNCHRONOUS = "NORMAL"
+DEFAULT_TEMP_STORE = "MEMORY"
+DEFAULT_CACHE_SIZE_KIB = 8 * 1024
+DEFAULT_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+DEFAULT_HEALTH_CHECK_INTERVAL_S = 30.0
+#: Busy retries after the first attempt; with the defaults below they span ~10 s,
+#: on top of SQLite's own busy timeout for each attempt.
+DEFAULT_RETRIES = 8
+DEFAULT_RETRY_BASE_DELAY_S = 0.01
+DEFAULT_RETRY_MAX_DELAY_S = 2.0
+#: How long closing waits for other connections before giving up on the checkpoint.
+CLOSE_CHECKPOINT_TIMEOUT_MS = 1000
+
+_SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+_TEMP_STORE = {"DEFAULT": 0, "FILE": 1, "MEMORY": 2}
+
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """True for SQLITE_BUSY, SQLITE_LOCKED and their extended codes (BUSY_SNAPSHOT...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return False
+    return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+class _Connection:
+    """One thread's connection and when it was last checked."""
+
+    __slots__ = ("conn", "pid", "thread", "last_check", "identity")
+
+    def __init__(self, conn: sqlite3.Connection, identity: tuple[int, int]) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+        self.thread = weakref.ref(threading.current_thread())
+        self.last_check = time.monotonic()
+        self.identity = identity
+
+    def thread_alive(self) -> bool:
+        thread = self.thread()
+        return thread is not None and thread.is_alive()
+
+
+# Connections inherited across fork: kept referenced forever so that the child never
+# closes (and never checkpoints or unlocks) a connection that belongs to its parent.
+_inherited_after_fork: list[sqlite3.Connection] = []
+_open_databases: "weakref.WeakSet[Database]" = weakref.WeakSet()
+
+
+class Database:
+    """One SQLite database file, its connections, migrations and transactions.
+
+    Opening applies pending migrations (``migrate=False`` skips that). Use it as a
+    context manager, or call :meth:`close`. All arguments but ``path`` are keyword-only
+    and validated; defaults are the production settings documented in DESIGN.md.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        migrations_dir: str | os.PathLike[str] | None = None,
+        migrate: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
+        temp_store: str = DEFAULT_TEMP_STORE,
+        cache_size_kib: int = DEFAULT_CACHE_SIZE_KIB,
+        journal_size_limit: int = DEFAULT_JOURNAL_SIZE_LIMIT,
+        health_check_interval_s: float = DEFAULT_HEALTH_CHECK_INTERVAL_S,
+        retries: int = DEFAULT_RETRIES,
+        retry_base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S,
+        retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S,
+        allow_missing_migrations: bool = False,
+        allow_out_of_order_migrations: bool = False,
+    ) -> None:
+        synchronous = str(synchronous).upper()
+        temp_store = str(temp_store).upper()
+        _require(synchronous in _SYNCHRONOUS, "synchronous", synchronous, "one of " + ", ".join(_SYNCHRONOUS))
+        _require(temp_store in _TEMP_STORE, "temp_store", temp_store, "one of " + ", ".join(_TEMP_STORE))
+        _require(_is_int(busy_timeout_ms) and busy_timeout_ms >= 0, "busy_timeout_ms", busy_timeout_ms, "an integer >= 0")
+        _require(_is_int(cache_size_kib) and cache_size_kib > 0, "cache_size_kib", cache_size_kib, "an integer > 0")
+        _require(_is_int(journal_size_limit) and journal_size_limit >= -1, "journal_size_limit", journal_size_limit, "an integer >= -1")
+        _require(_is_int(retries) and retries >= 0, "retries", retries, "an integer >= 0")
+        _require(health_check_interval_s >= 0, "health_check_interval_s", health_check_interval_s, "a number >= 0")
+        raw_path = os.fspath(path)
+        _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
+
+        self.path = Path(os.path.abspath(raw_path))
+        self.migrations_dir = (
+            Path(migrations_dir) if migrations_dir is not None else _migrations.default_migrations_dir()
+        )
+        self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
+        self.temp_store = temp_store
+        self.cache_size_kib = cache_size_kib
+        self.journal_size_limit = journal_size_limit
+        self.health_check_interval_s = health_check_interval_s
+        self.retries = retries
+        self.retry_base_delay_s = retry_base_delay_s
+        self.retry_max_delay_s = retry_max_delay_s
+        self.allow_missing_migrations = allow_missing_migrations
+        self.allow_out_of_order_migrations = allow_out_of_order_migrations
+
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._connections: dict[int, _Connection] = {}
+        self._closed = False
+        self._file_error: DatabaseFileError | None = None
+        self._pid = os.getpid()
+        self._locks = KeyedLocks()
+        self._stats_lock = threading.Lock()
+        self._stats = {
+            "transactions": 0,
+            "busy_retries": 0,
+            "busy_exhausted": 0,
+            "connections_opened": 0,
+            "reconnects": 0,
+            "health_checks": 0,
+            "health_check_failures": 0,
+            "lock_waits": 0,
+        }
+
+        self._create_file()
+        _open_databases.add(self)
+        try:
+            self.connection()
+            if migrate:
+                self.migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- files and connections ------------------------------------------------------
+
+    def _create_file(self) -> None:
+        """Create the directory (0700) and an empty file (0600) so SQLite inherits them.
+
+        SQLite gives the -wal and -shm files the permissions of the database file.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create or open database file {self.path}: {exc.strerror}",
+                hint="check that the directory exists and is writable (MCP_DB_DIR / MCP_DB_PATH)",
+            ) from None
+
+    def _identity(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatabaseFileError(
+                str(self.path),
+                "was deleted",
+                hint="restore it (icn-mcp db restore) or restart to create a new, empty database",
+            ) from None
+        return (st.st_dev, st.st_ino)
+
+    def _check_identity(self, record: _Connection) -> None:
+        """Refuse to write into a file that is no longer the one at ``self.path``."""
+        error: DatabaseFileError | None = self._file_error
+        if error is None:
+            try:
+                identity = self._identity()
+            except DatabaseFileError as exc:
+                error = exc
+            else:
+                if identity == record.identity:
+                    return
+                error = DatabaseFileError(
+                    str(self.path),
+                    "was replaced by another file",
+                    hint="close and reopen the database (restart the process) to use the new file",
+                )
+            self._file_error = error
+            log.error("%s", error)
+        raise error
+
+    def _open_connection(self) -> _Connection:
+        identity = self._identity()
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,  # autocommit: we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # so close() can close it from any thread
+                timeout=self.busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
+        try:
+            self._with_retry(lambda: self._configure(conn))
+        except BaseException:
+            conn.close()
+            raise
+        conn.row_factory = sqlite3.Row
+        record = _Connection(conn, identity)
+        self._local.record = record
+        with self._registry_lock:
+            # Connections of threads that have ended are closed here, so a thread pool
+            # that replaces its threads does not accumulate open connections.
+            for key, other in list(self._connections.items()):
+                if not other.thread_alive() and other.pid == os.getpid():
+                    del self._connections[key]
+                    _close_quietly(other.conn)
+            self._connections[id(record)] = record
+        self._count("connections_opened")
+        return record
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        """Apply and read back every pragma; fail loudly on any that did not take."""
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if is_busy_error(exc):
+                raise
+            raise DatabaseError(
+                f"{self.path} cannot be used as an SQLite database: {exc}",
+                hint="is it an SQLite file? restore it from a backup or point MCP_DB_PATH elsewhere",
+            ) from None
+        if str(mode).lower() != "wal":
+            raise DatabaseError(
+                f"could not enable WAL journal mode on {self.path} (it stays {mode!r})",
+                hint="WAL needs a local filesystem that supports shared memory",
+            )
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute(f"PRAGMA temp_store = {self.temp_store}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA journal_size_limit = {int(self.journal_size_limit)}")
+        conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
+        expected = self.expected_pragmas()
+        actual = self.read_pragmas(conn)
+        for name, value in expected.items():
+            if actual[name] != value:
+                raise DatabaseError(
+                    f"PRAGMA {name} on {self.path} is {actual[name]!r} after setting it to {value!r}"
+                )
+
+    def expected_pragmas(self) -> dict[str, Any]:
+        """The value each pragma must read back as, in SQLite's own terms."""
+        return {
+            "journal_mode": "wal",
+            "busy_timeout": self.busy_timeout_ms,
+            "synchronous": _SYNCHRONOUS[self.synchronous],
+            "temp_store": _TEMP_STORE[self.temp_store],
+            "foreign_keys": 1,
+            "journal_size_limit": self.journal_size_limit,
+            "cache_size": -self.cache_size_kib,
+        }
+
+    @staticmethod
+    def read_pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
+        """The live values of the pragmas this module sets."""
+        names = ("journal_mode", "busy_timeout", "synchronous", "temp_store",
+                 "foreign_keys", "journal_size_limit", "cache_size")
+        values = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+        values["journal_mode"] = str(values["journal_mode"]).lower()
+        return values
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened, checked or reopened as needed."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path} is closed")
+        if self._file_error is not None:
+            raise self._file_error
+        record: _Connection | None = getattr(self._local, "record", None)
+        if record is None or record.pid != os.getpid():
+            record = self._open_connection()
+        elif time.monotonic() - record.last_check >= self.health_check_interval_s:
+            record = self._health_check(record)
+        return record.conn
+
+    def _record(self) -> _Connection:
+        self.connection()
+        return self._local.record
+
+    def _health_check(self, record: _Connection) -> _Connection:
+        """``SELECT 1``; on failure close and reopen this thread's connection."""
+        self._count("health_checks")
+        try:
+            record.conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            self._count("health_check_failures")
+            log.warning("database %s failed its health check (%s); reconnecting", self.path, exc)
+            self._discard(record)
+            record = self._open_connection()
+            self._count("reconnects")
+        self._check_identity(record)
+        record.last_check = time.monotonic()
+        return record
+
+    def _discard(self, record: _Connection) -> None:
+        with self._registry_lock:
+            self._connections.pop(id(record), None)
+        if getattr(self._local, "record", None) is record:
+            del self._local.record
+        _close_quietly(record.conn)
+
+    def check_health(self) -> dict[str, Any]:
+        """Probe the database now: ``{"ok", "latency_ms", "error"}`` (never raises)."""
+        started = time.perf_counter()
+        try:
+            record = self._record()
+            record.conn.execute("SELECT 1").fetchone()
+            self._check_identity(record)
+            record.last_check = time.monotonic()
+        except (sqlite3.Error, DatabaseError) as exc:
+            return {"ok": False, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": str(exc)}
+        return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": None}
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
+
+        Does not retry (a ``with`` block cannot be re-run); use
+        :meth:`run_in_transaction` for that.
+        """
+        record = self._record()
+        conn = record.conn
+        _refuse_nested(conn)
+        self._check_identity(record)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            _rollback(conn)
+            raise
+        _commit(conn)
+        self._stats["transactions"] += 1
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several reads (from the first read to the end).
+
+        Only for reads: a write inside it may fail with SQLITE_BUSY_SNAPSHOT; use
+        :meth:`write_transaction` or :meth:`run_in_transaction` to write.
+        """
+        conn = self.connection()
+        _refuse_nested(conn)
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            _rollback(conn)  # a read transaction has nothing to commit
+
+    def run_in_transaction(self, fn: Callable[[sqlite3.Connection], T], *, retries: int | None = None) -> T:
+        """``fn(conn)`` inside ``BEGIN IMMEDIATE``; the whole call retried when busy.
+
+        SQLITE_BUSY, SQLITE_LOCKED and their extended codes (SQLITE_BUSY_SNAPSHOT
+        among them) roll back and retry with exponential backoff and jitter, at most
+        ``retries`` times (default: the database's setting), then raise
+        :class:`BusyError`. ``fn`` may run more than once, so it must do nothing but
+        database work that the rollback undoes.
+        """
+        return self._with_retry(lambda: self._transaction_once(fn), retries=retries)
+
+    def _transaction_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        record = self._record()
+        conn = record.conn
+        _refuse_nested(conn)
+        self._check_identity(record)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            _rollback(conn)
+            raise
+        _commit(conn)
+        self._stats["transactions"] += 1
+        return result
+
+    def _with_retry(self, attempt: Callable[[], T], *, retries: int | None = None) -> T:
+        budget = self.retries if retries is None else retries
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not is_busy_error(exc):
+                    raise
+                if tries >= budget:
+                    self._count("busy_exhausted")
+                    raise BusyError(tries + 1, exc) from exc
+                tries += 1
+                self._count("busy_retries")
+                delay = min(self.retry_max_delay_s, self.retry_base_delay_s * (2 ** (tries - 1)))
+                log.debug("database busy (%s); retry %d/%d in %.3fs", exc, tries, budget, delay)
+                time.sleep(delay / 2 + random.uniform(0, delay / 2))
+
+    #: Used by migrations: re-run ``attempt`` (which opens its own transaction) when busy.
+    run_in_transaction_retrying = _with_retry
+
+    # -- locks ----------------------------------------------------------------------
+
+    def lock(self, key: str, *, timeout: float | None = None) -> KeyLock:
+        """An in-process keyed lock of this database (``with`` or ``async with``)."""
+        return self._locks(key, timeout=timeout)
+
+    def advisory_lock(
+        self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0, owner: str | None = None
+    ) -> AdvisoryLease:
+        """A lock shared by every process using this database, held for ``ttl_s``.
+
+        Waits up to ``wait_s`` for the current holder, then raises
+        :class:`~icn_mcp.errors.LockTimeout` naming the owner and the expiry.
+        """
+        return AdvisoryLease.acquire(self, name, ttl_s=ttl_s, wait_s=wait_s, owner=owner)
+
+    # -- migrations -----------------------------------------------------------------
+
+    def migration_files(self) -> list[_migrations.MigrationFile]:
+        return _migrations.discover(self.migrations_dir)
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; the versions applied by this call."""
+        return _migrations.apply(
+            self,
+            self.migration_files(),
+            allow_missing=self.allow_missing_migrations,
+            allow_out_of_order=self.allow_out_of_order_migrations,
+        )
+
+    def migration_plan(self) -> _migrations.MigrationPlan:
+        """Applied, pending, changed, missing and failed migrations; changes nothing."""
+        return _migrations.plan(self.connection(), self.migration_files())
+
+    def verify_migrations(self) -> _migrations.MigrationPlan:
+        """The plan, or the first problem that would stop start-up, raised."""
+        current = self.migration_plan()
+        problems = current.problems(
+            allow_missing=self.allow_missing_migrations,
+            allow_out_of_order=self.allow_out_of_order_migrations,
+        )
+        if problems:
+            raise problems[0]
+        return current
+
+    def dry_run_migrations(self) -> list[_migrations.DryRunResult]:
+        """Apply pending migrations in a transaction, roll back, report each."""
+        return _migrations.dry_run(self, self.migration_files())
+
+    def migration_history(self) -> list[_migrations.AppliedMigration]:
+        return list(_migrations.read_history(self.connection()).values())
+
+    # -- diagnostics and life cycle -------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self._stats[name] += 1
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters since opening, with constant keys (for metrics)."""
+        with self._stats_lock:
+            stats = dict(self._stats)
+        stats["lock_waits"] += self._locks.waits
+        with self._registry_lock:
+            stats["open_connections"] = len(self._connections)
+        return stats
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close every connection, in every thread.
+
+        Call it when no other thread is in a transaction. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        _open_databases.discard(self)
+        with self._registry_lock:
+            records = list(self._connections.values())
+            self._connections.clear()
+        self._local = threading.local()
+        mine = [r for r in records if r.pid == os.getpid()]
+        if mine and self._file_error is None:
+            conn = mine[0].conn
+            try:
+                if not conn.in_transaction:
+                    conn.execute(f"PRAGMA busy_timeout = {CLOSE_CHECKPOINT_TIMEOUT_MS}")
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    if busy:
+                        log.debug("checkpoint at close of %s was blocked by other connections", self.path)
+            except sqlite3.Error as exc:
+                log.debug("checkpoint at close of %s failed: %s", self.path, exc)
+        for record in mine:
+            _close_quietly(record.conn)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: set the parent's connections aside, open fresh ones."""
+        with self._registry_lock:
+            _inherited_after_fork.extend(r.conn for r in self._connections.values())
+            self._connections.clear()
+        self._local = threading.local()
+        self._registry_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._locks = KeyedLocks()
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Database {str(self.path)!r}{' closed' if self._closed else ''}>"
+
+
+def _require(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise DatabaseError(f"{name}={value!r} is not valid: expected {allowed}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse_nested(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        raise DatabaseError(
+            "a transaction is already open on this thread's connection; "
+            "nested transactions are not supported"
+        )
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the original error matters more
+            log.warning("rollback failed: %s", exc)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        # COMMIT can fail (disk full, I/O error); never leave the transaction open.
+        _rollback(conn)
+        raise
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error as exc:
+        log.debug("closing a connection failed: %s", exc)
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_open_databases):
+        db._forget_after_fork()
+    global _global_lock
+    _global_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    for db in list(_open_databases):
+        if db._pid == os.getpid():
+            db.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)
+
+
+# -- the process-wide database -----------------------------------------------------
+
+_global_lock = threading.Lock()
+_global_db: Database | None = None
+_global_checked_at = 0.0
+
+
+def get_db() -> Database:
+    """The process-wide database from the environment (``MCP_DB_*``).
+
+    Opened and migrated on first use; health-checked at most every
+    ``MCP_DB_HEALTH_CHECK_INTERVAL_S`` (30 s); closed and reopened when the check
+    fails, for instance after the file was replaced by another.
+    """
+    global _global_db, _global_checked_at
+    db = _global_db
+    if db is not None and not db.closed and db._pid == os.getpid():
+        if time.monotonic() - _global_checked_at < db.health_check_interval_s:
+            return db
+    with _global_lock:
+        db = _global_db
+        if db is not None and not db.closed and db._pid == os.getpid():
+            health = db.check_health()
+            _global_checked_at = time.monotonic()
+            if health["ok"]:
+                return db
+            if not db.path.exists():
+                # Recreating an empty database silently would hide the loss.
+                raise db._file_error or DatabaseFileError(str(db.path), "was deleted")
+            log.warning("reopening database %s: %s", db.path, health["error"])
+            db.close()
+        from icn_mcp.config import Settings  # config is read only at the edges
+
+        settings = Settings.from_env()
+        if settings.db_url is not None:
+            from icn_mcp.errors import ConfigError
+
+            raise ConfigError(
+                "MCP_DB_URL",
+                settings.db_url,
+                "unset: this version serves SQLite only (MCP_DB_PATH)",
+            )
+        _global_db = Database(settings.db_path, **settings.database_options())
+        _global_checked_at = time.monotonic()
+        return _global_db
+
+
+def close_db() -> None:
+    """Close the process-wide database (checkpointing its WAL); safe to call twice."""
+    global _global_db
+    with _global_lock:
+        if _global_db is not None:
+            _global_db.close()
+            _global_db = None

@@ -1,0 +1,723 @@
+"""Migrations: discover, checksum, plan, apply, verify, history.
+
+A migration is a file ``NNNN_description.sql``; its version is the file name without
+``.sql`` and files apply in sorted order. Each file runs statement by statement inside
+one ``BEGIN IMMEDIATE`` transaction together with its row in ``schema_migrations``, so
+a failing statement leaves no trace of the ones before it. (``executescript()`` is never
+used: on Python 3.11 it commits any open transaction first.)
+
+The checksum is the hex SHA-256 of the file's UTF-8 text with a leading BOM removed and
+CRLF/CR normalised to LF, so a checkout with different line endings is not a "change".
+
+A file whose first line is ``-- icn-mcp: no-transaction`` runs in autocommit mode,
+statement by statement, for the few statements SQLite refuses inside a transaction
+(VACUUM, ``PRAGMA journal_mode``, ``PRAGMA foreign_keys``). Such a file is not atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import socket
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from icn_mcp.db.timestamps import format_ts, utc_now
+from icn_mcp.errors import ChecksumMismatch, MigrationError
+
+if TYPE_CHECKING:
+    from icn_mcp.db.database import Database
+
+__all__ = [
+    "CHECKSUM_ALGORITHM",
+    "NO_TRANSACTION_MARKER",
+    "Statement",
+    "MigrationFile",
+    "AppliedMigration",
+    "FailedMigration",
+    "MigrationState",
+    "MigrationPlan",
+    "DryRunResult",
+    "default_migrations_dir",
+    "checksum",
+    "normalise",
+    "split_statements",
+    "discover",
+]
+
+log = logging.getLogger("icn_mcp.db.migrations")
+
+CHECKSUM_ALGORITHM = "sha256"
+NO_TRANSACTION_MARKER = "-- icn-mcp: no-transaction"
+HISTORY_TABLE = "schema_migrations"
+FAILURES_TABLE = "schema_migration_failures"
+
+#: ``0001_create_tasks.sql``: digits, underscore, a description of safe characters.
+MIGRATION_NAME = re.compile(r"^(?P<number>[0-9]+)_(?P<description>[A-Za-z0-9][A-Za-z0-9_.\-]*)\.sql$")
+
+# Statements SQLite refuses, or silently ignores, inside a transaction, and statements
+# that would end ours early. Matched against the statement with comments removed.
+_NOT_IN_TRANSACTION = re.compile(
+    r"""^(?:
+        VACUUM\b
+      | (?:BEGIN|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE)\b
+      | (?:ATTACH|DETACH)\b
+      | PRAGMA\s+(?:[A-Za-z_][A-Za-z0-9_]*\s*\.\s*)?
+            (?:journal_mode|foreign_keys|locking_mode|page_size|auto_vacuum|wal_checkpoint)\b
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+_HISTORY_COLUMNS = {
+    # Added in place to a table that has only the original (TypeScript) columns.
+    "description": "TEXT",
+    "checksum_algorithm": "TEXT NOT NULL DEFAULT 'sha256'",
+    "execution_ms": "REAL",
+    "applied_by": "TEXT",
+    "success": "INTEGER NOT NULL DEFAULT 1",
+}
+
+
+def default_migrations_dir() -> Path:
+    """The schema migrations shipped inside the package."""
+    return Path(str(resources.files("icn_mcp") / "migrations"))
+
+
+def normalise(raw: bytes) -> str:
+    """UTF-8 text without a leading BOM and with LF line endings."""
+    text = raw.decode("utf-8")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def checksum(raw: bytes) -> str:
+    """Hex SHA-256 of :func:`normalise` (``raw``) encoded as UTF-8."""
+    return hashlib.sha256(normalise(raw).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement of a migration file."""
+
+    index: int  # 1-based position in the file
+    line: int  # line of its first token
+    sql: str
+
+    @property
+    def first_line(self) -> str:
+        return _strip_comments(self.sql).splitlines()[0].strip() if _strip_comments(self.sql) else ""
+
+
+def _skip_comments(text: str, pos: int) -> int:
+    """Position of the first character at or after ``pos`` that is not space or comment."""
+    n = len(text)
+    while pos < n:
+        ch = text[pos]
+        if ch.isspace():
+            pos += 1
+        elif text.startswith("--", pos):
+            end = text.find("\n", pos)
+            pos = n if end < 0 else end + 1
+        elif text.startswith("/*", pos):
+            end = text.find("*/", pos + 2)
+            pos = n if end < 0 else end + 2
+        else:
+            break
+    return pos
+
+
+def _strip_comments(sql: str) -> str:
+    return sql[_skip_comments(sql, 0):].strip()
+
+
+def split_statements(text: str) -> list[Statement]:
+    """Split SQL text into statements, with the line on which each one starts.
+
+    Boundaries are the semicolons at which :func:`sqlite3.complete_statement` says the
+    text so far is complete, so semicolons inside strings, comments and trigger bodies
+    do not split. Comment-only chunks are dropped. Text left after the last statement
+    that is more than comments is an error.
+    """
+    statements: list[Statement] = []
+    start = 0
+    pos = 0
+    while True:
+        semi = text.find(";", pos)
+        if semi < 0:
+            break
+        chunk = text[start : semi + 1]
+        pos = semi + 1
+        if not sqlite3.complete_statement(chunk):
+            continue
+        first = _skip_comments(text, start)
+        if first < semi:  # more than comments before the semicolon
+            statements.append(
+                Statement(
+                    index=len(statements) + 1,
+                    line=text.count("\n", 0, first) + 1,
+                    sql=chunk.strip(),
+                )
+            )
+        start = pos
+    rest = _skip_comments(text, start)
+    if rest < len(text):
+        line = text.count("\n", 0, rest) + 1
+        raise ValueError(f"incomplete statement at line {line} (missing ';' at the end?)")
+    return statements
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """One ``NNNN_description.sql`` file and what it contains."""
+
+    version: str
+    description: str
+    path: Path
+    text: str
+    checksum: str
+
+    @property
+    def transactional(self) -> bool:
+        first = self.text.split("\n", 1)[0].strip()
+        return first.lower() != NO_TRANSACTION_MARKER
+
+    @cached_property
+    def statements(self) -> list[Statement]:
+        try:
+            statements = split_statements(self.text)
+        except ValueError as exc:
+            raise MigrationError(
+                f"migration {self.version} ({self.path}): {exc}", version=self.version
+            ) from None
+        if self.transactional:
+            for st in statements:
+                if _NOT_IN_TRANSACTION.match(_strip_comments(st.sql)):
+                    raise MigrationError(
+                        f"migration {self.version} ({self.path}) statement {st.index} "
+                        f"at line {st.line} cannot run inside the migration's "
+                        f"transaction: {st.first_line}",
+                        version=self.version,
+                        statement_index=st.index,
+                        line=st.line,
+                        statement=st.sql,
+                        hint=f"put '{NO_TRANSACTION_MARKER}' on the file's first line "
+                        "to run it outside a transaction (it is then not atomic), or "
+                        "remove the statement: each migration already runs in one "
+                        "transaction",
+                    )
+        return statements
+
+
+def discover(directory: Path | str) -> list[MigrationFile]:
+    """Every migration in ``directory``, in the order they apply.
+
+    Files that do not end in ``.sql`` are ignored. A ``.sql`` file whose name does not
+    match ``NNNN_description.sql``, or numbers of different widths (which would sort
+    ``0010`` before ``002``), are refused so that the order can never surprise.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MigrationError(
+            f"migrations directory {directory} does not exist or is not a directory",
+            hint="set MCP_MIGRATIONS_DIR to a directory of NNNN_description.sql files",
+        )
+    files: list[MigrationFile] = []
+    widths: dict[int, str] = {}
+    for path in sorted(directory.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".sql") or not path.is_file():
+            continue
+        match = MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise MigrationError(
+                f"migration file name {path.name!r} in {directory} does not match "
+                "NNNN_description.sql (digits, '_', then letters, digits, '_', '-', '.')"
+            )
+        widths.setdefault(len(match["number"]), path.name)
+        raw = path.read_bytes()
+        try:
+            text = normalise(raw)
+        except UnicodeDecodeError as exc:
+            raise MigrationError(
+                f"migration {path} is not valid UTF-8 (byte {exc.start})"
+            ) from None
+        files.append(
+            MigrationFile(
+                version=path.name[: -len(".sql")],
+                description=match["description"].replace("_", " "),
+                path=path,
+                text=text,
+                checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            )
+        )
+    if len(widths) > 1:
+        examples = ", ".join(sorted(widths.values()))
+        raise MigrationError(
+            f"migration numbers in {directory} have different widths ({examples}); "
+            "they would apply out of numeric order",
+            hint="zero-pad every number to the same width, e.g. 0001_, 0002_",
+        )
+    return files
+
+
+# -- history ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: str
+    checksum: str
+    applied_at: str
+    description: str | None = None
+    checksum_algorithm: str | None = CHECKSUM_ALGORITHM
+    execution_ms: float | None = None
+    applied_by: str | None = None
+
+
+@dataclass(frozen=True)
+class FailedMigration:
+    version: str
+    checksum: str
+    failed_at: str
+    statement_index: int | None
+    line: int | None
+    statement: str | None
+    error: str
+    applied_by: str | None
+
+
+def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        is not None
+    )
+
+
+def _history_ready(conn: sqlite3.Connection) -> bool:
+    if not _table_exists(conn, FAILURES_TABLE):
+        return False
+    columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
+    return bool(columns) and set(_HISTORY_COLUMNS) <= columns
+
+
+def ensure_history_tables(db: "Database") -> None:
+    """Create the tracking tables, or add our columns to an existing (older) one."""
+    if _history_ready(db.connection()):
+        return
+    with db.write_transaction() as conn:
+        conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{HISTORY_TABLE}" ('
+            "version TEXT PRIMARY KEY, applied_at TEXT NOT NULL, checksum TEXT NOT NULL)"
+        )
+        columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
+        for name, decl in _HISTORY_COLUMNS.items():
+            if name not in columns:
+                conn.execute(f'ALTER TABLE "{HISTORY_TABLE}" ADD COLUMN "{name}" {decl}')
+        conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{FAILURES_TABLE}" ('
+            "id INTEGER PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL, "
+            "failed_at TEXT NOT NULL, statement_index INTEGER, line INTEGER, "
+            "statement TEXT, error TEXT NOT NULL, applied_by TEXT)"
+        )
+
+
+def read_history(conn: sqlite3.Connection) -> dict[str, AppliedMigration]:
+    """Applied migrations by version, oldest first; empty when nothing was tracked."""
+    if not _table_exists(conn, HISTORY_TABLE):
+        return {}
+    columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
+    wanted = ["version", "checksum", "applied_at"] + [
+        c for c in ("description", "checksum_algorithm", "execution_ms", "applied_by")
+        if c in columns
+    ]
+    where = "WHERE success = 1" if "success" in columns else ""
+    rows = conn.execute(
+        f'SELECT {", ".join(wanted)} FROM "{HISTORY_TABLE}" {where} ORDER BY version'
+    ).fetchall()
+    history: dict[str, AppliedMigration] = {}
+    for row in rows:
+        values = dict(zip(wanted, row))
+        values["applied_at"] = str(values["applied_at"])
+        history[values["version"]] = AppliedMigration(**values)
+    return history
+
+
+def read_failures(conn: sqlite3.Connection) -> list[FailedMigration]:
+    """Every recorded failure, oldest first."""
+    if not _table_exists(conn, FAILURES_TABLE):
+        return []
+    rows = conn.execute(
+        "SELECT version, checksum, failed_at, statement_index, line, statement, error, "
+        f'applied_by FROM "{FAILURES_TABLE}" ORDER BY id'
+    ).fetchall()
+    return [FailedMigration(*row) for row in rows]
+
+
+# -- plan ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """Where one version stands: applied, pending, changed, missing or failed."""
+
+    version: str
+    state: str
+    file_checksum: str | None = None
+    stored_checksum: str | None = None
+    applied_at: str | None = None
+    execution_ms: float | None = None
+    applied_by: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class MigrationPlan:
+    """The migrations directory compared with the database's history."""
+
+    items: list[MigrationState] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
+
+    def _by(self, state: str) -> list[MigrationState]:
+        return [item for item in self.items if item.state == state]
+
+    @property
+    def applied(self) -> list[MigrationState]:
+        return self._by("applied")
+
+    @property
+    def pending(self) -> list[MigrationState]:
+        return self._by("pending") + self._by("failed")
+
+    @property
+    def changed(self) -> list[MigrationState]:
+        return self._by("changed")
+
+    @property
+    def missing(self) -> list[MigrationState]:
+        return self._by("missing")
+
+    @property
+    def failed(self) -> list[MigrationState]:
+        return self._by("failed")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data with stable keys (for ``db status --json``)."""
+        return {
+            "migrations": [asdict(item) for item in self.items],
+            "counts": {
+                state: len(self._by(state))
+                for state in ("applied", "pending", "changed", "missing", "failed")
+            },
+            "out_of_order": list(self.out_of_order),
+        }
+
+    def problems(
+        self, *, allow_missing: bool = False, allow_out_of_order: bool = False
+    ) -> list[MigrationError]:
+        """What stops start-up, most serious first (empty when all is well)."""
+        found: list[MigrationError] = [
+            ChecksumMismatch(item.version, item.stored_checksum or "", item.file_checksum or "")
+            for item in self.changed
+        ]
+        if not allow_missing:
+            found += [
+                MigrationError(
+                    f"migration {item.version} is recorded as applied but its file is "
+                    "missing from the migrations directory",
+                    version=item.version,
+                    hint="restore the file, or set MCP_MIGRATIONS_ALLOW_MISSING=1",
+                )
+                for item in self.missing
+            ]
+        if not allow_out_of_order:
+            found += [
+                MigrationError(
+                    f"migration {version} is new but sorts before the latest applied "
+                    "migration; it would run out of order",
+                    version=version,
+                    hint="renumber it after the latest applied migration, or set "
+                    "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER=1",
+                )
+                for version in self.out_of_order
+            ]
+        return found
+
+
+def plan(conn: sqlite3.Connection, files: Iterable[MigrationFile]) -> MigrationPlan:
+    """Compare ``files`` with the history in ``conn``; touches nothing."""
+    files = list(files)
+    history = read_history(conn)
+    latest_failure: dict[str, FailedMigration] = {}
+    for failure in read_failures(conn):
+        latest_failure[failure.version] = failure
+    result = MigrationPlan()
+    known = set()
+    latest_applied = max(history) if history else None
+    for mf in files:
+        known.add(mf.version)
+        applied = history.get(mf.version)
+        if applied is not None:
+            state = "applied" if applied.checksum == mf.checksum else "changed"
+            result.items.append(
+                MigrationState(
+                    mf.version,
+                    state,
+                    file_checksum=mf.checksum,
+                    stored_checksum=applied.checksum,
+                    applied_at=applied.applied_at,
+                    execution_ms=applied.execution_ms,
+                    applied_by=applied.applied_by,
+                )
+            )
+            continue
+        failure = latest_failure.get(mf.version)
+        # A failure of this very file content is "failed"; once edited it is pending again.
+        state = "failed" if failure is not None and failure.checksum == mf.checksum else "pending"
+        result.items.append(
+            MigrationState(
+                mf.version,
+                state,
+                file_checksum=mf.checksum,
+                error=failure.error if failure is not None else None,
+            )
+        )
+        if latest_applied is not None and mf.version < latest_applied:
+            result.out_of_order.append(mf.version)
+    for version, applied in history.items():
+        if version not in known:
+            result.items.append(
+                MigrationState(
+                    version,
+                    "missing",
+                    stored_checksum=applied.checksum,
+                    applied_at=applied.applied_at,
+                    execution_ms=applied.execution_ms,
+                    applied_by=applied.applied_by,
+                )
+            )
+    result.items.sort(key=lambda item: item.version)
+    return result
+
+
+# -- apply --------------------------------------------------------------------------
+
+
+def _applied_by() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _execute_all(conn: sqlite3.Connection, mf: MigrationFile) -> None:
+    """Run every statement of ``mf``; a failure becomes a detailed MigrationError."""
+    for st in mf.statements:
+        try:
+            conn.execute(st.sql)
+        except sqlite3.Error as exc:
+            raise MigrationError(
+                f"migration {mf.version} failed at statement {st.index} "
+                f"(line {st.line}: {st.first_line}): {exc}",
+                version=mf.version,
+                statement_index=st.index,
+                line=st.line,
+                statement=st.sql,
+                sqlite_error=str(exc),
+                hint=f"fix {mf.path}; nothing of this migration was kept"
+                if mf.transactional
+                else f"fix {mf.path}; it is a no-transaction migration, so statements "
+                "before the failing one were kept",
+            ) from exc
+
+
+def _record_failure(db: "Database", mf: MigrationFile, error: MigrationError) -> None:
+    try:
+        with db.write_transaction() as conn:
+            conn.execute(
+                f'INSERT INTO "{FAILURES_TABLE}" (version, checksum, failed_at, '
+                "statement_index, line, statement, error, applied_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    mf.version,
+                    mf.checksum,
+                    format_ts(utc_now()),
+                    error.statement_index,
+                    error.line,
+                    error.statement,
+                    error.sqlite_error or str(error),
+                    _applied_by(),
+                ),
+            )
+    except Exception:  # the original failure matters more than its record
+        log.exception("could not record the failure of migration %s", mf.version)
+
+
+def _insert_history(conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: float) -> None:
+    conn.execute(
+        f'INSERT INTO "{HISTORY_TABLE}" (version, applied_at, checksum, description, '
+        "checksum_algorithm, execution_ms, applied_by, success) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+        (
+            mf.version,
+            format_ts(utc_now()),
+            mf.checksum,
+            mf.description,
+            CHECKSUM_ALGORITHM,
+            round(elapsed_ms, 3),
+            _applied_by(),
+        ),
+    )
+
+
+def _apply_one(db: "Database", mf: MigrationFile) -> bool:
+    """Apply ``mf`` unless another process already did; True if we applied it."""
+    mf.statements  # parse (and refuse bad statements) before taking the write lock
+    if not mf.transactional:
+        return _apply_outside_transaction(db, mf)
+    with db.write_transaction() as conn:
+        # Re-read while holding the write lock: another process may have won the race.
+        row = conn.execute(
+            f'SELECT checksum FROM "{HISTORY_TABLE}" WHERE version = ?', (mf.version,)
+        ).fetchone()
+        if row is not None:
+            if row[0] != mf.checksum:
+                raise ChecksumMismatch(mf.version, row[0], mf.checksum)
+            return False
+        started = time.perf_counter()
+        _execute_all(conn, mf)
+        _insert_history(conn, mf, (time.perf_counter() - started) * 1000)
+    return True
+
+
+def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
+    # Serialise with other processes through an advisory-free route: the history row
+    # is claimed first (success=0), the statements run, then the row is marked done.
+    with db.write_transaction() as conn:
+        row = conn.execute(
+            f'SELECT checksum, success FROM "{HISTORY_TABLE}" WHERE version = ?',
+            (mf.version,),
+        ).fetchone()
+        if row is not None and row[1] == 1:
+            if row[0] != mf.checksum:
+                raise ChecksumMismatch(mf.version, row[0], mf.checksum)
+            return False
+        if row is not None:
+            raise MigrationError(
+                f"no-transaction migration {mf.version} was started by {_applied_by()} "
+                "or another process and did not finish",
+                version=mf.version,
+                hint="check the schema by hand, then delete its row from "
+                "schema_migrations (success = 0) to run it again",
+            )
+        _insert_history(conn, mf, 0.0)
+        conn.execute(
+            f'UPDATE "{HISTORY_TABLE}" SET success = 0 WHERE version = ?', (mf.version,)
+        )
+    conn = db.connection()
+    started = time.perf_counter()
+    try:
+        _execute_all(conn, mf)
+    except MigrationError:
+        with db.write_transaction() as wconn:
+            wconn.execute(f'DELETE FROM "{HISTORY_TABLE}" WHERE version = ?', (mf.version,))
+        raise
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    with db.write_transaction() as wconn:
+        wconn.execute(
+            f'UPDATE "{HISTORY_TABLE}" SET success = 1, execution_ms = ? WHERE version = ?',
+            (round(elapsed_ms, 3), mf.version),
+        )
+    return True
+
+
+def apply(
+    db: "Database",
+    files: list[MigrationFile],
+    *,
+    allow_missing: bool = False,
+    allow_out_of_order: bool = False,
+) -> list[str]:
+    """Apply every pending migration in order; the versions this call applied.
+
+    Refuses to start (touching nothing) when an applied file changed, an applied file
+    is missing or a new file sorts before the latest applied one, unless allowed.
+    """
+    ensure_history_tables(db)
+    current = plan(db.connection(), files)
+    problems = current.problems(
+        allow_missing=allow_missing, allow_out_of_order=allow_out_of_order
+    )
+    if problems:
+        raise problems[0]
+    if not current.pending:
+        return []
+    by_version = {mf.version: mf for mf in files}
+    applied: list[str] = []
+    for item in current.pending:
+        mf = by_version[item.version]
+        try:
+            did = db.run_in_transaction_retrying(lambda: _apply_one(db, mf))
+        except MigrationError as exc:
+            if exc.statement_index is not None:
+                log.error(
+                    "migration %s failed: file %s, statement %s, line %s (%s): %s",
+                    mf.version,
+                    mf.path,
+                    exc.statement_index,
+                    exc.line,
+                    (exc.statement or "").splitlines()[0] if exc.statement else "",
+                    exc.sqlite_error,
+                )
+                _record_failure(db, mf, exc)
+            raise
+        if did:
+            log.info("applied migration %s", mf.version)
+            applied.append(mf.version)
+    return applied
+
+
+@dataclass(frozen=True)
+class DryRunResult:
+    version: str
+    ok: bool
+    statements: int
+    error: str | None = None
+    skipped: bool = False
+
+
+def dry_run(db: "Database", files: list[MigrationFile]) -> list[DryRunResult]:
+    """Apply the pending migrations inside one transaction and roll it back.
+
+    Stops at the first failure (later files depend on earlier ones). No-transaction
+    migrations, and everything after one, cannot be rehearsed and are reported skipped.
+    """
+    ensure_history_tables(db)
+    pending = plan(db.connection(), files).pending
+    by_version = {mf.version: mf for mf in files}
+    results: list[DryRunResult] = []
+    conn = db.connection()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        blocked = False
+        for item in pending:
+            mf = by_version[item.version]
+            if blocked or not mf.transactional:
+                blocked = True
+                results.append(DryRunResult(mf.version, False, 0, "not rehearsed", True))
+                continue
+            try:
+                _execute_all(conn, mf)
+            except MigrationError as exc:
+                results.append(DryRunResult(mf.version, False, len(mf.statements), str(exc)))
+                blocked = True
+                continue
+            results.append(DryRunResult(mf.version, True, len(mf.statements)))
+    finally:
+        conn.execute("ROLLBACK")
+    return results

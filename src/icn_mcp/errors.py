@@ -1,0 +1,161 @@
+"""The one exception tree of icn-mcp.
+
+Every error the package raises on purpose derives from :class:`IcnMcpError`, so a
+caller (the CLI, the HTTP layer) can catch one class and show ``str(err)`` to a user.
+Errors carry their data as attributes, not only inside the message::
+
+    IcnMcpError
+    ├── ConfigError                 a malformed setting (names variable, value, allowed)
+    └── DatabaseError               anything about the database itself
+        ├── DatabaseClosed          the Database was closed
+        ├── DatabaseFileError       the file vanished or was replaced underneath us
+        ├── BusyError               busy/locked after the whole retry budget
+        ├── MigrationError          a migration failed or the history is inconsistent
+        │   └── ChecksumMismatch    an applied migration's file changed
+        ├── LockTimeout             a keyed or advisory lock was not acquired in time
+        └── LockLost                an advisory lease was lost (expired, taken over)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IcnMcpError",
+    "ConfigError",
+    "DatabaseError",
+    "DatabaseClosed",
+    "DatabaseFileError",
+    "BusyError",
+    "MigrationError",
+    "ChecksumMismatch",
+    "LockTimeout",
+    "LockLost",
+]
+
+
+class IcnMcpError(Exception):
+    """Root of every error icn-mcp raises on purpose.
+
+    ``hint`` is an optional second line telling the user what to do.
+    """
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class ConfigError(IcnMcpError):
+    """A setting from the environment (or an argument) is malformed."""
+
+    def __init__(self, variable: str, value: object, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{variable}={value!r} is not valid: expected {allowed}")
+
+
+class DatabaseError(IcnMcpError):
+    """A problem with the database itself."""
+
+
+class DatabaseClosed(DatabaseError):
+    """The :class:`~icn_mcp.db.Database` was closed and cannot be used any more."""
+
+
+class DatabaseFileError(DatabaseError):
+    """The database file was deleted or replaced while connections had it open.
+
+    Writing on would put data into an unlinked file that nobody will ever read, so
+    the operation is refused instead.
+    """
+
+    def __init__(self, path: str, what: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"database file {path} {what} while it was open", hint=hint)
+
+
+class BusyError(DatabaseError):
+    """SQLite stayed busy or locked through every retry."""
+
+    def __init__(self, attempts: int, cause: BaseException) -> None:
+        self.attempts = attempts
+        self.cause = cause
+        super().__init__(
+            f"database stayed busy after {attempts} attempts: {cause}",
+            hint="another process holds the write lock for a long time; "
+            "raise MCP_DB_BUSY_TIMEOUT_MS or find the long transaction",
+        )
+
+
+class MigrationError(DatabaseError):
+    """A migration could not be applied, or the migration history is inconsistent.
+
+    For a failed statement, ``version``, ``statement_index`` (1-based), ``line`` and
+    ``sqlite_error`` say exactly where and why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        version: str | None = None,
+        statement_index: int | None = None,
+        line: int | None = None,
+        statement: str | None = None,
+        sqlite_error: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.version = version
+        self.statement_index = statement_index
+        self.line = line
+        self.statement = statement
+        self.sqlite_error = sqlite_error
+        super().__init__(message, hint=hint)
+
+
+class ChecksumMismatch(MigrationError):
+    """An applied migration's file no longer has the checksum recorded when it ran."""
+
+    def __init__(self, version: str, stored: str, current: str) -> None:
+        self.stored = stored
+        self.current = current
+        super().__init__(
+            f"migration {version} was changed after it was applied: "
+            f"stored checksum {stored}, current file {current}",
+            version=version,
+            hint="restore the original file; schema changes belong in a new migration",
+        )
+
+
+class LockTimeout(DatabaseError):
+    """A lock could not be acquired within the wait allowed.
+
+    For an advisory lock, ``owner`` and ``expires_at`` describe the current holder.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        waited_s: float,
+        *,
+        owner: str | None = None,
+        expires_at: str | None = None,
+    ) -> None:
+        self.name = name
+        self.waited_s = waited_s
+        self.owner = owner
+        self.expires_at = expires_at
+        held = f"; held by {owner} until {expires_at}" if owner else ""
+        super().__init__(f"lock {name!r} not acquired within {waited_s:.3f}s{held}")
+
+
+class LockLost(DatabaseError):
+    """An advisory lease is no longer ours: it expired and was taken, or was released."""
+
+    def __init__(self, name: str, owner: str) -> None:
+        self.name = name
+        self.owner = owner
+        super().__init__(f"advisory lock {name!r} is no longer held by {owner}")
