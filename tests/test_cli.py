@@ -1,0 +1,113 @@
+"""The icn-mcp command as a user runs it: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import click
+import pytest
+
+from conftest import run_cli, write_migration
+from icn_mcp.cli import main
+
+
+def test_every_command_has_help_text() -> None:
+    def walk(command: click.Command, path: str) -> None:
+        assert command.help, f"'{path}' has no help text"
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(main, "icn-mcp")
+    result = run_cli("db", "--help")
+    assert result.returncode == 0 and "migrate" in result.stdout and "verify" in result.stdout
+
+
+def test_migrate_status_verify_on_a_fresh_directory(tmp_path: Path) -> None:
+    env = {"MCP_DB_DIR": str(tmp_path / "var")}
+    status = run_cli("db", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "does not exist yet" in status.stdout and "pending" in status.stdout
+    assert not (tmp_path / "var").exists()  # status never creates the database
+
+    migrate = run_cli("db", "migrate", env=env)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "applied 0001_advisory_locks" in migrate.stdout
+
+    again = run_cli("db", "migrate", env=env)
+    assert not again.stdout.startswith("applied ") and "up to date (1 migrations applied)" in again.stdout
+
+    data = json.loads(run_cli("db", "status", "--json", env=env).stdout)
+    assert data["exists"] is True and data["counts"]["applied"] == 1
+    assert data["migrations"][0]["state"] == "applied"
+
+    verify = run_cli("db", "verify", env=env)
+    assert verify.returncode == 0 and verify.stdout.startswith("ok:")
+
+
+def test_verify_names_the_tampered_migration_and_both_checksums(tmp_path: Path) -> None:
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    path = write_migration(migrations, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
+    db = str(tmp_path / "db.sqlite")
+    assert run_cli("db", "--db", db, "--migrations-dir", str(migrations), "migrate").returncode == 0
+    path.write_text("CREATE TABLE base (id INTEGER, sneaky TEXT);\n")
+    result = run_cli("db", "--db", db, "--migrations-dir", str(migrations), "verify")
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("error: migration 0001_base was changed after it was applied")
+    assert "stored checksum" in first and "current file" in first
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) <= 2
+    # migrate refuses too, and status shows it as changed.
+    assert run_cli("db", "--db", db, "--migrations-dir", str(migrations), "migrate").returncode == 1
+    status = run_cli("db", "--db", db, "--migrations-dir", str(migrations), "status")
+    assert "changed" in status.stdout
+
+
+def test_failed_migration_is_reported_and_shown_in_status(tmp_path: Path) -> None:
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    write_migration(migrations, "0001_bad.sql", "CREATE TABLE a (x);\nINSERT INTO nope VALUES (1);\n")
+    args = ("db", "--db", str(tmp_path / "db.sqlite"), "--migrations-dir", str(migrations))
+    result = run_cli(*args, "migrate")
+    assert result.returncode == 1
+    assert "migration 0001_bad failed at statement 2 (line 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    status = run_cli(*args, "status")
+    assert "failed" in status.stdout and "no such table: nope" in status.stdout
+    dry = run_cli(*args, "migrate", "--dry-run")
+    assert dry.returncode == 1 and "would FAIL" in dry.stdout
+
+
+def test_bad_setting_is_a_usage_error_of_one_line(tmp_path: Path) -> None:
+    result = run_cli("db", "status", env={"MCP_DB_BUSY_TIMEOUT_MS": "forever"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer >= 0")
+
+
+def test_bad_usage_exits_2() -> None:
+    assert run_cli("db", "no-such-command").returncode == 2
+
+
+def test_verify_of_a_missing_database_fails_clearly(tmp_path: Path) -> None:
+    result = run_cli("db", "--db", str(tmp_path / "none.sqlite"), "verify")
+    assert result.returncode == 1 and "does not exist" in result.stderr
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_non_database_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    path.write_text("hello " * 1000)
+    result = run_cli("db", "--db", str(path), "migrate")
+    assert result.returncode == 1
+    assert "cannot be used as an SQLite database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    path.write_text("hello " * 1000)
+    result = run_cli("--debug", "db", "--db", str(path), "migrate")
+    assert result.returncode == 1 and "Traceback" in result.stderr
