@@ -135,6 +135,7 @@ class Database:
         _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
 
         self.path = Path(os.path.abspath(raw_path))
+        self._path_str = str(self.path)  # stat()ed before every write: skip __fspath__
         self.migrations_dir = (
             Path(migrations_dir) if migrations_dir is not None else _migrations.default_migrations_dir()
         )
@@ -198,7 +199,7 @@ class Database:
 
     def _identity(self) -> tuple[int, int]:
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._path_str)
         except FileNotFoundError:
             raise DatabaseFileError(
                 str(self.path),
@@ -310,20 +311,19 @@ class Database:
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened, checked or reopened as needed."""
+        return self._record().conn
+
+    def _record(self) -> _Connection:
         if self._closed:
             raise DatabaseClosed(f"database {self.path} is closed")
         if self._file_error is not None:
             raise self._file_error
         record: _Connection | None = getattr(self._local, "record", None)
         if record is None or record.pid != os.getpid():
-            record = self._open_connection()
-        elif time.monotonic() - record.last_check >= self.health_check_interval_s:
-            record = self._health_check(record)
-        return record.conn
-
-    def _record(self) -> _Connection:
-        self.connection()
-        return self._local.record
+            return self._open_connection()
+        if time.monotonic() - record.last_check >= self.health_check_interval_s:
+            return self._health_check(record)
+        return record
 
     def _health_check(self, record: _Connection) -> _Connection:
         """``SELECT 1``; on failure close and reopen this thread's connection."""
@@ -405,13 +405,26 @@ class Database:
         :class:`BusyError`. ``fn`` may run more than once, so it must do nothing but
         database work that the rollback undoes.
         """
-        return self._with_retry(lambda: self._transaction_once(fn), retries=retries)
+        tries = 0
+        while True:
+            try:
+                return self._transaction_once(fn)
+            except sqlite3.OperationalError as exc:
+                tries = self._backoff_or_raise(exc, tries, retries)
 
     def _transaction_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # The hot path of every write: kept flat on purpose (see bench_transactions.py).
         record = self._record()
         conn = record.conn
-        _refuse_nested(conn)
-        self._check_identity(record)
+        if conn.in_transaction:
+            _refuse_nested(conn)
+        try:
+            st = os.stat(self._path_str)
+            same_file = st.st_ino == record.identity[1] and st.st_dev == record.identity[0]
+        except OSError:
+            same_file = False
+        if not same_file:
+            self._check_identity(record)  # raises DatabaseFileError with the details
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
@@ -423,22 +436,27 @@ class Database:
         return result
 
     def _with_retry(self, attempt: Callable[[], T], *, retries: int | None = None) -> T:
-        budget = self.retries if retries is None else retries
         tries = 0
         while True:
             try:
                 return attempt()
             except sqlite3.OperationalError as exc:
-                if not is_busy_error(exc):
-                    raise
-                if tries >= budget:
-                    self._count("busy_exhausted")
-                    raise BusyError(tries + 1, exc) from exc
-                tries += 1
-                self._count("busy_retries")
-                delay = min(self.retry_max_delay_s, self.retry_base_delay_s * (2 ** (tries - 1)))
-                log.debug("database busy (%s); retry %d/%d in %.3fs", exc, tries, budget, delay)
-                time.sleep(delay / 2 + random.uniform(0, delay / 2))
+                tries = self._backoff_or_raise(exc, tries, retries)
+
+    def _backoff_or_raise(self, exc: sqlite3.OperationalError, tries: int, retries: int | None) -> int:
+        """After a failed attempt: re-raise, raise BusyError, or sleep; the new count."""
+        if not is_busy_error(exc):
+            raise exc
+        budget = self.retries if retries is None else retries
+        if tries >= budget:
+            self._count("busy_exhausted")
+            raise BusyError(tries + 1, exc) from exc
+        tries += 1
+        self._count("busy_retries")
+        delay = min(self.retry_max_delay_s, self.retry_base_delay_s * (2 ** (tries - 1)))
+        log.debug("database busy (%s); retry %d/%d in %.3fs", exc, tries, budget, delay)
+        time.sleep(delay / 2 + random.uniform(0, delay / 2))
+        return tries
 
     #: Used by migrations: re-run ``attempt`` (which opens its own transaction) when busy.
     run_in_transaction_retrying = _with_retry
