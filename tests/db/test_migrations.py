@@ -283,3 +283,39 @@ def test_plan_on_an_empty_database_lists_everything_pending(migrations_dir: Path
     result = plan(conn, discover(migrations_dir))
     assert [(i.version, i.state) for i in result.items] == [("0001_a", "pending")]
     assert result.to_dict()["counts"] == {"applied": 0, "pending": 1, "changed": 0, "missing": 0, "failed": 0}
+
+
+def test_failed_no_transaction_migration_keeps_no_history_row(db_path: Path, migrations_dir: Path) -> None:
+    write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
+    write_migration(
+        migrations_dir, "0002_outside.sql",
+        "-- icn-mcp: no-transaction\nCREATE TABLE kept (id INTEGER);\nINSERT INTO nope VALUES (1);\n",
+    )
+    with pytest.raises(MigrationError) as info:
+        Database(db_path, migrations_dir=migrations_dir)
+    assert "statements before the failing one were kept" in (info.value.hint or "")
+    conn = sqlite3.connect(db_path)
+    rows = conn.execute("SELECT version, success FROM schema_migrations").fetchall()
+    conn.close()
+    assert rows == [("0001_base", 1)]
+    assert "kept" in _tables(db_path)  # honest: a no-transaction file is not atomic
+
+
+def test_unfinished_no_transaction_migration_of_another_process_is_waited_for(
+    db_path: Path, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icn_mcp.db import migrations as migrations_module
+
+    write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
+    Database(db_path, migrations_dir=migrations_dir).close()
+    write_migration(migrations_dir, "0002_outside.sql", "-- icn-mcp: no-transaction\nVACUUM;\n")
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO schema_migrations (version, applied_at, checksum, applied_by, success) "
+        "VALUES ('0002_outside', '2026-01-01T00:00:00.000000Z', 'x', 'otherhost:4242', 0)"
+    )
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(migrations_module, "NO_TRANSACTION_WAIT_S", 0.2)
+    with pytest.raises(MigrationError, match="started by otherhost:4242 .* has not finished"):
+        Database(db_path, migrations_dir=migrations_dir)

@@ -558,11 +558,13 @@ def _record_failure(db: "Database", mf: MigrationFile, error: MigrationError) ->
         log.exception("could not record the failure of migration %s", mf.version)
 
 
-def _insert_history(conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: float) -> None:
+def _insert_history(
+    conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: float, *, success: bool = True
+) -> None:
     conn.execute(
         f'INSERT INTO "{HISTORY_TABLE}" (version, applied_at, checksum, description, '
         "checksum_algorithm, execution_ms, applied_by, success) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             mf.version,
             format_ts(utc_now()),
@@ -571,6 +573,7 @@ def _insert_history(conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: flo
             CHECKSUM_ALGORITHM,
             round(elapsed_ms, 3),
             _applied_by(),
+            1 if success else 0,
         ),
     )
 
@@ -595,30 +598,41 @@ def _apply_one(db: "Database", mf: MigrationFile) -> bool:
     return True
 
 
+#: How long a process waits for another one that is running a no-transaction migration.
+NO_TRANSACTION_WAIT_S = 60.0
+
+
 def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
-    # Serialise with other processes through an advisory-free route: the history row
-    # is claimed first (success=0), the statements run, then the row is marked done.
-    with db.write_transaction() as conn:
-        row = conn.execute(
-            f'SELECT checksum, success FROM "{HISTORY_TABLE}" WHERE version = ?',
-            (mf.version,),
-        ).fetchone()
-        if row is not None and row[1] == 1:
-            if row[0] != mf.checksum:
-                raise ChecksumMismatch(mf.version, row[0], mf.checksum)
-            return False
-        if row is not None:
+    """Run a no-transaction migration once across processes.
+
+    Its history row is claimed first (success = 0) so that other processes wait for
+    it instead of running it again; the statements run in autocommit mode; the row is
+    then marked done, or removed if a statement failed.
+    """
+    deadline = time.monotonic() + NO_TRANSACTION_WAIT_S
+    while True:
+        with db.write_transaction() as conn:
+            row = conn.execute(
+                f'SELECT checksum, success, applied_by, applied_at FROM "{HISTORY_TABLE}" '
+                "WHERE version = ?",
+                (mf.version,),
+            ).fetchone()
+            if row is None:
+                _insert_history(conn, mf, 0.0, success=False)
+                break
+            if row[1] == 1:
+                if row[0] != mf.checksum:
+                    raise ChecksumMismatch(mf.version, row[0], mf.checksum)
+                return False
+        if time.monotonic() >= deadline:
             raise MigrationError(
-                f"no-transaction migration {mf.version} was started by {_applied_by()} "
-                "or another process and did not finish",
+                f"no-transaction migration {mf.version} was started by {row[2]} at "
+                f"{row[3]} and has not finished",
                 version=mf.version,
-                hint="check the schema by hand, then delete its row from "
-                "schema_migrations (success = 0) to run it again",
+                hint="if that process is gone, check the schema by hand, then delete its "
+                "row from schema_migrations (success = 0) to run it again",
             )
-        _insert_history(conn, mf, 0.0)
-        conn.execute(
-            f'UPDATE "{HISTORY_TABLE}" SET success = 0 WHERE version = ?', (mf.version,)
-        )
+        time.sleep(0.05)  # another process is running it: wait for its outcome
     conn = db.connection()
     started = time.perf_counter()
     try:
