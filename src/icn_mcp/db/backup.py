@@ -640,8 +640,9 @@ def create_backup(
             progress("sync", 1, 1)
         timings["sync"] = time.perf_counter() - phase
     except BaseException as exc:
-        for future in pending:  # never delete the file under a running hash
-            future.cancel() or future.exception()
+        for future in pending:
+            if not future.cancel():
+                future.exception()  # wait: never delete the file under a running hash
         for leftover in temps + published:
             try:
                 _remove_file(leftover)
