@@ -14,10 +14,13 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from icn_mcp.errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_DB_DIR", "DEFAULT_DB_FILENAME"]
+__all__ = ["Settings", "DEFAULT_DB_DIR", "DEFAULT_DB_FILENAME", "DEFAULT_BACKUP_KEEP"]
 
 DEFAULT_DB_DIR = "./var"
 DEFAULT_DB_FILENAME = "icn-mcp.sqlite"
+#: 0 keeps every backup; N > 0 prunes all but the newest N after each backup.
+DEFAULT_BACKUP_KEEP = 0
+BACKUP_CHECKS = ("FULL", "QUICK")
 
 #: Accepted spellings of booleans in the environment.
 _TRUE = {"1", "true", "yes", "on"}
@@ -84,6 +87,12 @@ class Settings:
     allow_missing_migrations: bool = False
     allow_out_of_order_migrations: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Where backups go; None means ``backups/`` beside the database file.
+    backup_dir: Path | None = None
+    backup_keep: int = DEFAULT_BACKUP_KEEP
+    #: ``FULL`` runs integrity_check on each new backup before publishing it,
+    #: ``QUICK`` the cheaper quick_check (no index-against-table comparison).
+    backup_check: str = "FULL"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -148,6 +157,15 @@ class Settings:
                 "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", _bool, False
             ),
             extra={k: v for k, v in env.items() if k.startswith("MCP_")},
+            backup_dir=get("MCP_BACKUP_DIR", path, None),
+            backup_keep=get(
+                "MCP_BACKUP_KEEP",
+                lambda n, r: _int(n, r, minimum=0),
+                DEFAULT_BACKUP_KEEP,
+            ),
+            backup_check=get(
+                "MCP_BACKUP_CHECK", lambda n, r: _choice(n, r, BACKUP_CHECKS), "FULL"
+            ),
         )
         return cls(**values)
 
