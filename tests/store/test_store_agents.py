@@ -12,7 +12,7 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.errors import NotFound, Unauthorized, ValidationError
 from icn_mcp.store import Store
-from store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
+from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
 
 DAY = 24 * 60 * 60
 

@@ -125,7 +125,7 @@ class TasksMixin:
         title: str,
         description: str | None = None,
         created_by: str | None = None,
-        depends_on: Iterable[int] = (),
+        depends_on: Iterable[int] | None = (),
         priority: int = 0,
         max_attempts: int = 3,
         idempotency_key: str | None = None,
@@ -138,16 +138,16 @@ class TasksMixin:
         Raises ValidationError.
         """
         problems = v.Problems()
-        problems.text("title", title, min_len=1, max_len=v.TITLE_MAX, optional=False, single_line=True)
+        problems.text("title", title, min_len=1, max_len=v.TITLE_MAX, optional=False)
         problems.text("description", description, max_len=v.DESCRIPTION_MAX)
-        problems.text("created_by", created_by, max_len=v.CREATED_BY_MAX, single_line=True)
+        problems.text("created_by", created_by, max_len=v.CREATED_BY_MAX)
         problems.integer("priority", priority, minimum=v.PRIORITY_MIN, maximum=v.PRIORITY_MAX)
         problems.integer("max_attempts", max_attempts, minimum=1, maximum=v.MAX_ATTEMPTS_MAX)
         problems.text(
             "idempotency_key", idempotency_key, min_len=1, max_len=v.IDEMPOTENCY_KEY_MAX,
             single_line=True,
         )
-        deps = v.dependency_ids(problems, depends_on)
+        deps = v.dependency_ids(problems, () if depends_on is None else depends_on)
         problems.raise_if_any()
         deps_json = json.dumps(deps) if deps else None
 
