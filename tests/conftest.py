@@ -64,3 +64,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         input=input,
         timeout=120,
     )
+
+
+def shipped_versions() -> list[str]:
+    """The versions of the migrations shipped in the package, in order."""
+    from icn_mcp.db.migrations import default_migrations_dir, discover
+
+    return [m.version for m in discover(default_migrations_dir())]

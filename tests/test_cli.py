@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from conftest import run_cli, write_migration
+from conftest import run_cli, shipped_versions, write_migration
 from icn_mcp.cli import main
 
 
@@ -33,13 +33,14 @@ def test_migrate_status_verify_on_a_fresh_directory(tmp_path: Path) -> None:
 
     migrate = run_cli("db", "migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
-    assert "applied 0001_advisory_locks" in migrate.stdout
+    shipped = shipped_versions()
+    assert all(f"applied {v}" in migrate.stdout for v in shipped)
 
     again = run_cli("db", "migrate", env=env)
-    assert not again.stdout.startswith("applied ") and "up to date (1 migrations applied)" in again.stdout
+    assert not again.stdout.startswith("applied ") and f"up to date ({len(shipped)} migrations applied)" in again.stdout
 
     data = json.loads(run_cli("db", "status", "--json", env=env).stdout)
-    assert data["exists"] is True and data["counts"]["applied"] == 1
+    assert data["exists"] is True and data["counts"]["applied"] == len(shipped)
     assert data["migrations"][0]["state"] == "applied"
 
     verify = run_cli("db", "verify", env=env)

@@ -20,6 +20,7 @@ import pytest
 from icn_mcp.db import backup as backup_module
 from icn_mcp.db.backup import BACKUP_NAME, manifest_path, prune_backups
 from icn_mcp.errors import BackupError
+from conftest import shipped_versions
 from test_backup_support import SQLITE3_CLI, WRITER_SCRIPT, file_state, make_db
 
 
@@ -112,7 +113,7 @@ def test_backup_files_are_private_and_the_manifest_describes_the_file(db):
     assert data["size_bytes"] == path.stat().st_size
     assert data["source_path"] == str(db.path)
     assert data["sqlite_version"] == sqlite3.sqlite_version
-    assert data["latest_migration"] == "0001_advisory_locks"
+    assert data["latest_migration"] == shipped_versions()[-1]
     assert data["row_counts"]["numbers"] == 300
     assert data["created_at"] == result.created_at
     assert sorted(os.listdir(path.parent)) == sorted([path.name, manifest.name])

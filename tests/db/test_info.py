@@ -9,6 +9,7 @@ import pytest
 
 from icn_mcp.db import info as info_module
 from icn_mcp.db.info import quote_identifier
+from conftest import shipped_versions
 from test_backup_support import copy_migrations, make_db, run_cli
 
 ODD_NAMES = ['we"ird ta ble', "[brackets]", "semi;colon -- dash", "new\nline", "select", "ünïcødé 表", "'quoted'"]
@@ -46,7 +47,7 @@ def test_info_has_stable_keys_and_exact_counts_for_any_table_name(db):
     assert indexes['we"ird ta ble idx']["table"] == 'we"ird ta ble' and indexes['we"ird ta ble idx']["size_bytes"] > 0
     assert data["path"] == str(db.path) and data["journal_mode"] == "wal"
     assert data["page_count"] * data["page_size"] >= data["size_bytes"]
-    assert [m["version"] for m in data["migrations"]] == ["0001_advisory_locks"]
+    assert [m["version"] for m in data["migrations"]] == shipped_versions()
     assert set(data["migrations"][0]) >= {"version", "checksum", "applied_at", "execution_ms"}
     assert data["health"]["ok"] is True and data["last_backup"] is None
     json.dumps(data)  # plain data

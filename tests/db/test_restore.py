@@ -13,6 +13,7 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.db.backup import SAFETY_BACKUP_PREFIX, manifest_path
 from icn_mcp.errors import RestoreError
+from conftest import shipped_versions
 from test_backup_support import copy_migrations, file_state, make_db
 
 
@@ -82,14 +83,14 @@ def test_verify_reports_each_problem(db, tmp_path):
 
 def test_newer_schema_backup_is_refused(tmp_path):
     newer_dir = copy_migrations(tmp_path / "newer")
-    (newer_dir / "0002_newer.sql").write_text("CREATE TABLE newer (id INTEGER PRIMARY KEY);\n")
+    (newer_dir / "9001_newer.sql").write_text("CREATE TABLE newer (id INTEGER PRIMARY KEY);\n")
     with make_db(tmp_path / "new" / "db.sqlite", rows=5, migrations_dir=newer_dir) as newer:
         backup = newer.create_backup(tmp_path / "newer.sqlite").path
     with make_db(tmp_path / "old" / "db.sqlite", rows=7) as old:
         before = file_state(old.path)
         with pytest.raises(RestoreError) as info:
             old.restore_from_backup(backup)
-        assert "0002_newer" in str(info.value) and "newer schema" in str(info.value)
+        assert "9001_newer" in str(info.value) and "newer schema" in str(info.value)
         assert "upgrade" in info.value.hint
         assert file_state(old.path) == before
 
@@ -98,16 +99,16 @@ def test_restore_of_an_older_backup_applies_the_newer_migration(tmp_path):
     migrations = copy_migrations(tmp_path / "migrations")
     with make_db(tmp_path / "db.sqlite", rows=10, migrations_dir=migrations) as db:
         backup = db.create_backup().path
-    (migrations / "0002_extra.sql").write_text("CREATE TABLE extra (id INTEGER PRIMARY KEY);\n")
+    (migrations / "9001_extra.sql").write_text("CREATE TABLE extra (id INTEGER PRIMARY KEY);\n")
     with Database(tmp_path / "db.sqlite", migrations_dir=migrations) as db:  # applies 0002
         with db.write_transaction() as conn:
             conn.execute("INSERT INTO extra (id) VALUES (1)")
             conn.execute("DELETE FROM numbers")
         result = db.restore_from_backup(backup)
-        assert result.migrations_applied == ["0002_extra"]
-        assert result.latest_migration == "0002_extra"
+        assert result.migrations_applied == ["9001_extra"]
+        assert result.latest_migration == "9001_extra"
         assert result.row_counts["numbers"] == 10 and result.row_counts["extra"] == 0
-        assert [m.version for m in db.migration_history()] == ["0001_advisory_locks", "0002_extra"]
+        assert [m.version for m in db.migration_history()] == shipped_versions() + ["9001_extra"]
 
 
 def test_restore_keeps_a_safety_backup_and_reports(db, tmp_path):
