@@ -23,7 +23,10 @@ def format_ts(moment: datetime, *, plus_s: float = 0.0) -> str:
         raise ValueError("timestamps must be timezone-aware")
     if plus_s:
         moment = moment + timedelta(seconds=plus_s)
-    return moment.astimezone(timezone.utc).strftime(_FORMAT)
+    if moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    # isoformat, not strftime: faster on the claim path, and zero-pads every year.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: str) -> datetime:
