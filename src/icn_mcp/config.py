@@ -8,18 +8,41 @@ environment; everything below them takes explicit arguments. A malformed value r
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from icn_mcp.errors import ConfigError
 
-__all__ = ["Settings", "DEFAULT_DB_DIR", "DEFAULT_DB_FILENAME"]
+__all__ = [
+    "Settings",
+    "DEFAULT_DB_DIR",
+    "DEFAULT_DB_FILENAME",
+    "DEFAULT_AGENT_KINDS",
+    "DEFAULT_TOKEN_TTL_S",
+    "DEFAULT_REFRESH_GRACE_S",
+    "DEFAULT_LEASE_S",
+    "AGENT_KIND_PATTERN",
+    "MIN_MAINTAINER_TOKEN_LENGTH",
+]
 
 DEFAULT_DB_DIR = "./var"
 DEFAULT_DB_FILENAME = "icn-mcp.sqlite"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+
+#: The agent HQ store's defaults (icn_mcp.store); the environment may override them.
+DEFAULT_AGENT_KINDS = ("planner", "architect", "reviewer", "ops")
+DEFAULT_TOKEN_TTL_S = 24 * 60 * 60
+#: Clients refresh after a 401 with the token they hold, so an expired token stays
+#: refreshable for this long.
+DEFAULT_REFRESH_GRACE_S = 7 * 24 * 60 * 60
+DEFAULT_LEASE_S = 300
+#: An agent kind: lower-case letter, then up to 31 lower-case letters, digits, _ or -.
+AGENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+#: Maintainer and admin tokens are guessable when short.
+MIN_MAINTAINER_TOKEN_LENGTH = 16
 
 #: Accepted spellings of booleans in the environment.
 _TRUE = {"1", "true", "yes", "on"}
@@ -68,6 +91,46 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _agent_kinds(name: str, raw: str) -> tuple[str, ...]:
+    allowed = "a comma-separated list of kinds like planner,ops (each [a-z][a-z0-9_-]{0,31})"
+    kinds = tuple(dict.fromkeys(part.strip() for part in raw.split(",")))
+    if not kinds or any(not AGENT_KIND_PATTERN.fullmatch(kind) for kind in kinds):
+        raise ConfigError(name, raw, allowed)
+    return kinds
+
+
+def _secret_ok(token: str) -> bool:
+    return len(token) >= MIN_MAINTAINER_TOKEN_LENGTH and not any(
+        ch.isspace() or ch == "," for ch in token
+    )
+
+
+def _admin_token(name: str, raw: str) -> str | None:
+    # The value is a secret: ConfigError shows "<redacted>", never the token.
+    if raw == "":
+        return None
+    if not _secret_ok(raw):
+        raise ConfigError(
+            name,
+            "<redacted>",
+            f"unset, empty, or a token of at least {MIN_MAINTAINER_TOKEN_LENGTH} "
+            "characters without spaces or commas",
+        )
+    return raw
+
+
+def _maintainer_tokens(name: str, raw: str) -> tuple[str, ...]:
+    tokens = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if any(not _secret_ok(token) for token in tokens):
+        raise ConfigError(
+            name,
+            "<redacted>",
+            f"a comma-separated list of tokens, each at least "
+            f"{MIN_MAINTAINER_TOKEN_LENGTH} characters without spaces",
+        )
+    return tokens
+
+
 def _host(name: str, raw: str) -> str:
     value = raw.strip()
     if not value or any(c.isspace() or c in "/@" for c in value):
@@ -108,6 +171,13 @@ class Settings:
     allow_missing_migrations: bool = False
     allow_out_of_order_migrations: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    agent_kinds: tuple[str, ...] = DEFAULT_AGENT_KINDS
+    token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    refresh_grace_s: int = DEFAULT_REFRESH_GRACE_S
+    lease_s: int = DEFAULT_LEASE_S
+    #: Secrets: never shown in repr (and so never in logs).
+    admin_token: str | None = field(default=None, repr=False)
+    maintainer_tokens: tuple[str, ...] = field(default=(), repr=False)
     # -- the server (issue 5) ---------------------------------------------------------
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -186,6 +256,18 @@ class Settings:
                 "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", _bool, False
             ),
             extra={k: v for k, v in env.items() if k.startswith("MCP_")},
+            agent_kinds=get("MCP_AGENT_KINDS", _agent_kinds, DEFAULT_AGENT_KINDS),
+            token_ttl_s=get(
+                "MCP_TOKEN_TTL_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_TOKEN_TTL_S
+            ),
+            refresh_grace_s=get(
+                "MCP_REFRESH_GRACE_S",
+                lambda n, r: _int(n, r, minimum=0),
+                DEFAULT_REFRESH_GRACE_S,
+            ),
+            lease_s=get("MCP_LEASE_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_LEASE_S),
+            admin_token=get("MCP_ADMIN_TOKEN", _admin_token, None),
+            maintainer_tokens=get("MCP_MAINTAINER_TOKENS", _maintainer_tokens, ()),
             host=get("MCP_HOST", _host, DEFAULT_HOST),
             port=get("MCP_PORT", _port, DEFAULT_PORT),
             max_body_bytes=get(

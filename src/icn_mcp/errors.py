@@ -6,14 +6,20 @@ Errors carry their data as attributes, not only inside the message::
 
     IcnMcpError
     ├── ConfigError                 a malformed setting (names variable, value, allowed)
-    └── DatabaseError               anything about the database itself
-        ├── DatabaseClosed          the Database was closed
-        ├── DatabaseFileError       the file vanished or was replaced underneath us
-        ├── BusyError               busy/locked after the whole retry budget
-        ├── MigrationError          a migration failed or the history is inconsistent
-        │   └── ChecksumMismatch    an applied migration's file changed
-        ├── LockTimeout             a keyed or advisory lock was not acquired in time
-        └── LockLost                an advisory lease was lost (expired, taken over)
+    ├── DatabaseError               anything about the database itself
+    │   ├── DatabaseClosed          the Database was closed
+    │   ├── DatabaseFileError       the file vanished or was replaced underneath us
+    │   ├── BusyError               busy/locked after the whole retry budget
+    │   ├── MigrationError          a migration failed or the history is inconsistent
+    │   │   └── ChecksumMismatch    an applied migration's file changed
+    │   ├── LockTimeout             a keyed or advisory lock was not acquired in time
+    │   └── LockLost                an advisory lease was lost (expired, taken over)
+    └── StoreError                  the agent HQ domain refused a request (icn_mcp.store)
+        ├── ValidationError         bad input; ``fields`` maps each field to what is allowed
+        ├── NotFound                no such agent, task...; ``kind`` and ``id``
+        ├── Unauthorized            missing, unknown, expired or revoked credential
+        ├── Forbidden               a valid credential without the right to do this
+        └── Conflict                the request contradicts the current state (stale claim)
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ __all__ = [
     "ChecksumMismatch",
     "LockTimeout",
     "LockLost",
+    "StoreError",
+    "ValidationError",
+    "NotFound",
+    "Unauthorized",
+    "Forbidden",
+    "Conflict",
 ]
 
 
@@ -159,3 +171,53 @@ class LockLost(DatabaseError):
         self.name = name
         self.owner = owner
         super().__init__(f"advisory lock {name!r} is no longer held by {owner}")
+
+
+class StoreError(IcnMcpError):
+    """The agent HQ store refused a request; the HTTP layer maps each kind to a status."""
+
+
+class ValidationError(StoreError):
+    """Input that is not allowed; ``fields`` maps each bad field to what is allowed (400)."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = dict(fields)
+        detail = "; ".join(f"{name}: {why}" for name, why in self.fields.items())
+        super().__init__(f"invalid input: {detail}")
+
+
+class NotFound(StoreError):
+    """No ``kind`` with this ``id`` exists (404)."""
+
+    def __init__(self, kind: str, id: object) -> None:
+        self.kind = kind
+        self.id = id
+        super().__init__(f"{kind} {id!r} not found")
+
+
+class Unauthorized(StoreError):
+    """The credential is missing, unknown, expired or revoked (401)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"unauthorized: {reason}")
+
+
+class Forbidden(StoreError):
+    """The credential is valid but does not allow this request (403)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"forbidden: {reason}")
+
+
+class Conflict(StoreError):
+    """The request contradicts the current state, e.g. a report from a stale claim (409).
+
+    ``data`` carries the facts a client needs to recover (task id, current attempt...).
+    """
+
+    def __init__(self, reason: str, **data: object) -> None:
+        self.reason = reason
+        self.data = data
+        super().__init__(f"conflict: {reason}")

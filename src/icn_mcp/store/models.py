@@ -1,0 +1,192 @@
+"""The store's results: frozen dataclasses with ``to_dict()`` returning JSON-ready data.
+
+Timestamps are strings in the one stored format (:mod:`icn_mcp.db.timestamps`), so a
+result serialises exactly as it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "TASK_STATUSES",
+    "RUN_STATUSES",
+    "REPORT_STATUSES",
+    "Agent",
+    "RegisteredAgent",
+    "Task",
+    "TaskPage",
+    "Run",
+    "TaskStatus",
+    "Claim",
+    "Artifact",
+]
+
+#: Every status a task can have; ``completed`` and ``failed`` are final.
+TASK_STATUSES = ("open", "claimed", "completed", "failed")
+#: What an agent may report with :meth:`~icn_mcp.store.Store.report_run`.
+REPORT_STATUSES = ("claimed", "in_progress", "completed", "failed")
+#: Every status a run row can have: the reports, and ``expired`` for a lease that ran
+#: out (written by the store when the task is reclaimed).
+RUN_STATUSES = REPORT_STATUSES + ("expired",)
+
+
+class _ToDict:
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (dicts, lists, strings, numbers, None)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Agent(_ToDict):
+    """A registered agent, as an authenticated token shows it."""
+
+    id: str
+    name: str
+    kind: str
+    version: str | None
+    created_at: str
+    token_expires_at: str | None
+
+
+@dataclass(frozen=True)
+class RegisteredAgent(_ToDict):
+    """An agent and its fresh bearer token: the only time the raw token is available."""
+
+    id: str
+    name: str
+    kind: str
+    version: str | None
+    token: str = field(repr=False)
+    token_expires_at: str
+
+
+@dataclass(frozen=True)
+class Task(_ToDict):
+    """One task. ``attempt`` counts claims (the fencing token); ``claimed_by`` and
+    ``lease_expires_at`` describe the current claim while ``status`` is ``claimed``."""
+
+    id: int
+    title: str
+    description: str | None
+    status: str
+    priority: int
+    created_by: str | None
+    created_at: str
+    updated_at: str
+    depends_on: list[int]
+    attempt: int
+    max_attempts: int
+    claimed_by: str | None
+    lease_expires_at: str | None
+    idempotency_key: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Task":
+        deps = row["depends_on"]
+        return cls(
+            id=row["id"],
+            title=row["title"],
+            description=row["description"],
+            status=row["status"],
+            priority=row["priority"],
+            created_by=row["created_by"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            depends_on=json.loads(deps) if deps else [],
+            attempt=row["attempt"],
+            max_attempts=row["max_attempts"],
+            claimed_by=row["claimed_by"],
+            lease_expires_at=row["lease_expires_at"],
+            idempotency_key=row["idempotency_key"],
+        )
+
+
+@dataclass(frozen=True)
+class TaskPage(_ToDict):
+    """One page of :meth:`~icn_mcp.store.Store.list_tasks`; pass ``next_cursor`` back
+    for the next page (None on the last one)."""
+
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Run(_ToDict):
+    """One report on a task (or an ``expired`` lease), in the order they happened."""
+
+    id: int
+    task_id: int
+    agent_id: str
+    attempt: int
+    status: str
+    notes: str | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Run":
+        return cls(
+            id=row["id"],
+            task_id=row["task_id"],
+            agent_id=row["agent_id"],
+            attempt=row["attempt"],
+            status=row["status"],
+            notes=row["notes"],
+            created_at=row["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class TaskStatus(_ToDict):
+    """Where a task stands: its status, attempt and lease, and its latest run.
+
+    ``agent`` is the agent of the latest run, or the current claimer when there is
+    no run yet; ``notes`` are the latest run's notes.
+    """
+
+    id: int
+    status: str
+    attempt: int
+    lease_expires_at: str | None
+    agent: str | None
+    notes: str | None
+    latest_run: Run | None
+
+
+@dataclass(frozen=True)
+class Claim(_ToDict):
+    """A claimed task: work on it until ``lease_expires_at`` and report with
+    ``attempt``, the fencing token that makes a late report from this claim fail."""
+
+    task_id: int
+    title: str
+    lease_expires_at: str
+    attempt: int
+    task: Task
+
+
+@dataclass(frozen=True)
+class Artifact(_ToDict):
+    """Something a task produced: a ``kind``, a ``path`` and free-form ``meta``."""
+
+    id: int
+    task_id: int
+    kind: str
+    path: str
+    meta: dict[str, Any] | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Artifact":
+        meta = row["meta"]
+        return cls(
+            id=row["id"],
+            task_id=row["task_id"],
+            kind=row["kind"],
+            path=row["path"],
+            meta=json.loads(meta) if meta is not None else None,
+            created_at=row["created_at"],
+        )
