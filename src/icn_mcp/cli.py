@@ -200,5 +200,249 @@ def verify(ctx: click.Context) -> None:
     )
 
 
+
+# -- backup, restore and diagnostics (db/backup.py, db/info.py) ---------------------
+
+#: Progress appears only for backups that take longer than this (on a terminal).
+PROGRESS_DELAY_S = 0.5
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
+    """Backup directory, keep and check from MCP_BACKUP_*.
+
+    Without MCP_BACKUP_DIR: ``$MCP_DB_DIR/backups``, or ``backups/`` beside the
+    database given with ``--db``.
+    """
+    from icn_mcp.db.backup import BACKUP_DIR_NAME
+
+    settings = Settings.from_env()
+    db_path = Path(ctx.obj["path"])
+    if settings.backup_dir is not None:
+        directory = settings.backup_dir
+    elif db_path != settings.db_path:
+        directory = db_path.parent / BACKUP_DIR_NAME
+    else:
+        directory = settings.db_dir / BACKUP_DIR_NAME
+    return directory, settings.backup_keep, settings.backup_check.lower()
+
+
+def _require_database(ctx: click.Context) -> None:
+    path = Path(ctx.obj["path"])
+    if not path.exists():
+        _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH, or run 'icn-mcp db migrate' to create it")
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _printable(name: str) -> str:
+    """A table name as typed, or JSON-quoted when it holds control characters."""
+    return name if name.isprintable() else json.dumps(name)
+
+
+class _ProgressLine:
+    """One self-overwriting line on stderr: ``copy 512.0/1024.0 MiB (50%)``."""
+
+    def __init__(self) -> None:
+        import threading
+        import time
+
+        self._clock = time.monotonic
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._width = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self._clock() - self._started < PROGRESS_DELAY_S:
+            return
+        if phase in ("copy", "hash"):
+            percent = done * 100 // total if total else 100
+            text = f"{phase} {done / 2**20:.1f}/{total / 2**20:.1f} MiB ({percent}%)"
+        else:
+            text = {"check": "checking integrity", "sync": "syncing to disk"}.get(phase, phase)
+            text += " done" if done >= total else "..."
+        with self._lock:
+            click.echo("\r" + text.ljust(self._width), nl=False, err=True)
+            self._width = max(self._width, len(text))
+
+    def finish(self) -> None:
+        with self._lock:
+            if self._width:
+                click.echo("\r" + " " * self._width + "\r", nl=False, err=True)
+
+
+@db.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    default=None,
+    help="After success, delete all but the newest N icn-mcp-*.sqlite backups in the "
+    "directory (default: MCP_BACKUP_KEEP; 0 keeps all).",
+)
+@click.pass_context
+def backup(ctx: click.Context, path: Path | None, keep: int | None) -> None:
+    """Write a verified snapshot of the database; safe while the server runs.
+
+    PATH is the file to write (it must not exist) or a directory; by default
+    $MCP_BACKUP_DIR (else $MCP_DB_DIR/backups)/icn-mcp-<UTC time>.sqlite. Prints the
+    path and size; exit status 1 on failure, with nothing left behind.
+    """
+    _require_database(ctx)
+    directory, default_keep, check = _backup_settings(ctx)
+    progress = _ProgressLine() if _is_terminal(sys.stderr) else None
+    with _open(ctx, migrate=False) as database:
+        try:
+            result = database.create_backup(
+                path,
+                backup_dir=directory,
+                keep=default_keep if keep is None else keep,
+                check=check,
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.finish()
+    click.echo(f"backed up to {result.path} ({_human(result.size_bytes)}, {result.size_bytes} bytes)")
+    for old in result.pruned:
+        click.echo(f"pruned {old}")
+
+
+@db.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@click.pass_context
+def restore(ctx: click.Context, path: Path, yes: bool) -> None:
+    """Replace the database's content with the backup at PATH.
+
+    The backup is verified first; the current database is saved as a safety backup
+    beside the others; other processes may keep the database open. Asks for
+    confirmation on a terminal; elsewhere refuses (exit status 2) unless --yes.
+    """
+    target = Path(ctx.obj["path"]).absolute()
+    if not yes:
+        if not _is_terminal(sys.stdin):
+            _fail(
+                f"not restoring {target} without confirmation: stdin is not a terminal",
+                "pass --yes to restore non-interactively",
+                code=EXIT_USAGE,
+            )
+        if not click.confirm(
+            f"Replace the contents of {target} with {path}? (a safety backup is made first)"
+        ):
+            _fail("restore cancelled; nothing was changed")
+    directory, _, check = _backup_settings(ctx)
+    with _open(ctx, migrate=False) as database:
+        result = database.restore_from_backup(path, backup_dir=directory, check=check)
+    click.echo(f"restored {result.database} from {result.backup_path}")
+    click.echo(f"backup taken at {result.backup_created_at or 'unknown'}; latest migration {result.latest_migration}")
+    for version in result.migrations_applied:
+        click.echo(f"applied {version}")
+    rows = ", ".join(f"{_printable(n)} {c}" for n, c in result.row_counts.items() if c is not None)
+    click.echo(f"rows: {rows}")
+    click.echo(f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}")
+
+
+@db.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the same data as JSON.")
+@click.pass_context
+def info(ctx: click.Context, as_json: bool) -> None:
+    """Show size, tables with row counts and sizes, indexes, migrations, last backup."""
+    _require_database(ctx)
+    directory, _, _ = _backup_settings(ctx)
+    with _open(ctx, migrate=False) as database:
+        data = database.get_database_info(backup_dir=directory)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    health = data["health"]
+    click.echo(f"database   {data['path']}")
+    click.echo(
+        f"size       {_human(data['size_bytes'])} + WAL {_human(data['wal_size_bytes'])}; "
+        f"{data['page_count']} pages of {data['page_size']} bytes, {data['freelist_count']} free"
+    )
+    click.echo(f"journal    {data['journal_mode']}; SQLite {data['sqlite_version']}")
+    click.echo(
+        f"health     {'ok' if health['ok'] else 'FAILING: ' + str(health['error'])} "
+        f"({health['latency_ms']} ms probe)"
+    )
+    last = data["last_backup"]
+    click.echo(
+        f"backup     {last['path']} ({last['created_at']}, {_human(last['size_bytes'])})"
+        if last
+        else f"backup     none in {directory}"
+    )
+    sizes = "" if data["size_method"] == "dbstat" else " (estimated)"
+    names = [_printable(t["name"]) for t in data["tables"]] + [_printable(i["name"]) for i in data["indexes"]]
+    width = max([len(n) for n in names] + [9])
+    click.echo("")
+    click.echo(f"{'TABLE':<{width}}  {'ROWS':>12}  SIZE{sizes}")
+    for table in data["tables"]:
+        rows = "-" if table["row_count"] is None else str(table["row_count"])
+        click.echo(f"{_printable(table['name']):<{width}}  {rows:>12}  {_human(table['size_bytes'])}")
+    if data["indexes"]:
+        click.echo("")
+        click.echo(f"{'INDEX':<{width}}  {'SIZE':>12}  TABLE")
+        for index in data["indexes"]:
+            click.echo(f"{_printable(index['name']):<{width}}  {_human(index['size_bytes']):>12}  {_printable(index['table'])}")
+    click.echo("")
+    vwidth = max([len(m["version"]) for m in data["migrations"]] + [9])
+    click.echo(f"{'MIGRATION':<{vwidth}}  {'APPLIED AT':<27}  {'MS':>9}  CHECKSUM")
+    for m in data["migrations"]:
+        ms = "" if m["execution_ms"] is None else f"{m['execution_ms']:g}"
+        click.echo(f"{m['version']:<{vwidth}}  {m['applied_at']:<27}  {ms:>9}  {m['checksum'][:16]}")
+    for failure in data["failed_migrations"]:
+        click.echo(f"failed     {failure['version']} at {failure['failed_at']}: {failure['error']}")
+    click.echo(f"(gathered in {data['elapsed_ms']:.0f} ms)")
+
+
+@db.command("verify-backup")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None:
+    """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
+    from icn_mcp.db.backup import verify_backup
+
+    migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
+    result = verify_backup(path, migrations_dir=migrations_dir)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        if not result.ok:
+            sys.exit(EXIT_FAILED)
+        return
+    if not result.ok:
+        for problem in result.problems[1:]:
+            click.echo(f"problem: {problem}", err=True)
+        _fail(f"{result.path} is not a valid backup: {result.problems[0]}", "do not restore it; use another backup")
+    manifest = (
+        "manifest SHA-256, size and row counts match"
+        if result.manifest_ok
+        else "no manifest beside it"
+    )
+    click.echo(f"ok: {result.path} ({_human(result.size_bytes)})")
+    click.echo(
+        f"integrity_check ok; {len(result.applied_migrations)} migrations up to "
+        f"{result.latest_migration}, checksums match; {manifest}"
+    )
+    if result.created_at:
+        click.echo(f"created at {result.created_at}")
+
+
 if __name__ == "__main__":
     main()

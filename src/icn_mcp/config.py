@@ -25,12 +25,16 @@ __all__ = [
     "DEFAULT_LEASE_S",
     "AGENT_KIND_PATTERN",
     "MIN_MAINTAINER_TOKEN_LENGTH",
+    "DEFAULT_BACKUP_KEEP",
 ]
 
 DEFAULT_DB_DIR = "./var"
 DEFAULT_DB_FILENAME = "icn-mcp.sqlite"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+#: 0 keeps every backup; N > 0 prunes all but the newest N after each backup.
+DEFAULT_BACKUP_KEEP = 0
+BACKUP_CHECKS = ("FULL", "QUICK")
 
 #: The agent HQ store's defaults (icn_mcp.store); the environment may override them.
 DEFAULT_AGENT_KINDS = ("planner", "architect", "reviewer", "ops")
@@ -178,6 +182,12 @@ class Settings:
     #: Secrets: never shown in repr (and so never in logs).
     admin_token: str | None = field(default=None, repr=False)
     maintainer_tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: Where backups go; None means ``backups/`` beside the database file.
+    backup_dir: Path | None = None
+    backup_keep: int = DEFAULT_BACKUP_KEEP
+    #: ``FULL`` runs integrity_check on each new backup before publishing it,
+    #: ``QUICK`` the cheaper quick_check (no index-against-table comparison).
+    backup_check: str = "FULL"
     # -- the server (issue 5) ---------------------------------------------------------
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
@@ -268,6 +278,15 @@ class Settings:
             lease_s=get("MCP_LEASE_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_LEASE_S),
             admin_token=get("MCP_ADMIN_TOKEN", _admin_token, None),
             maintainer_tokens=get("MCP_MAINTAINER_TOKENS", _maintainer_tokens, ()),
+            backup_dir=get("MCP_BACKUP_DIR", path, None),
+            backup_keep=get(
+                "MCP_BACKUP_KEEP",
+                lambda n, r: _int(n, r, minimum=0),
+                DEFAULT_BACKUP_KEEP,
+            ),
+            backup_check=get(
+                "MCP_BACKUP_CHECK", lambda n, r: _choice(n, r, BACKUP_CHECKS), "FULL"
+            ),
             host=get("MCP_HOST", _host, DEFAULT_HOST),
             port=get("MCP_PORT", _port, DEFAULT_PORT),
             max_body_bytes=get(

@@ -13,7 +13,11 @@ Errors carry their data as attributes, not only inside the message::
     │   ├── MigrationError          a migration failed or the history is inconsistent
     │   │   └── ChecksumMismatch    an applied migration's file changed
     │   ├── LockTimeout             a keyed or advisory lock was not acquired in time
-    │   └── LockLost                an advisory lease was lost (expired, taken over)
+    │   ├── LockLost                an advisory lease was lost (expired, taken over)
+    │   ├── BackupError             a backup could not be made, or a file is not a
+    │   │                           valid backup (names the path and the cause)
+    │   └── RestoreError            a restore was refused or failed (the live
+    │                               database is left as it was when refused)
     └── StoreError                  the agent HQ domain refused a request (icn_mcp.store)
         ├── ValidationError         bad input; ``fields`` maps each field to what is allowed
         ├── NotFound                no such agent, task...; ``kind`` and ``id``
@@ -35,6 +39,8 @@ __all__ = [
     "ChecksumMismatch",
     "LockTimeout",
     "LockLost",
+    "BackupError",
+    "RestoreError",
     "StoreError",
     "ValidationError",
     "NotFound",
@@ -171,6 +177,31 @@ class LockLost(DatabaseError):
         self.name = name
         self.owner = owner
         super().__init__(f"advisory lock {name!r} is no longer held by {owner}")
+
+
+class BackupError(DatabaseError):
+    """A backup could not be made or verified.
+
+    ``path`` is the file concerned (the backup, or the directory it was going to) and
+    ``cause`` says why, e.g. ``"No space left on device"`` or ``"integrity_check: ..."``.
+    """
+
+    def __init__(self, path: str, cause: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"backup {path} failed: {cause}", hint=hint)
+
+
+class RestoreError(DatabaseError):
+    """A restore was refused (the live database is untouched) or failed after the copy.
+
+    ``path`` is the backup file, ``cause`` the reason.
+    """
+
+    def __init__(self, path: str, cause: str, *, hint: str | None = None) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"restore from {path} failed: {cause}", hint=hint)
 
 
 class StoreError(IcnMcpError):

@@ -10,7 +10,19 @@ Knows nothing about agents or tasks. Typical use::
 or, in an application configured from the environment, :func:`get_db`.
 """
 
+from icn_mcp.db.backup import (
+    BackupResult,
+    BackupVerification,
+    RestoreResult,
+    create_backup,
+    create_backup_async,
+    restore_from_backup,
+    restore_from_backup_async,
+    verify_backup,
+    verify_backup_async,
+)
 from icn_mcp.db.database import Database, close_db, get_db
+from icn_mcp.db.info import get_database_info, get_database_info_async
 from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, with_lock
 from icn_mcp.db.migrations import (
     AppliedMigration,
@@ -32,4 +44,15 @@ __all__ = [
     "AppliedMigration",
     "FailedMigration",
     "DryRunResult",
+    "create_backup",
+    "create_backup_async",
+    "verify_backup",
+    "verify_backup_async",
+    "restore_from_backup",
+    "restore_from_backup_async",
+    "get_database_info",
+    "get_database_info_async",
+    "BackupResult",
+    "BackupVerification",
+    "RestoreResult",
 ]

@@ -561,6 +561,59 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {str(self.path)!r}{' closed' if self._closed else ''}>"
 
+    # -- backup and diagnostics (db/backup.py, db/info.py) ------------------------------
+
+    def create_backup(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
+        """A verified snapshot of this database; see :func:`icn_mcp.db.backup.create_backup`.
+
+        Without ``path`` it goes to ``backups/`` beside the database file.
+        """
+        from icn_mcp.db import backup
+
+        return backup.create_backup(path, db=self, **options)
+
+    def verify_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
+        """Check a backup against this database's migrations; see :func:`icn_mcp.db.backup.verify_backup`."""
+        from icn_mcp.db import backup
+
+        return backup.verify_backup(path, db=self, **options)
+
+    def restore_from_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
+        """Verify, keep a safety copy, restore; see :func:`icn_mcp.db.backup.restore_from_backup`."""
+        from icn_mcp.db import backup
+
+        return backup.restore_from_backup(path, db=self, **options)
+
+    def get_database_info(self, **options: Any) -> dict[str, Any]:
+        """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.info`."""
+        from icn_mcp.db import info
+
+        return info.get_database_info(db=self, **options)
+
+    async def create_backup_async(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
+        """:meth:`create_backup` in a worker thread, so the event loop keeps running."""
+        import asyncio
+
+        return await asyncio.to_thread(self.create_backup, path, **options)
+
+    async def verify_backup_async(self, path: str | os.PathLike[str], **options: Any) -> Any:
+        """:meth:`verify_backup` in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.verify_backup, path, **options)
+
+    async def restore_from_backup_async(self, path: str | os.PathLike[str], **options: Any) -> Any:
+        """:meth:`restore_from_backup` in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.restore_from_backup, path, **options)
+
+    async def get_database_info_async(self, **options: Any) -> dict[str, Any]:
+        """:meth:`get_database_info` in a worker thread."""
+        import asyncio
+
+        return await asyncio.to_thread(self.get_database_info, **options)
+
 
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:

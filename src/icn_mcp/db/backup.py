@@ -1,0 +1,940 @@
+"""Backups: create, verify, restore, prune.
+
+A backup is one self-contained SQLite file (rollback-journal mode, no ``-wal``
+beside it) plus a JSON manifest beside it (``<backup>.json``) recording its
+SHA-256, size, creation time, source, SQLite version, latest migration and row
+counts. See docs/backup.md for the design and the measurements behind it.
+
+Create: the snapshot is taken with SQLite's online backup API in ONE step
+(``pages=-1``) from a connection of its own, into a temporary file in the target
+directory. One step means one read transaction, hence a consistent snapshot; in WAL
+mode that read transaction never blocks writers. (A backup stepped a few pages at a
+time restarts whenever another connection writes and may never finish.) The copy is
+switched to ``journal_mode=DELETE``, checked, hashed, fsynced and only then renamed
+into place, followed by its manifest and an fsync of the directory. Any failure
+removes everything this call wrote; the live database is only ever read.
+
+Restore: the backup is verified first and refused, with the live database untouched,
+when it is damaged, truncated, not SQLite, or has migrations this code does not know.
+Then a safety backup of the live database is made, and the backup is copied INTO the
+live database through the backup API. SQLite takes the live database's write lock
+and writes the new content as one transaction through its WAL, so every other
+connection, in any process, sees the restored content as an ordinary committed
+change, and no stale ``-wal``/``-shm`` can ever be replayed over it. Afterwards the
+integrity check runs and missing migrations are applied.
+
+Every public function takes ``db=`` (keyword); without it, it works on the
+process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from urllib.parse import quote
+
+from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.info import count_rows
+from icn_mcp.db.timestamps import format_ts, utc_now
+from icn_mcp.errors import BackupError, MigrationError, RestoreError
+
+if TYPE_CHECKING:
+    from icn_mcp.db.database import Database
+
+__all__ = [
+    "BackupResult",
+    "BackupVerification",
+    "RestoreResult",
+    "create_backup",
+    "create_backup_async",
+    "verify_backup",
+    "verify_backup_async",
+    "restore_from_backup",
+    "restore_from_backup_async",
+    "prune_backups",
+    "list_backups",
+    "latest_backup",
+    "default_backup_dir",
+    "manifest_path",
+    "BACKUP_DIR_NAME",
+    "BACKUP_PREFIX",
+    "SAFETY_BACKUP_PREFIX",
+    "BACKUP_SUFFIX",
+    "MANIFEST_SUFFIX",
+    "CHECKS",
+]
+
+log = logging.getLogger("icn_mcp.db.backup")
+
+BACKUP_DIR_NAME = "backups"
+BACKUP_PREFIX = "icn-mcp-"
+#: Safety copies made by restore; never pruned, because their name differs.
+SAFETY_BACKUP_PREFIX = "icn-mcp-pre-restore-"
+BACKUP_SUFFIX = ".sqlite"
+MANIFEST_SUFFIX = ".json"
+MANIFEST_FORMAT = "icn-mcp-backup"
+MANIFEST_FORMAT_VERSION = 1
+TEMP_PREFIX = ".icn-mcp-backup-"
+TEMP_SUFFIX = ".tmp"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: ``full`` = PRAGMA integrity_check, ``quick`` = PRAGMA quick_check (skips the
+#: comparison of every index with its table), ``none`` = no check (safety copies).
+CHECKS = ("full", "quick", "none")
+DEFAULT_CHECK = "full"
+#: How many problems an integrity check reports at most.
+MAX_INTEGRITY_PROBLEMS = 20
+HASH_CHUNK_BYTES = 1 << 20
+PROGRESS_INTERVAL_S = 0.25
+#: Free space asked for beyond the database's size, so a backup never fills the
+#: disk that the live database (often on the same filesystem) needs for its WAL.
+FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+
+_NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+#: Only files named exactly like this are ever pruned: never a user's own files.
+BACKUP_NAME = re.compile(r"^icn-mcp-(?P<stamp>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)\.sqlite$")
+
+#: ``progress(phase, done, total)``: phase is ``"copy"`` or ``"hash"`` (bytes),
+#: ``"check"`` or ``"sync"`` (0 of 1 when starting, 1 of 1 when done).
+Progress = Callable[[str, int, int], None]
+
+
+# -- results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """A published backup: where it is and what it holds."""
+
+    path: str
+    manifest_path: str
+    size_bytes: int
+    sha256: str
+    created_at: str
+    source_path: str
+    latest_migration: str | None
+    row_counts: dict[str, int | None]
+    check: str
+    #: Seconds spent in each phase: copy, check, hash, sync (and total).
+    timings_s: dict[str, float] = field(default_factory=dict)
+    #: Older backups removed by ``keep``.
+    pruned: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackupVerification:
+    """What :func:`verify_backup` found; ``ok`` is True only when ``problems`` is empty.
+
+    ``unknown_migrations`` are applied in the backup but have no file here (the
+    backup comes from a newer schema); ``changed_migrations`` have a different
+    checksum than their file. ``manifest_ok`` is None when there is no manifest.
+    """
+
+    path: str
+    ok: bool
+    problems: list[str]
+    size_bytes: int | None = None
+    header_ok: bool = False
+    page_size: int | None = None
+    journal_mode: str | None = None
+    integrity: str | None = None
+    migrations_ok: bool | None = None
+    latest_migration: str | None = None
+    applied_migrations: list[str] = field(default_factory=list)
+    unknown_migrations: list[str] = field(default_factory=list)
+    changed_migrations: list[str] = field(default_factory=list)
+    manifest_path: str | None = None
+    manifest_ok: bool | None = None
+    sha256: str | None = None
+    created_at: str | None = None
+    row_counts: dict[str, int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did: from where, the safety copy, and what the database holds now."""
+
+    database: str
+    backup_path: str
+    safety_backup_path: str
+    backup_created_at: str | None
+    latest_migration: str | None
+    migrations_applied: list[str]
+    row_counts: dict[str, int | None]
+    integrity: str
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- paths ----------------------------------------------------------------------------
+
+
+class _Defaults(NamedTuple):
+    backup_dir: Path | None
+    keep: int
+    check: str
+
+
+def process_wide() -> tuple["Database", _Defaults]:
+    """The process-wide database and the ``MCP_BACKUP_*`` settings."""
+    from icn_mcp.config import Settings  # config is read only at the edges
+    from icn_mcp.db.database import get_db
+
+    settings = Settings.from_env()
+    directory = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME
+    return get_db(), _Defaults(directory, settings.backup_keep, settings.backup_check.lower())
+
+
+def default_backup_dir(db: "Database") -> Path:
+    """``backups/`` beside the database file."""
+    return db.path.parent / BACKUP_DIR_NAME
+
+
+def manifest_path(backup: str | os.PathLike[str]) -> Path:
+    """The manifest beside ``backup``: its name plus ``.json``."""
+    backup = Path(backup)
+    return backup.with_name(backup.name + MANIFEST_SUFFIX)
+
+
+def _name_for(prefix: str, moment: datetime) -> str:
+    return f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+
+
+def _free_name(directory: Path, prefix: str, moment: datetime) -> Path:
+    """A name not yet taken: the timestamp moved on by microseconds if need be.
+
+    Two backups in the same second (even the same microsecond) get distinct names
+    that still sort in creation order.
+    """
+    while True:
+        candidate = directory / _name_for(prefix, moment)
+        if not candidate.exists() and not manifest_path(candidate).exists():
+            return candidate
+        moment += timedelta(microseconds=1)
+
+
+def list_backups(directory: str | os.PathLike[str]) -> list[Path]:
+    """Backups in ``directory`` named like ours (``icn-mcp-<UTC time>.sqlite``), oldest first."""
+    directory = Path(directory)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [directory / name for name in sorted(n for n in names if BACKUP_NAME.match(n))]
+
+
+def latest_backup(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``{"path", "created_at", "size_bytes"}`` of the newest backup, or None."""
+    for path in reversed(list_backups(directory)):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        created_at = None
+        try:
+            created_at = json.loads(manifest_path(path).read_text("utf-8")).get("created_at")
+        except (OSError, ValueError, AttributeError):
+            pass
+        if created_at is None:
+            stamp = BACKUP_NAME.match(path.name)["stamp"]  # type: ignore[index]
+            created_at = format_ts(datetime.strptime(stamp, _NAME_TIME_FORMAT).replace(tzinfo=timezone.utc))
+        return {"path": str(path), "created_at": created_at, "size_bytes": size}
+    return None
+
+
+def prune_backups(
+    directory: str | os.PathLike[str], keep: int, *, protect: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Delete all but the newest ``keep`` backups in ``directory``; the paths removed.
+
+    Only files named like ours are considered, so nothing else in the directory is
+    ever touched, and ``protect`` (the backup just made) is never removed. Each
+    removed backup's manifest goes with it.
+    """
+    if keep < 1:
+        raise BackupError(str(directory), f"keep={keep!r} is not valid: expected an integer >= 1")
+    backups = list_backups(directory)
+    protected = os.path.abspath(protect) if protect is not None else None
+    doomed = [p for p in backups[: max(0, len(backups) - keep)] if os.path.abspath(p) != protected]
+    removed: list[str] = []
+    for path in doomed:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not prune backup %s: %s", path, exc.strerror)
+            continue
+        try:
+            os.unlink(manifest_path(path))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove manifest of pruned backup %s: %s", path, exc.strerror)
+        removed.append(str(path))
+        log.info("pruned backup %s", path)
+    return removed
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _cause(exc: BaseException) -> str:
+    """A short cause for a message: ``No space left on device (ENOSPC)``."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{exc.strerror or os.strerror(exc.errno)} ({name})"
+    return str(exc) or type(exc).__name__
+
+
+def _hint_for(exc: BaseException) -> str | None:
+    text = _cause(exc).lower()
+    if "enospc" in text or "disk is full" in text or "no space" in text:
+        return "free some space or back up to another filesystem; nothing was left behind"
+    if "erofs" in text or "eacces" in text or "eperm" in text or "readonly" in text:
+        return "choose a writable directory (MCP_BACKUP_DIR or an explicit PATH)"
+    return None
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ro_uri(path: Path) -> str:
+    return "file:" + quote(str(path)) + "?mode=ro"
+
+
+def _sha256(path: Path, progress: Progress | None) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    done = 0
+    total = path.stat().st_size
+    last = time.monotonic()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None and time.monotonic() - last >= PROGRESS_INTERVAL_S:
+                progress("hash", done, total)
+                last = time.monotonic()
+    if progress is not None:
+        progress("hash", done, total)
+    return digest.hexdigest(), done
+
+
+def _integrity(conn: sqlite3.Connection, check: str) -> list[str]:
+    """Problems reported by the check (empty when it says ok)."""
+    if check == "none":
+        return []
+    pragma = "integrity_check" if check == "full" else "quick_check"
+    rows = conn.execute(f"PRAGMA {pragma}({MAX_INTEGRITY_PROBLEMS})").fetchall()
+    return [str(row[0]) for row in rows if row[0] != "ok"]
+
+
+def _latest_migration(conn: sqlite3.Connection) -> str | None:
+    history = _migrations.read_history(conn)
+    return max(history) if history else None
+
+
+def _check_value(check: str) -> str:
+    value = str(check).lower()
+    if value not in CHECKS:
+        raise BackupError("-", f"check={check!r} is not valid: expected one of {', '.join(CHECKS)}")
+    return value
+
+
+def _open_destination(path: Path) -> sqlite3.Connection:
+    """The connection writing the temporary copy.
+
+    No journal and no syncs while copying: the file is private until renamed, a
+    failure deletes it, and it is fsynced once at the end.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    return conn
+
+
+class _CopyMonitor:
+    """Reports the temporary file's growth while SQLite copies in one step."""
+
+    def __init__(self, path: Path, total: int, progress: Progress | None) -> None:
+        self.path = path
+        self.total = total
+        self.progress = progress
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_CopyMonitor":
+        if self.progress is not None:
+            self._thread = threading.Thread(target=self._run, name="backup-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        assert self.progress is not None
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            try:
+                size = os.stat(self.path).st_size
+                self.progress("copy", min(size, self.total), self.total)
+            except Exception as exc:  # noqa: BLE001 - progress must never break a backup
+                log.debug("progress report failed: %s", exc)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# -- create -------------------------------------------------------------------------
+
+
+def create_backup(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    db: "Database | None" = None,
+    backup_dir: str | os.PathLike[str] | None = None,
+    keep: int | None = None,
+    check: str | None = None,
+    progress: Progress | None = None,
+    prefix: str = BACKUP_PREFIX,
+) -> BackupResult:
+    """Make a verified, self-contained snapshot of the database; never blocks writers.
+
+    ``path``: the backup file to write (refused if it exists), or an existing
+    directory to put a default-named backup in. Default: ``<backup_dir>/icn-mcp-<UTC
+    time>.sqlite``, where ``backup_dir`` defaults to ``backups/`` beside the database
+    (``MCP_BACKUP_DIR`` or ``$MCP_DB_DIR/backups`` for the process-wide database).
+    ``keep``: after success, delete all but the newest ``keep`` backups in the same
+    directory (0 or None: keep all). ``check``: ``full`` (integrity_check, default),
+    ``quick`` (quick_check) or ``none``. ``progress(phase, done, total)`` is called
+    from this and from a helper thread while the copy runs.
+
+    Raises :class:`~icn_mcp.errors.BackupError` naming the path and the cause; then
+    nothing is left under the final name and no temporary file remains.
+    """
+    if db is None:
+        db, defaults = process_wide()
+        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
+        keep = defaults.keep if keep is None else keep
+        check = defaults.check if check is None else check
+    check = _check_value(check or DEFAULT_CHECK)
+    keep = keep or 0
+    if keep < 0:
+        raise BackupError(str(path or backup_dir or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
+
+    started = time.perf_counter()
+    moment = utc_now()
+    final = _final_path(db, path, backup_dir, prefix, moment)
+    directory = final.parent
+    _make_directory(directory, final)
+    _require_free_space(db, directory, final)
+
+    timings: dict[str, float] = {}
+    temps: list[Path] = []
+    published: list[Path] = []
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
+        os.close(fd)  # mkstemp created it 0600; SQLite writes into it
+        tmp = Path(tmp_name)
+        temps += [tmp] + [Path(f"{tmp}{s}") for s in ("-journal", "-wal", "-shm")]
+
+        phase = time.perf_counter()
+        source = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+        try:
+            source.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+            source.execute("PRAGMA query_only = 1")
+            total = (
+                source.execute("PRAGMA page_count").fetchone()[0]
+                * source.execute("PRAGMA page_size").fetchone()[0]
+            )
+            dest = _open_destination(tmp)
+            try:
+                with _CopyMonitor(tmp, total, progress):
+                    # ONE step: one read transaction on the source, a consistent snapshot.
+                    source.backup(dest, pages=-1)
+                if progress is not None:
+                    progress("copy", total, total)
+                timings["copy"] = time.perf_counter() - phase
+
+                # The copied header says WAL; make the copy a single self-contained file.
+                mode = dest.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+                if str(mode).lower() != "delete":
+                    raise BackupError(str(final), f"the copy stayed in journal mode {mode!r}")
+
+                phase = time.perf_counter()
+                if progress is not None:
+                    progress("check", 0, 1)
+                problems = _integrity(dest, check)
+                if problems:
+                    raise BackupError(
+                        str(final),
+                        f"the copy failed {'integrity_check' if check == 'full' else 'quick_check'}: "
+                        + "; ".join(problems[:3]),
+                        hint="the live database itself is probably damaged: run 'icn-mcp db verify' "
+                        "and restore it from an older verified backup",
+                    )
+                if progress is not None:
+                    progress("check", 1, 1)
+                timings["check"] = time.perf_counter() - phase
+                latest = _latest_migration(dest)
+                rows = count_rows(dest)
+                page_size = dest.execute("PRAGMA page_size").fetchone()[0]
+                page_count = dest.execute("PRAGMA page_count").fetchone()[0]
+            finally:
+                dest.close()
+        finally:
+            source.close()
+        leftovers = [p.name for p in temps[1:] if p.exists()]
+        if leftovers:
+            raise BackupError(str(final), f"the copy is not self-contained: {', '.join(leftovers)} beside it")
+
+        phase = time.perf_counter()
+        sha256, size = _sha256(tmp, progress)
+        timings["hash"] = time.perf_counter() - phase
+
+        phase = time.perf_counter()
+        if progress is not None:
+            progress("sync", 0, 1)
+        _fsync_path(tmp)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "file": final.name,
+            "sha256": sha256,
+            "size_bytes": size,
+            "created_at": format_ts(moment),
+            "source_path": str(db.path),
+            "sqlite_version": sqlite3.sqlite_version,
+            "latest_migration": latest,
+            "page_size": page_size,
+            "page_count": page_count,
+            "check": check,
+            "row_counts": rows,
+        }
+        fd, manifest_tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
+        manifest_tmp = Path(manifest_tmp_name)
+        temps.append(manifest_tmp)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+        # The backup first, then its manifest: a manifest never names a missing file.
+        os.replace(tmp, final)
+        published.append(final)
+        os.replace(manifest_tmp, manifest_path(final))
+        published.append(manifest_path(final))
+        _fsync_path(directory, directory=True)
+        if progress is not None:
+            progress("sync", 1, 1)
+        timings["sync"] = time.perf_counter() - phase
+    except BaseException as exc:
+        for leftover in temps + published:
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+            except OSError as cleanup_exc:
+                log.error("could not remove %s after a failed backup: %s", leftover, cleanup_exc)
+        if published:
+            try:
+                _fsync_path(directory, directory=True)
+            except OSError:
+                pass
+        if isinstance(exc, BackupError) or not isinstance(exc, (OSError, sqlite3.Error)):
+            raise
+        raise BackupError(str(final), _cause(exc), hint=_hint_for(exc)) from exc
+
+    pruned = prune_backups(directory, keep, protect=final) if keep else []
+    timings["total"] = time.perf_counter() - started
+    log.info("backup of %s written to %s (%d bytes)", db.path, final, size)
+    return BackupResult(
+        path=str(final),
+        manifest_path=str(manifest_path(final)),
+        size_bytes=size,
+        sha256=sha256,
+        created_at=manifest["created_at"],
+        source_path=str(db.path),
+        latest_migration=latest,
+        row_counts=rows,
+        check=check,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+        pruned=pruned,
+    )
+
+
+def _final_path(
+    db: "Database",
+    path: str | os.PathLike[str] | None,
+    backup_dir: str | os.PathLike[str] | None,
+    prefix: str,
+    moment: datetime,
+) -> Path:
+    if path is not None:
+        target = Path(os.path.abspath(os.fspath(path)))
+        if target.is_dir():
+            return _free_name(target, prefix, moment)
+        if target.exists() or manifest_path(target).exists():
+            raise BackupError(
+                str(target),
+                "the file (or its manifest) already exists",
+                hint="choose a new path, give a directory, or omit PATH for a timestamped name",
+            )
+        if target == db.path or str(target).startswith(f"{db.path}-"):
+            raise BackupError(str(target), "that is the live database (or one of its files)")
+        return target
+    directory = Path(os.path.abspath(backup_dir)) if backup_dir is not None else default_backup_dir(db)
+    return _free_name(directory, prefix, moment)
+
+
+def _make_directory(directory: Path, final: Path) -> None:
+    """Create the backup directory (0700) if missing; it must be a writable place."""
+    try:
+        if not directory.is_dir():
+            directory.mkdir(parents=True, mode=DIR_MODE)
+            os.chmod(directory, DIR_MODE)  # mkdir's mode is reduced by the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BackupError(str(final), f"cannot create directory {directory}: {_cause(exc)}",
+                          hint=_hint_for(exc)) from None
+
+
+def _require_free_space(db: "Database", directory: Path, final: Path) -> None:
+    try:
+        needed = os.stat(db.path).st_size + FREE_SPACE_MARGIN_BYTES
+        st = os.statvfs(directory)
+    except OSError:
+        return  # unknown: the copy itself will fail cleanly if space runs out
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise BackupError(
+            str(final),
+            f"not enough free space in {directory}: about {needed} bytes needed, {free} free",
+            hint="free some space or back up to another filesystem",
+        )
+
+
+# -- verify ---------------------------------------------------------------------------
+
+
+def _read_header(path: Path, size: int, problems: list[str]) -> tuple[bool, int | None, str | None]:
+    """Check the 100-byte header and that the file holds every page it declares."""
+    with open(path, "rb") as fh:
+        header = fh.read(_HEADER_BYTES)
+    if len(header) < _HEADER_BYTES or not header.startswith(SQLITE_HEADER):
+        problems.append("not an SQLite database (no 'SQLite format 3' header)")
+        return False, None, None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        problems.append(f"damaged header: page size {page_size} is not a power of two >= 512")
+        return False, None, None
+    journal_mode = "wal" if header[18] == 2 else "delete"
+    declared_pages = int.from_bytes(header[28:32], "big")
+    # The declared size is valid only when the two change counters agree.
+    if declared_pages and header[24:28] == header[92:96]:
+        expected = declared_pages * page_size
+        if size < expected:
+            problems.append(f"truncated: {size} bytes, the header declares {declared_pages} pages of {page_size} ({expected} bytes)")
+            return False, page_size, journal_mode
+    if size % page_size:
+        problems.append(f"truncated: {size} bytes is not a whole number of {page_size}-byte pages")
+        return False, page_size, journal_mode
+    return True, page_size, journal_mode
+
+
+def verify_backup(
+    path: str | os.PathLike[str],
+    *,
+    db: "Database | None" = None,
+    migrations_dir: str | os.PathLike[str] | None = None,
+    check: str = DEFAULT_CHECK,
+) -> BackupVerification:
+    """Check that ``path`` is a backup that can be relied on; never raises for a bad file.
+
+    Checks, in order: the SQLite header (and that no page is missing), ``PRAGMA
+    integrity_check`` (``check="quick"``: quick_check), that the migration history is
+    readable and every applied migration has a file here with the same checksum, and,
+    when the manifest exists, its SHA-256, size and row counts. The file is opened
+    read-only and never changed. ``migrations_dir`` defaults to the database's.
+    """
+    check = _check_value(check)
+    path = Path(os.path.abspath(os.fspath(path)))
+    if migrations_dir is None:
+        if db is None:
+            db, _ = process_wide()
+        migrations_dir = db.migrations_dir
+    problems: list[str] = []
+    found: dict[str, Any] = {}
+
+    def result() -> BackupVerification:
+        return BackupVerification(path=str(path), ok=not problems, problems=problems, **found)
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        problems.append("the file does not exist")
+        return result()
+    except OSError as exc:
+        problems.append(f"cannot read the file: {_cause(exc)}")
+        return result()
+    if not path.is_file():
+        problems.append("not a regular file")
+        return result()
+    found["size_bytes"] = size
+    try:
+        header_ok, page_size, journal_mode = _read_header(path, size, problems)
+    except OSError as exc:
+        problems.append(f"cannot read the file: {_cause(exc)}")
+        return result()
+    found.update(header_ok=header_ok, page_size=page_size, journal_mode=journal_mode)
+    if not header_ok:
+        return result()
+
+    try:
+        conn = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        problems.append(f"cannot open read-only: {exc}")
+        return result()
+    try:
+        try:
+            integrity = _integrity(conn, check)
+        except sqlite3.Error as exc:
+            integrity = [str(exc)]
+        found["integrity"] = "ok" if not integrity else "; ".join(integrity)
+        if integrity:
+            problems.append(f"{'integrity_check' if check == 'full' else 'quick_check'} failed: " + "; ".join(integrity[:3]))
+            return result()
+        try:
+            history = _migrations.read_history(conn)
+            found["row_counts"] = count_rows(conn)
+        except sqlite3.Error as exc:
+            problems.append(f"cannot read the migration history or count rows: {exc}")
+            found["migrations_ok"] = False
+            return result()
+    finally:
+        conn.close()
+
+    try:
+        files = {mf.version: mf for mf in _migrations.discover(migrations_dir)}
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a report
+        problems.append(f"cannot read the migration files in {migrations_dir}: {exc}")
+        files = None
+    found["applied_migrations"] = list(history)
+    found["latest_migration"] = max(history) if history else None
+    if not history:
+        problems.append("no migration history (schema_migrations): not an icn-mcp database")
+        found["migrations_ok"] = False
+    elif files is not None:
+        unknown = [v for v in history if v not in files]
+        changed = [v for v, m in history.items() if v in files and files[v].checksum != m.checksum]
+        found.update(unknown_migrations=unknown, changed_migrations=changed)
+        if unknown:
+            problems.append(
+                f"newer schema than this icn-mcp knows: migration(s) {', '.join(unknown)} "
+                f"applied in the backup have no file in {migrations_dir}"
+            )
+        if changed:
+            problems.append(
+                f"migration(s) {', '.join(changed)} in the backup have a different checksum "
+                f"than their files in {migrations_dir}"
+            )
+        found["migrations_ok"] = not unknown and not changed
+
+    _verify_manifest(path, size, found, problems)
+    return result()
+
+
+def _verify_manifest(path: Path, size: int, found: dict[str, Any], problems: list[str]) -> None:
+    mpath = manifest_path(path)
+    if not mpath.exists():
+        return
+    found["manifest_path"] = str(mpath)
+    try:
+        manifest = json.loads(mpath.read_text("utf-8"))
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not an {MANIFEST_FORMAT} manifest")
+    except (OSError, ValueError) as exc:
+        problems.append(f"manifest {mpath} is unreadable: {exc}")
+        found["manifest_ok"] = False
+        return
+    sha256, _ = _sha256(path, None)
+    found["sha256"] = sha256
+    found["created_at"] = manifest.get("created_at")
+    bad: list[str] = []
+    if manifest.get("sha256") != sha256:
+        bad.append(f"SHA-256 {sha256} differs from the manifest's {manifest.get('sha256')}")
+    if manifest.get("size_bytes") != size:
+        bad.append(f"size {size} differs from the manifest's {manifest.get('size_bytes')}")
+    if manifest.get("row_counts") != found.get("row_counts"):
+        bad.append("row counts differ from the manifest's")
+    problems.extend(bad)
+    found["manifest_ok"] = not bad
+
+
+# -- restore ----------------------------------------------------------------------------
+
+
+def restore_from_backup(
+    path: str | os.PathLike[str],
+    *,
+    db: "Database | None" = None,
+    backup_dir: str | os.PathLike[str] | None = None,
+    check: str = DEFAULT_CHECK,
+) -> RestoreResult:
+    """Replace the database's content with the backup at ``path``, safely.
+
+    Verifies the backup first (``check``: how thoroughly) and raises
+    :class:`~icn_mcp.errors.RestoreError`, with the live database untouched, if it is
+    not fit. Otherwise makes a safety backup of the live database into
+    ``backup_dir`` (named ``icn-mcp-pre-restore-<time>.sqlite``, never pruned),
+    copies the backup into the live database through SQLite (other connections and
+    processes see one committed change), runs the integrity check and applies the
+    migrations the backup lacks.
+    """
+    if db is None:
+        db, defaults = process_wide()
+        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
+    started = time.perf_counter()
+    source_path = Path(os.path.abspath(os.fspath(path)))
+    if source_path.exists() and db.path.exists() and os.path.samefile(source_path, db.path):
+        raise RestoreError(str(source_path), "that is the live database itself")
+
+    verification = verify_backup(source_path, migrations_dir=db.migrations_dir, check=check)
+    if not verification.ok:
+        more = f" (and {len(verification.problems) - 1} more)" if len(verification.problems) > 1 else ""
+        hint = "the live database was not changed; 'icn-mcp db verify-backup PATH' lists every problem"
+        if verification.unknown_migrations:
+            hint = "upgrade icn-mcp to the version that made this backup; the live database was not changed"
+        raise RestoreError(str(source_path), verification.problems[0] + more, hint=hint)
+
+    live = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        live.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+        live_page_size = live.execute("PRAGMA page_size").fetchone()[0]
+        live_mode = str(live.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if live_mode == "wal" and verification.page_size != live_page_size:
+            # SQLite cannot change the page size of a WAL database through the backup API.
+            raise RestoreError(
+                str(source_path),
+                f"its page size {verification.page_size} differs from the live database's {live_page_size}",
+                hint="stop every process using the database, move it aside with its -wal/-shm "
+                "files, and copy the backup into place",
+            )
+
+        try:
+            safety = create_backup(
+                db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
+            )
+        except BackupError as exc:
+            raise RestoreError(
+                str(source_path),
+                f"the safety backup of the live database failed: {exc.cause}",
+                hint=exc.hint or "the live database was not changed",
+            ) from exc
+        log.info("safety backup of %s before restore: %s", db.path, safety.path)
+
+        backup_conn = sqlite3.connect(_ro_uri(source_path), uri=True, isolation_level=None)
+        try:
+            # One step into the live database: SQLite holds its write lock and commits
+            # the whole content as one transaction, or rolls it all back on failure.
+            backup_conn.backup(live, pages=-1)
+        except sqlite3.Error as exc:
+            raise RestoreError(
+                str(source_path),
+                f"copying into {db.path} failed: {exc}",
+                hint=f"the live database was rolled back; the safety backup is {safety.path}",
+            ) from exc
+        finally:
+            backup_conn.close()
+
+        problems = _integrity(live, "full")
+        if problems:
+            raise RestoreError(
+                str(source_path),
+                f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
+                hint=f"the previous database is in {safety.path}",
+            )
+        try:
+            live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # a checkpoint is an optimisation here
+            log.debug("checkpoint after restore failed: %s", exc)
+    finally:
+        live.close()
+
+    try:
+        applied = db.migrate()
+    except MigrationError as exc:
+        raise RestoreError(
+            str(source_path),
+            f"the backup was restored, but applying the missing migrations failed: {exc}",
+            hint=f"fix the migration and run 'icn-mcp db migrate'; the previous database is in {safety.path}",
+        ) from exc
+    conn = db.connection()
+    with db.read_transaction():
+        latest = _latest_migration(conn)
+        rows = count_rows(conn)
+    log.info("restored %s from %s (safety backup %s)", db.path, source_path, safety.path)
+    return RestoreResult(
+        database=str(db.path),
+        backup_path=str(source_path),
+        safety_backup_path=safety.path,
+        backup_created_at=verification.created_at or _mtime(source_path),
+        latest_migration=latest,
+        migrations_applied=applied,
+        row_counts=rows,
+        integrity="ok",
+        elapsed_s=round(time.perf_counter() - started, 4),
+    )
+
+
+def _mtime(path: Path) -> str:
+    return format_ts(datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc))
+
+
+# -- async ------------------------------------------------------------------------------
+
+
+async def create_backup_async(path: str | os.PathLike[str] | None = None, **options: Any) -> BackupResult:
+    """:func:`create_backup` in a worker thread: the event loop keeps running."""
+    return await asyncio.to_thread(create_backup, path, **options)
+
+
+async def verify_backup_async(path: str | os.PathLike[str], **options: Any) -> BackupVerification:
+    """:func:`verify_backup` in a worker thread."""
+    return await asyncio.to_thread(verify_backup, path, **options)
+
+
+async def restore_from_backup_async(path: str | os.PathLike[str], **options: Any) -> RestoreResult:
+    """:func:`restore_from_backup` in a worker thread."""
+    return await asyncio.to_thread(restore_from_backup, path, **options)

@@ -1,0 +1,188 @@
+"""Database diagnostics: size, tables, indexes, migrations, last backup, health.
+
+:func:`get_database_info` returns plain data with stable keys, so ``icn-mcp db info
+--json``, a health endpoint and an MCP tool can all share it.
+
+Row counts are exact ``count(*)`` per table, all inside one read transaction on a
+dedicated connection (a consistent snapshot that never blocks writers in WAL mode).
+``count(*)`` without a WHERE clause is SQLite's ``OP_Count``: it walks the leaf
+pages of the smallest b-tree that covers the table (a small index when there is one)
+and adds up their cell counts without decoding a single row, so it costs one read of
+that b-tree. Sizes come from one aggregate ``dbstat`` query when the virtual table
+is compiled in, else they are estimated (see ``size_method``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from icn_mcp.db import migrations as _migrations
+
+if TYPE_CHECKING:
+    from icn_mcp.db.database import Database
+
+__all__ = ["get_database_info", "get_database_info_async", "quote_identifier", "count_rows"]
+
+log = logging.getLogger("icn_mcp.db.info")
+
+SIZE_METHOD_DBSTAT = "dbstat"
+SIZE_METHOD_ESTIMATE = "estimate"
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as an SQL identifier: in double quotes, inner quotes doubled.
+
+    Safe for any table name, including ones with quotes, spaces, brackets or
+    newlines; a NUL character cannot appear in an SQLite identifier.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
+def user_tables(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
+    """``(name, is_virtual)`` of every table but SQLite's own ``sqlite_*`` ones."""
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
+        "AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+    ).fetchall()
+    return [(name, (sql or "").lstrip().upper().startswith("CREATE VIRTUAL")) for name, sql in rows]
+
+
+def count_rows(conn: sqlite3.Connection) -> dict[str, int | None]:
+    """Exact row count of every table by name (None for virtual tables).
+
+    Virtual tables are skipped because counting them may call into a module that
+    is not loaded here, or scan an external source.
+    """
+    counts: dict[str, int | None] = {}
+    for name, virtual in user_tables(conn):
+        if virtual:
+            counts[name] = None
+            continue
+        counts[name] = conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0]
+    return counts
+
+
+def _dbstat_sizes(conn: sqlite3.Connection) -> dict[str, int] | None:
+    """Bytes used by each b-tree (table or index), or None without dbstat."""
+    try:
+        rows = conn.execute("SELECT name, pgsize FROM dbstat WHERE aggregate = 1").fetchall()
+    except sqlite3.OperationalError as exc:  # "no such table: dbstat"
+        log.debug("dbstat unavailable, estimating sizes: %s", exc)
+        return None
+    return {name: int(size) for name, size in rows}
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def get_database_info(
+    *, db: "Database | None" = None, backup_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Everything an operator wants to know about ``db``, as plain data.
+
+    ``db`` defaults to the process-wide database (:func:`icn_mcp.db.get_db`).
+
+    Keys (stable): ``path``, ``size_bytes``, ``wal_size_bytes``, ``page_size``,
+    ``page_count``, ``freelist_count``, ``journal_mode``, ``sqlite_version``,
+    ``size_method`` (``"dbstat"`` or ``"estimate"``), ``tables`` (``name``,
+    ``row_count``, ``size_bytes``), ``indexes`` (``name``, ``table``, ``size_bytes``),
+    ``migrations`` (``version``, ``checksum``, ``applied_at``, ``execution_ms``, ...),
+    ``failed_migrations``, ``last_backup`` (``path``, ``created_at``, ``size_bytes``;
+    None when there is none), ``health`` (``ok``, ``latency_ms``, ``error``) and
+    ``elapsed_ms`` (how long gathering this took).
+
+    ``backup_dir`` is where to look for the last backup (default: ``backups/``
+    beside the database, or ``MCP_BACKUP_DIR`` for the process-wide database).
+    """
+    from icn_mcp.db import backup as _backup  # backup imports this module
+
+    if db is None:
+        db, defaults = _backup.process_wide()
+        if backup_dir is None:
+            backup_dir = defaults.backup_dir
+    started = time.perf_counter()
+    health = db.check_health()
+    conn = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+        conn.execute("BEGIN")  # one snapshot for every count and size below
+        try:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            page_count = conn.execute("PRAGMA page_count").fetchone()[0]
+            freelist_count = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            counts = count_rows(conn)
+            indexes = conn.execute(
+                "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' ORDER BY name"
+            ).fetchall()
+            sizes = _dbstat_sizes(conn)
+            history = _migrations.read_history(conn)
+            failures = _migrations.read_failures(conn)
+        finally:
+            conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+    if sizes is not None:
+        size_method = SIZE_METHOD_DBSTAT
+        table_sizes: dict[str, int | None] = {name: sizes.get(name, 0) for name in counts}
+        index_sizes: dict[str, int | None] = {name: sizes.get(name, 0) for name, _ in indexes}
+    else:
+        # Without dbstat: share the pages in use among tables by row count. Crude
+        # (rows differ in width, indexes are folded into their tables), but cheap.
+        size_method = SIZE_METHOD_ESTIMATE
+        used = (page_count - freelist_count) * page_size
+        total_rows = sum(n for n in counts.values() if n)
+        table_sizes = {
+            name: (round(used * n / total_rows) if total_rows and n else 0) if n is not None else None
+            for name, n in counts.items()
+        }
+        index_sizes = {name: None for name, _ in indexes}
+
+    directory = Path(backup_dir) if backup_dir is not None else _backup.default_backup_dir(db)
+    latest = _backup.latest_backup(directory)
+    return {
+        "path": str(db.path),
+        "size_bytes": _file_size(db.path),
+        "wal_size_bytes": _file_size(Path(f"{db.path}-wal")),
+        "page_size": page_size,
+        "page_count": page_count,
+        "freelist_count": freelist_count,
+        "journal_mode": journal_mode,
+        "sqlite_version": sqlite3.sqlite_version,
+        "size_method": size_method,
+        "tables": [
+            {"name": name, "row_count": n, "size_bytes": table_sizes[name]}
+            for name, n in counts.items()
+        ],
+        "indexes": [
+            {"name": name, "table": table, "size_bytes": index_sizes[name]}
+            for name, table in indexes
+        ],
+        "migrations": [asdict(m) for m in history.values()],
+        "failed_migrations": [asdict(f) for f in failures],
+        "last_backup": latest,
+        "health": {
+            "ok": health["ok"],
+            "latency_ms": health["latency_ms"],
+            "error": health["error"],
+        },
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+async def get_database_info_async(**options: Any) -> dict[str, Any]:
+    """:func:`get_database_info` in a worker thread, so the event loop keeps running."""
+    import asyncio
+
+    return await asyncio.to_thread(get_database_info, **options)
