@@ -170,7 +170,7 @@ async def create_task(request: Request, hub: Hub) -> Response:
         return hub.store.create_task(
             body.title,
             body.description,
-            created_by=body.created_by if body.created_by is not None else agent.name,
+            created_by=body.created_by if body.created_by is not None else agent.id,
             depends_on=body.depends_on,
             priority=body.priority,
             max_attempts=body.max_attempts,

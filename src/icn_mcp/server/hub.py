@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import anyio.to_thread
 
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
+from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
+from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.server.metrics import ServerMetrics
 from icn_mcp.store import Store
 
@@ -41,6 +43,8 @@ class Hub:
         except BaseException:
             self.close()
             raise
+        #: Where backups go, as for ``icn-mcp db backup``: MCP_BACKUP_DIR or $MCP_DB_DIR/backups.
+        self.backup_dir: Path = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME
         self.metrics = ServerMetrics(
             stats=self.store.stats,
             db_stats=self.db.get_stats,
@@ -63,15 +67,23 @@ class Hub:
 
     def database_info(self) -> dict[str, Any]:
         """The database diagnostics shared with ``icn-mcp db info`` (blocking)."""
-        return self.db.get_database_info()
+        return self.db.get_database_info(backup_dir=self.backup_dir)
+
+    def create_backup(self) -> dict[str, Any]:
+        """A verified backup in the backup directory, pruned to MCP_BACKUP_KEEP (blocking)."""
+        result = self.db.create_backup(
+            backup_dir=self.backup_dir,
+            keep=self.settings.backup_keep,
+            check=self.settings.backup_check.lower(),
+        )
+        return result.to_dict()
 
     def last_backup_at(self) -> float | None:
         """When the newest backup was taken (epoch seconds), or None (blocking)."""
-        last = self.database_info().get("last_backup")
-        if not last or not last.get("created_at"):
+        last = latest_backup(self.backup_dir)
+        if last is None or not last.get("created_at"):
             return None
-        created = str(last["created_at"]).replace("Z", "+00:00")
-        return datetime.fromisoformat(created).timestamp()
+        return parse_ts(last["created_at"]).timestamp()
 
     def close(self) -> None:
         """Close the database if the hub opened it (checkpoints the WAL)."""

@@ -26,16 +26,18 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, TextContent
+import pydantic
 from pydantic import Field
 
 from icn_mcp import __version__
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.errors import Forbidden, Unauthorized
-from icn_mcp.server.errors import to_api_error
+from icn_mcp.server.errors import ApiError, to_api_error, validation_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.shapes import claim_shape, status_shape
-from icn_mcp.server.schemas import MAX_LEASE_S, MAX_SQL_INT
+from icn_mcp.server.schemas import MAX_LEASE_S, MAX_SQL_INT, pydantic_fields
 
 __all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES"]
 
@@ -64,6 +66,8 @@ class Actor:
 
     agent_id: str | None
     maintainer: bool
+    #: For the log and ``created_by`` when there is no agent: ``maintainer:<role>``.
+    name: str | None = None
 
 
 class StoreTokenVerifier:
@@ -116,14 +120,33 @@ class _Tools:
         except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
             error = to_api_error(exc)
             self.hub.metrics.tool_calls.labels(tool, error.code).inc()
-            body = error.body()
-            return CallToolResult(
-                content=[TextContent(type="text", text=json.dumps(body))],
-                structured_content=body,
-                is_error=True,
-            )
+            return tool_error(error)
         self.hub.metrics.tool_calls.labels(tool, "ok").inc()
         return result
+
+
+def tool_error(error: ApiError) -> CallToolResult:
+    """An MCP tool error (``isError``) carrying ``{"ok": false, "error": CODE, ...}``."""
+    body = error.body()
+    return CallToolResult(
+        content=[TextContent(type="text", text=json.dumps(body))],
+        structured_content=body,
+        is_error=True,
+    )
+
+
+class _Server(MCPServer):
+    """``MCPServer`` whose argument-validation failures use our ``validation_error``."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            # The SDK validates arguments against the tool's schema before the tool
+            # runs; report that like the HTTP API does, naming the fields.
+            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, pydantic.ValidationError):
+                raise
+            return tool_error(validation_error(pydantic_fields(exc.__cause__)))
 
 
 def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] | None = None) -> MCPServer:
@@ -135,9 +158,9 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] |
                 raise Unauthorized("missing bearer token")
             if AGENT_SCOPE in token.scopes:
                 return Actor(agent_id=token.client_id, maintainer=False)
-            return Actor(agent_id=None, maintainer=MAINTAINER_SCOPE in token.scopes)
+            return Actor(agent_id=None, maintainer=MAINTAINER_SCOPE in token.scopes, name=token.client_id)
 
-        server: MCPServer = MCPServer(
+        server: MCPServer = _Server(
             "icn-mcp",
             version=__version__,
             instructions=INSTRUCTIONS,
@@ -152,7 +175,7 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] |
         if stdio_actor is None:
             raise ValueError("stdio needs stdio_actor: the local agent it acts for")
         actor = stdio_actor
-        server = MCPServer("icn-mcp", version=__version__, instructions=INSTRUCTIONS,
+        server = _Server("icn-mcp", version=__version__, instructions=INSTRUCTIONS,
                            log_level=hub.settings.log_level)  # type: ignore[arg-type]
     _register_tools(server, _Tools(hub, actor))
     return server
@@ -187,7 +210,7 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
             return store.create_task(
                 title,
                 description,
-                created_by=actor.agent_id or "maintainer",
+                created_by=actor.agent_id or actor.name,
                 depends_on=depends_on or (),
                 priority=priority,
                 max_attempts=max_attempts,

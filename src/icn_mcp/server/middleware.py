@@ -81,7 +81,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def json_response_messages(error: ApiError) -> list[Message]:
-    body = json.dumps(error.body()).encode()
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
     return [
