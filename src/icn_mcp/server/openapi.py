@@ -101,7 +101,8 @@ def _paths() -> dict[str, Any]:
             "requestBody": {**_body("CreateTaskRequest"), "required": True},
             "responses": {
                 "200": _json("Created", _obj({"ok": _OK, "id": _INT}, ["ok", "id"])),
-                **_BAD_REQUEST, **_AUTH_ERRORS, "404": _error("A dependency does not exist"), **_COMMON_ERRORS,
+                "400": _error("Invalid request, or unknown dependencies (validation_error with fields)"),
+                **_AUTH_ERRORS, **_COMMON_ERRORS,
             },
         }},
         "/api/task/list": {"get": {
