@@ -1,0 +1,80 @@
+"""Helpers shared by the backup, restore and info tests (no tests of its own)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from icn_mcp.db import Database
+from icn_mcp.db.migrations import default_migrations_dir
+
+SQLITE3_CLI = shutil.which("sqlite3")
+
+#: A writer process: commits rows numbered 1, 2, 3, ... one transaction each, until
+#: the stop file appears; prints how many it committed.
+WRITER_SCRIPT = r"""
+import os, sqlite3, sys
+db, ready, stop = sys.argv[1:4]
+conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+conn.execute("PRAGMA busy_timeout = 30000")
+n = 0
+while not os.path.exists(stop):
+    n += 1
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO numbers (n, pad) VALUES (?, randomblob(200))", (n,))
+    conn.execute("COMMIT")
+    if n == 200:
+        open(ready, "w").close()
+print(n)
+"""
+
+
+def make_db(path: Path, *, rows: int = 0, migrations_dir: Path | None = None) -> Database:
+    """A migrated database with a ``numbers`` table holding ``rows`` rows."""
+    db = Database(path, migrations_dir=migrations_dir)
+    with db.write_transaction() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS numbers (n INTEGER PRIMARY KEY, pad BLOB)")
+        conn.executemany(
+            "INSERT INTO numbers (n, pad) VALUES (?, randomblob(300))",
+            [(i,) for i in range(1, rows + 1)],
+        )
+    return db
+
+
+def file_state(db_path: Path) -> dict[str, object]:
+    """SHA-256 of the database file and of its -wal (None when absent), and whether
+    -shm exists. The -shm bytes are left out: every reader updates its read marks
+    there, which changes no data."""
+    state: dict[str, object] = {}
+    for suffix in ("", "-wal"):
+        path = Path(f"{db_path}{suffix}")
+        state[suffix or "db"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    state["-shm exists"] = Path(f"{db_path}-shm").exists()
+    return state
+
+
+def copy_migrations(target: Path) -> Path:
+    """A private copy of the shipped migrations, to add files to."""
+    target.mkdir(parents=True, exist_ok=True)
+    for source in default_migrations_dir().iterdir():
+        if source.suffix == ".sql":
+            shutil.copy(source, target / source.name)
+    return target
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``icn-mcp`` command in a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "icn_mcp", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=input,
+        timeout=120,
+    )
