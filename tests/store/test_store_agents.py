@@ -1,0 +1,170 @@
+"""Agents and tokens: registration and the bootstrap rule, authentication, refresh,
+revocation, clean-up, maintainer tokens, and where raw tokens must never appear."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from icn_mcp.db import Database
+from icn_mcp.errors import NotFound, Unauthorized, ValidationError
+from icn_mcp.store import Store
+from store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
+
+DAY = 24 * 60 * 60
+
+
+def test_first_agent_registers_without_credentials_later_ones_need_one(store: Store) -> None:
+    first = store.register_agent("worker-1", "planner", "1.0.0")
+    assert first.kind == "planner" and first.version == "1.0.0"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43,}", first.token)  # 32 random bytes, URL-safe
+
+    with pytest.raises(Unauthorized, match="already registered"):
+        store.register_agent("intruder", "ops")
+    with pytest.raises(Unauthorized, match="unknown token"):
+        store.register_agent("intruder", "ops", credential="not-a-token")
+
+    by_agent = store.register_agent("worker-2", "reviewer", credential=first.token)
+    by_maintainer = store.register_agent("worker-3", "ops", credential=MAINTAINER_TOKEN)
+    by_admin = store.register_agent("worker-4", "architect", credential=ADMIN_TOKEN)
+    ids = {first.id, by_agent.id, by_maintainer.id, by_admin.id}
+    assert len(ids) == 4
+    assert store.stats()["agents_active"] == 4
+
+
+def test_registration_is_validated_with_every_bad_field_named(store: Store) -> None:
+    with pytest.raises(ValidationError) as info:
+        store.register_agent("bad name!", "wizard", "v 1")
+    assert set(info.value.fields) == {"name", "kind", "version"}
+    assert "planner, architect, reviewer, ops" in info.value.fields["kind"]
+    for name in ["", "x" * 65, "-leading-dash", None, 7]:
+        with pytest.raises(ValidationError) as info:
+            store.register_agent(name, "planner")  # type: ignore[arg-type]
+        assert set(info.value.fields) == {"name"}
+    assert store.register_agent("x" * 64, "ops").name == "x" * 64
+
+
+def test_allowed_kinds_come_from_the_store_settings(db: Database, clock: FakeClock) -> None:
+    store = Store(db, agent_kinds=["builder"], clock=clock)
+    with pytest.raises(ValidationError, match="one of builder"):
+        store.register_agent("a", "planner")
+    assert store.register_agent("a", "builder").kind == "builder"
+
+
+def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(
+    store: Store, clock: FakeClock
+) -> None:
+    agent = store.register_agent("worker", "planner")
+    assert store.authenticate(agent.token).id == agent.id
+    for token, reason in [(None, "missing"), ("", "missing"), ("x" * 600, "malformed"),
+                          ("nope", "unknown")]:
+        with pytest.raises(Unauthorized, match=reason):
+            store.authenticate(token)
+
+    clock.advance(DAY - 1)
+    assert store.authenticate(agent.token).id == agent.id
+    clock.advance(1)
+    with pytest.raises(Unauthorized, match="expired"):
+        store.authenticate(agent.token)
+
+
+def test_refresh_within_grace_replaces_the_token_and_refuses_the_old_one(
+    store: Store, clock: FakeClock
+) -> None:
+    agent = store.register_agent("worker", "planner")
+    clock.advance(DAY + 6 * DAY)  # expired 6 days ago: inside the 7-day grace window
+    refreshed = store.refresh_token(agent.token)
+    assert refreshed.id == agent.id and refreshed.token != agent.token
+    assert store.authenticate(refreshed.token).id == agent.id
+    for use in (store.authenticate, store.refresh_token):
+        with pytest.raises(Unauthorized, match="revoked"):
+            use(agent.token)  # refreshed away: neither valid nor refreshable
+
+    clock.advance(DAY + 7 * DAY)  # now beyond the grace window
+    with pytest.raises(Unauthorized, match="grace"):
+        store.refresh_token(refreshed.token)
+
+
+def test_revoked_agents_tokens_never_work_again(store: Store) -> None:
+    agent = store.register_agent("worker", "planner")
+    other = store.register_agent("other", "ops", credential=agent.token)
+    store.revoke_agent(agent.id)
+    store.revoke_agent(agent.id)  # idempotent
+    for use in (store.authenticate, store.refresh_token):
+        with pytest.raises(Unauthorized, match="revoked"):
+            use(agent.token)
+    with pytest.raises(Unauthorized):
+        store.register_agent("again", "ops", credential=agent.token)
+    assert store.authenticate(other.token).id == other.id
+    with pytest.raises(NotFound):
+        store.revoke_agent("no-such-agent")
+
+
+def test_bootstrap_opens_again_once_no_agent_is_active(store: Store) -> None:
+    agent = store.register_agent("worker", "planner")
+    store.revoke_agent(agent.id)
+    assert store.stats()["agents_active"] == 0
+    assert store.register_agent("new-first", "ops").name == "new-first"
+
+
+def test_cleanup_expired_removes_agents_whose_tokens_can_never_be_used(
+    store: Store, clock: FakeClock, db: Database
+) -> None:
+    stale = store.register_agent("stale", "planner")
+    clock.advance(2 * DAY)
+    fresh = store.register_agent("fresh", "ops", credential=MAINTAINER_TOKEN)
+    refreshed = store.refresh_token(fresh.token)  # leaves one revoked token row behind
+    assert store.cleanup_expired() == 0  # stale is expired but still refreshable
+
+    clock.advance(7 * DAY)  # stale: expired 8 days ago; fresh's token: 6 days ago
+    assert store.cleanup_expired() == 1
+    assert store.cleanup_expired() == 0
+    assert store.stats()["agents_active"] == 1
+    with pytest.raises(Unauthorized):
+        store.refresh_token(stale.token)
+    assert store.refresh_token(refreshed.token).id == fresh.id
+    rows = db.connection().execute("SELECT agent_id FROM agent_tokens").fetchall()
+    assert [row["agent_id"] for row in rows] == [fresh.id, fresh.id]  # old one revoked
+
+
+def test_maintainer_roles_compare_configured_tokens_only(store: Store) -> None:
+    assert store.maintainer_role(ADMIN_TOKEN) == "admin"
+    assert store.maintainer_role(MAINTAINER_TOKEN) == "maintainer"
+    for token in [None, "", ADMIN_TOKEN[:-1], MAINTAINER_TOKEN + "x", "x" * 600]:
+        assert store.maintainer_role(token) is None
+    agent = store.register_agent("worker", "planner")
+    assert store.maintainer_role(agent.token) is None
+    assert ADMIN_TOKEN not in repr(store) and MAINTAINER_TOKEN not in repr(vars(store))
+
+
+def test_raw_tokens_are_absent_from_database_wal_and_backup(
+    store: Store, db: Database, tmp_path: Path
+) -> None:
+    first = store.register_agent("worker", "planner")
+    second = store.register_agent("second", "ops", credential=first.token)
+    refreshed = store.refresh_token(second.token)
+    raw_tokens = [first.token, second.token, refreshed.token, ADMIN_TOKEN, MAINTAINER_TOKEN]
+    assert first.token not in repr(first)
+
+    # icn_mcp.db.backup is not part of this tree yet: a plain sqlite3 online backup
+    # is the copy an operator would get.
+    backup_path = tmp_path / "backup.sqlite"
+    with sqlite3.connect(backup_path) as target:
+        db.connection().backup(target)
+    target.close()
+
+    wal = Path(f"{db.path}-wal")
+    files = {"database": db.path.read_bytes(), "wal": wal.read_bytes(),
+             "backup": backup_path.read_bytes()}
+    assert files["wal"], "the WAL should hold the recent writes"
+    from icn_mcp.store.agents import hash_token
+
+    for name, data in files.items():
+        for token in raw_tokens:
+            assert token.encode() not in data, f"raw token found in the {name}"
+    # The hashes are there: we grepped the files that hold the tokens.
+    assert hash_token(first.token).encode() in files["wal"] + files["database"]
+    assert hash_token(first.token).encode() in files["backup"]
