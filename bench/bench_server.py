@@ -122,19 +122,19 @@ def bench_http(tasks: int, clients: int) -> tuple[float, list[float]]:
             host, port = url.removeprefix("http://").rsplit(":", 1)
             sessions = [_Session(host, int(port), token) for token in tokens]
 
-            def make_cycle(http: _Session) -> Callable[[], bool]:
+            def make_cycle(session: _Session) -> Callable[[], bool]:
                 def cycle() -> bool:
-                    claim = http.post("/api/task/claim", {})
+                    claim = session.post("/api/task/claim", {})
                     if "task_id" not in claim:
                         return False
-                    http.post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
-                                                "attempt": claim["attempt"]})
+                    session.post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
+                                                   "attempt": claim["attempt"]})
                     return True
                 return cycle
 
-            result = _run_clients(clients, [make_cycle(http) for http in sessions])
-            for http in sessions:
-                http.conn.close()
+            result = _run_clients(clients, [make_cycle(session) for session in sessions])
+            for session in sessions:
+                session.conn.close()
             return result
         finally:
             proc.terminate()

@@ -23,7 +23,7 @@ from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.errors import Forbidden, Unauthorized
 from icn_mcp.server import openapi
-from icn_mcp.server.errors import ApiError, task_id_required, to_api_error
+from icn_mcp.server.errors import task_id_required, to_api_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.mcp import build_mcp_server
 from icn_mcp.server.metrics import CONTENT_TYPE
@@ -141,8 +141,8 @@ async def openapi_json(request: Request, hub: Hub) -> Response:
 
 
 async def register(request: Request, hub: Hub) -> Response:
-    body = parse_body(RegisterRequest, await request.body())
     token = _bearer(request, required=False)
+    body = parse_body(RegisterRequest, await request.body())
     agent = await hub.call(
         "register_agent", hub.store.register_agent, body.name, body.kind, body.version, credential=token
     )
@@ -151,8 +151,8 @@ async def register(request: Request, hub: Hub) -> Response:
 
 
 async def refresh(request: Request, hub: Hub) -> Response:
-    parse_body(EmptyRequest, await request.body())
     token = _bearer(request, required=True)
+    parse_body(EmptyRequest, await request.body())
     agent = await hub.call("refresh_token", hub.store.refresh_token, token)
     request_info(request.scope).agent_id = agent.id
     return _ok({"ok": True, "token": agent.token})
@@ -162,8 +162,8 @@ async def refresh(request: Request, hub: Hub) -> Response:
 
 
 async def create_task(request: Request, hub: Hub) -> Response:
-    body = parse_body(CreateTaskRequest, await request.body())
     authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    body = parse_body(CreateTaskRequest, await request.body())
 
     def create() -> Any:
         agent = authenticate()
@@ -196,8 +196,8 @@ async def list_tasks(request: Request, hub: Hub) -> Response:
 
 
 async def claim_task(request: Request, hub: Hub) -> Response:
-    body = parse_body(ClaimRequest, await request.body())
     authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    body = parse_body(ClaimRequest, await request.body())
 
     def claim() -> Any:
         return hub.store.claim_next_task(authenticate().id, body.lease_s)
@@ -213,10 +213,10 @@ async def claim_task(request: Request, hub: Hub) -> Response:
 
 
 async def report_run(request: Request, hub: Hub) -> Response:
+    authenticate = _authenticated(hub, request, _bearer(request, required=True))
     body = parse_body(RunRequest, await request.body())
     if body.task_id is None:
         raise task_id_required()
-    authenticate = _authenticated(hub, request, _bearer(request, required=True))
     task_id = body.task_id
 
     def report() -> Any:
@@ -258,8 +258,8 @@ def _maintainer(hub: Hub, token: str | None) -> Callable[[], str]:
 
 
 async def cleanup_agents(request: Request, hub: Hub) -> Response:
-    parse_body(EmptyRequest, await request.body())
     check = _maintainer(hub, _bearer(request, required=True))
+    parse_body(EmptyRequest, await request.body())
 
     def cleanup() -> int:
         check()
