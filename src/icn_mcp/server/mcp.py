@@ -32,6 +32,7 @@ import pydantic
 from pydantic import Field
 
 from icn_mcp import __version__
+from icn_mcp.config import Settings
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.errors import Forbidden, Unauthorized
 from icn_mcp.server.errors import ApiError, to_api_error, validation_error
@@ -165,10 +166,9 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] |
             version=__version__,
             instructions=INSTRUCTIONS,
             token_verifier=StoreTokenVerifier(hub),
-            auth=AuthSettings(
-                issuer_url=f"http://{hub.settings.host}:{hub.settings.port or 80}",
-                resource_server_url=None,
-            ),
+            # The SDK requires an issuer URL; this server issues its own tokens and
+            # publishes no OAuth metadata (resource_server_url=None).
+            auth=AuthSettings(issuer_url=_own_url(hub.settings), resource_server_url=None),
             log_level=hub.settings.log_level,  # type: ignore[arg-type]
         )
     else:
@@ -176,9 +176,14 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] |
             raise ValueError("stdio needs stdio_actor: the local agent it acts for")
         actor = stdio_actor
         server = _Server("icn-mcp", version=__version__, instructions=INSTRUCTIONS,
-                           log_level=hub.settings.log_level)  # type: ignore[arg-type]
+                         log_level=hub.settings.log_level)  # type: ignore[arg-type]
     _register_tools(server, _Tools(hub, actor))
     return server
+
+
+def _own_url(settings: Settings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port or 80}"
 
 
 INSTRUCTIONS = (
