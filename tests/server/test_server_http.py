@@ -166,6 +166,12 @@ def test_other_errors(shared: tuple[ServerProcess, str]) -> None:
 
         streamed = client.post("/api/task/create", content=chunks(), headers=bearer(token))
         assert streamed.status_code == 413
+        mcp_headers = {**bearer(token), "Content-Type": "application/json",
+                       "Accept": "application/json, text/event-stream"}
+        streamed_mcp = client.post("/mcp", content=chunks(), headers=mcp_headers)
+        assert streamed_mcp.status_code == 413 and streamed_mcp.json()["error"] == "payload_too_large"
+        # Stateless JSON MCP offers no server-initiated stream: GET is refused, not held open.
+        assert client.get("/mcp", headers=mcp_headers).status_code == 405
         assert client.get("/healthz").status_code == 200
 
 

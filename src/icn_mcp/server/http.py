@@ -335,8 +335,10 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
 
     routes = [Route(path, _endpoint(handler), methods=[method]) for method, path, handler in API_ROUTES]
     # The SDK's app routes /mcp itself (behind its bearer middleware); a Route, not a
-    # Mount at "/", so that unknown paths still get our JSON 404.
-    routes.append(Route("/mcp", endpoint=mcp_app, methods=["GET", "POST", "DELETE"]))
+    # Mount at "/", so that unknown paths still get our JSON 404. No GET: stateless
+    # JSON mode has no server-initiated stream to offer, and the MCP spec lets a
+    # server answer 405 there (an open GET would only hold shutdown up).
+    routes.append(Route("/mcp", endpoint=mcp_app, methods=["POST", "DELETE"]))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

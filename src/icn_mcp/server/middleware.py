@@ -223,14 +223,32 @@ class BodyLimitMiddleware:
                 await _send_error(send, self._too_large())
                 return
         received = 0
+        refused = False
+        response_started = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused:
+                return  # we answered 413 already; the app's own answer is dropped
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise self._too_large()
+                    if response_started:
+                        raise self._too_large()
+                    # Answer now and tell the app the client is gone, so that no
+                    # app (ours or the MCP SDK's) turns the overflow into a 500.
+                    refused = True
+                    await _send_error(send, self._too_large())
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, limited_receive, guarded_send)
