@@ -12,7 +12,7 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.errors import NotFound, Unauthorized, ValidationError
 from icn_mcp.store import Store
-from store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
+from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
 
 DAY = 24 * 60 * 60
 
@@ -168,3 +168,20 @@ def test_raw_tokens_are_absent_from_database_wal_and_backup(
     # The hashes are there: we grepped the files that hold the tokens.
     assert hash_token(first.token).encode() in files["wal"] + files["database"]
     assert hash_token(first.token).encode() in files["backup"]
+
+
+def test_racing_refreshes_of_one_token_yield_one_new_token(store: Store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = store.register_agent("worker", "planner")
+
+    def refresh(_: int) -> str:
+        try:
+            return store.refresh_token(agent.token).token
+        except Unauthorized as exc:
+            return exc.reason
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # one connection per thread
+        outcomes = list(pool.map(refresh, range(4)))
+    winners = [o for o in outcomes if o not in ("token revoked",)]
+    assert len(winners) == 1 and store.authenticate(winners[0]).id == agent.id

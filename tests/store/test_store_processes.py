@@ -17,7 +17,7 @@ from icn_mcp.db import Database
 from icn_mcp.db.timestamps import utc_now
 from icn_mcp.errors import Conflict
 from icn_mcp.store import Store
-from store_helpers import (
+from .store_helpers import (
     MAINTAINER_TOKEN,
     FakeClock,
     claim_forever,

@@ -11,7 +11,7 @@ from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.errors import ConfigError, Conflict, IcnMcpError, StoreError, ValidationError
 from icn_mcp.store import Store
-from store_helpers import FakeClock
+from .store_helpers import FakeClock
 
 SECRET = "s3cret-token-value-0123456789"
 

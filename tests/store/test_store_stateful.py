@@ -23,7 +23,7 @@ from icn_mcp.db import Database
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import Conflict
 from icn_mcp.store import REPORT_STATUSES, Store
-from store_helpers import MAINTAINER_TOKEN, FakeClock
+from .store_helpers import MAINTAINER_TOKEN, FakeClock
 
 AGENTS = 3
 

@@ -11,7 +11,7 @@ from icn_mcp.db import Database
 from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import STATS_KEYS, RegisteredAgent, Store
 from icn_mcp.store.tasks import CLAIM_SQL, EXPIRED_LEASE_PROBE_SQL
-from store_helpers import MAINTAINER_TOKEN, FakeClock
+from .store_helpers import MAINTAINER_TOKEN, FakeClock
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_create_task_validates_every_field(store: Store) -> None:
     assert set(info.value.fields) == {
         "title", "description", "created_by", "priority", "max_attempts", "idempotency_key"
     }
-    for title in ["x" * 201, "   ", None, "two\nlines"]:
+    for title in ["x" * 201, "   ", None, "nul\x00byte", b"bytes"]:
         with pytest.raises(ValidationError, match="title"):
             store.create_task(title)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="priority: an integer from -1000 to 1000"):
@@ -35,6 +35,7 @@ def test_create_task_validates_every_field(store: Store) -> None:
     with pytest.raises(ValidationError, match="depends_on"):
         store.create_task("t", depends_on=["1"])  # type: ignore[list-item]
     assert store.create_task("x" * 200).title == "x" * 200
+    assert store.create_task("two\nlines\tok", depends_on=None).depends_on == []
 
 
 def test_unknown_dependencies_are_named_and_nothing_is_written(store: Store) -> None:

@@ -159,15 +159,10 @@ class AgentsMixin:
         return self._lookup_token(self._db.connection(), token, self._clock())  # type: ignore[arg-type]
 
     def _lookup_token(self, conn: sqlite3.Connection, token: str, now: datetime) -> Agent:
-        row = conn.execute(_TOKEN_LOOKUP, (hash_token(token),)).fetchone()
-        if row is None:
-            raise Unauthorized("unknown token")
-        if row["agent_revoked_at"] is not None:
-            raise Unauthorized("agent revoked")
-        if row["revoked_at"] is not None:
-            raise Unauthorized("token revoked")
-        if row["expires_at"] <= format_ts(now):
-            raise Unauthorized("token expired; refresh it")
+        row = _usable_token(
+            conn, hash_token(token), expired_at_or_before=format_ts(now),
+            expired="token expired; refresh it",
+        )
         return _agent(row)
 
     def refresh_token(self, token: str | None) -> RegisteredAgent:
@@ -183,15 +178,11 @@ class AgentsMixin:
 
         def refresh(conn: sqlite3.Connection) -> RegisteredAgent:
             now = self._clock()
-            row = conn.execute(_TOKEN_LOOKUP, (token_hash,)).fetchone()
-            if row is None:
-                raise Unauthorized("unknown token")
-            if row["agent_revoked_at"] is not None:
-                raise Unauthorized("agent revoked")
-            if row["revoked_at"] is not None:
-                raise Unauthorized("token revoked")
-            if row["expires_at"] <= format_ts(now, plus_s=-self.refresh_grace_s):
-                raise Unauthorized("token expired beyond the refresh grace window; register again")
+            row = _usable_token(
+                conn, token_hash,
+                expired_at_or_before=format_ts(now, plus_s=-self.refresh_grace_s),
+                expired="token expired beyond the refresh grace window; register again",
+            )
             conn.execute(
                 "UPDATE agent_tokens SET revoked_at = ? WHERE token_hash = ?",
                 (format_ts(now), token_hash),
@@ -278,6 +269,23 @@ class AgentsMixin:
         if is_maintainer:
             return ROLE_MAINTAINER
         return None
+
+
+def _usable_token(
+    conn: sqlite3.Connection, token_hash: str, *, expired_at_or_before: str, expired: str
+) -> sqlite3.Row:
+    """The token's row joined with its agent, or Unauthorized naming why not: unknown,
+    agent revoked, token revoked, or expiring at or before ``expired_at_or_before``."""
+    row = conn.execute(_TOKEN_LOOKUP, (token_hash,)).fetchone()
+    if row is None:
+        raise Unauthorized("unknown token")
+    if row["agent_revoked_at"] is not None:
+        raise Unauthorized("agent revoked")
+    if row["revoked_at"] is not None:
+        raise Unauthorized("token revoked")
+    if row["expires_at"] <= expired_at_or_before:
+        raise Unauthorized(expired)
+    return row
 
 
 def _check_token_shape(token: object) -> None:

@@ -3,10 +3,11 @@
 Claiming is one ``BEGIN IMMEDIATE`` transaction whose work is one indexed ``UPDATE
 ... WHERE id = (SELECT ... LIMIT 1) RETURNING``: the partial index
 ``tasks_claim_order`` holds exactly the claimable rows (open, no unmet dependency) in
-claim order, so the first index entry is the task to claim at any table size. Before
-it, one indexed probe looks for expired leases; the (rare) expired claims found are
-recorded as ``expired`` runs and put back to open (or failed, when out of attempts),
-which makes them claimable through the same index. docs/store.md has the details.
+claim order, so the first index entry is the task to claim at any table size. The
+same statement probes ``tasks_lease`` for an expired lease and claims nothing if
+there is one; then (rarely) the expired claims are recorded as ``expired`` runs and
+put back to open (or failed, when out of attempts), which makes them claimable
+through the same index, and the claim runs again. docs/store.md has the details.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import validation as v
 from icn_mcp.store.models import (
     REPORT_STATUSES,
+    TASK_COLUMNS,
     TASK_STATUSES,
     Artifact,
     Claim,
@@ -66,10 +68,12 @@ _RELEASE_EXPIRED = """
 
 #: The claim itself. The WHERE terms of the subquery are exactly those of the
 #: partial index ``tasks_claim_order``, so SQLite reads its first entry and stops.
+#: It claims nothing while an expired lease waits to be released (one probe of
+#: ``tasks_lease``), so that an expired claim of higher priority is not passed over.
 #: ``INDEXED BY`` because without statistics the planner prefers ``tasks_status``
 #: (status = ?) and then sorts every open task; if the index were ever missing the
 #: statement fails loudly instead of silently scanning.
-CLAIM_SQL = """
+CLAIM_SQL = f"""
     UPDATE tasks SET
         status = 'claimed',
         claimed_by = :agent_id,
@@ -84,7 +88,11 @@ CLAIM_SQL = """
         LIMIT 1
     )
     AND EXISTS (SELECT 1 FROM agents WHERE id = :agent_id AND revoked_at IS NULL)
-    RETURNING *
+    AND NOT EXISTS (
+        SELECT 1 FROM tasks INDEXED BY tasks_lease
+        WHERE status = 'claimed' AND lease_expires_at <= :now
+    )
+    RETURNING {TASK_COLUMNS}
 """
 
 _RELEASE_DEPENDENTS = """
@@ -92,12 +100,12 @@ _RELEASE_DEPENDENTS = """
     WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on_id = :task_id)
 """
 
-_INSERT_TASK = """
+_INSERT_TASK = f"""
     INSERT INTO tasks (title, description, status, priority, created_by, created_at,
                        updated_at, depends_on, blocking_deps, max_attempts, idempotency_key)
     VALUES (:title, :description, 'open', :priority, :created_by, :now, :now,
             :depends_on, :blocking_deps, :max_attempts, :idempotency_key)
-    RETURNING *
+    RETURNING {TASK_COLUMNS}
 """
 
 _CURSOR_PREFIX = "tasks:"
@@ -117,7 +125,7 @@ class TasksMixin:
         title: str,
         description: str | None = None,
         created_by: str | None = None,
-        depends_on: Iterable[int] = (),
+        depends_on: Iterable[int] | None = (),
         priority: int = 0,
         max_attempts: int = 3,
         idempotency_key: str | None = None,
@@ -130,23 +138,23 @@ class TasksMixin:
         Raises ValidationError.
         """
         problems = v.Problems()
-        problems.text("title", title, min_len=1, max_len=v.TITLE_MAX, optional=False, single_line=True)
+        problems.text("title", title, min_len=1, max_len=v.TITLE_MAX, optional=False)
         problems.text("description", description, max_len=v.DESCRIPTION_MAX)
-        problems.text("created_by", created_by, max_len=v.CREATED_BY_MAX, single_line=True)
+        problems.text("created_by", created_by, max_len=v.CREATED_BY_MAX)
         problems.integer("priority", priority, minimum=v.PRIORITY_MIN, maximum=v.PRIORITY_MAX)
         problems.integer("max_attempts", max_attempts, minimum=1, maximum=v.MAX_ATTEMPTS_MAX)
         problems.text(
             "idempotency_key", idempotency_key, min_len=1, max_len=v.IDEMPOTENCY_KEY_MAX,
             single_line=True,
         )
-        deps = v.dependency_ids(problems, depends_on)
+        deps = v.dependency_ids(problems, () if depends_on is None else depends_on)
         problems.raise_if_any()
         deps_json = json.dumps(deps) if deps else None
 
         def create(conn: sqlite3.Connection) -> Task:
             if idempotency_key is not None:
                 row = conn.execute(
-                    "SELECT * FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
+                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
                 ).fetchone()
                 if row is not None:
                     return Task.from_row(row)
@@ -190,7 +198,9 @@ class TasksMixin:
     def get_task(self, task_id: int) -> Task:
         """The task with this id; NotFound if there is none."""
         task_id = v.task_id(task_id)
-        row = self._db.connection().execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = self._db.connection().execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
         if row is None:
             raise NotFound("task", task_id)
         return Task.from_row(row)
@@ -213,11 +223,12 @@ class TasksMixin:
         conn = self._db.connection()
         if status is None:
             rows = conn.execute(
-                "SELECT * FROM tasks WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit + 1),
             ).fetchall()
         else:
             rows = conn.execute(
-                "SELECT * FROM tasks WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
                 (status, after, limit + 1),
             ).fetchall()
         tasks = [Task.from_row(row) for row in rows[:limit]]
@@ -274,26 +285,33 @@ class TasksMixin:
         claimable. NotFound for an unknown agent, Forbidden for a revoked one.
         """
         lease = self.default_lease_s if lease_s is None else v.lease_seconds(lease_s)
+        # The clock is read before the write lock is taken, to keep the lock short. If
+        # the lock is waited for, ``now`` is a little behind: a lease then looks
+        # unexpired a little longer and the new lease ends a little earlier, both on
+        # the safe side of "held by at most one agent".
+        moment = self._clock()
+        now = format_ts(moment)
+        params = {
+            "agent_id": agent_id,
+            "lease_expires_at": format_ts(moment, plus_s=lease),
+            "lease_s": lease,
+            "now": now,
+        }
 
         def claim(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            moment = self._clock()
-            now = format_ts(moment)
+            rows = conn.execute(CLAIM_SQL, params).fetchall()
+            if rows:
+                return rows[0]
+            # Nothing claimed: an expired lease to release first, nothing claimable,
+            # or an agent that may not claim.
             if conn.execute(EXPIRED_LEASE_PROBE_SQL, (now,)).fetchone() is not None:
                 conn.execute(_RECORD_EXPIRED_RUNS, {"now": now})
                 conn.execute(_RELEASE_EXPIRED, {"now": now})
-            rows = conn.execute(
-                CLAIM_SQL,
-                {
-                    "agent_id": agent_id,
-                    "lease_expires_at": format_ts(moment, plus_s=lease),
-                    "lease_s": lease,
-                    "now": now,
-                },
-            ).fetchall()
-            if not rows:
-                _require_active_agent(conn, agent_id)
-                return None
-            return rows[0]
+                rows = conn.execute(CLAIM_SQL, params).fetchall()
+                if rows:
+                    return rows[0]
+            _require_active_agent(conn, agent_id)
+            return None
 
         row = self._db.run_in_transaction(claim)
         if row is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable
+from typing import Iterable
 
 from icn_mcp.errors import ValidationError
 
@@ -164,9 +164,3 @@ def artifact_meta(problems: Problems, value: object) -> str | None:
         problems.add("meta", f"at most {ARTIFACT_META_MAX} characters as JSON (got {len(text)})")
         return None
     return text
-
-
-def describe(value: Any) -> str:
-    """A short representation of a bad value for an error message."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

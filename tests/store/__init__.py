@@ -1,0 +1,1 @@
+"""Tests of icn_mcp.store (a package, so its conftest does not shadow tests/conftest.py)."""
