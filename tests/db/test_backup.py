@@ -258,3 +258,24 @@ def test_async_backup_runs_off_the_event_loop(db):
     result = asyncio.run(main())
     assert Path(result.path).exists()
     assert threading.main_thread() not in threads
+
+
+def test_module_level_functions_use_the_process_wide_database(tmp_path, monkeypatch):
+    """icn_mcp.db.create_backup() etc. work on get_db() with the MCP_* settings."""
+    import icn_mcp.db as api
+
+    for name in [k for k in os.environ if k.startswith("MCP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MCP_DB_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MCP_BACKUP_KEEP", "1")
+    api.close_db()
+    try:
+        first = api.create_backup()
+        second = asyncio.run(api.create_backup_async())
+        assert Path(second.path).parent == tmp_path / "var" / "backups"
+        assert second.pruned == [first.path]
+        assert api.verify_backup(second.path).ok
+        assert api.get_database_info()["last_backup"]["path"] == second.path
+        assert api.restore_from_backup(second.path).integrity == "ok"
+    finally:
+        api.close_db()
