@@ -14,9 +14,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from icn_mcp.config import Settings
@@ -35,7 +35,6 @@ from icn_mcp.server.middleware import (
     request_info,
 )
 from icn_mcp.server.ratelimit import RateLimiter
-from icn_mcp.server.shapes import claim_shape, status_shape
 from icn_mcp.server.schemas import (
     ClaimRequest,
     CreateTaskRequest,
@@ -45,14 +44,15 @@ from icn_mcp.server.schemas import (
     parse_body,
     query_int,
 )
+from icn_mcp.server.shapes import claim_shape, status_shape
+from icn_mcp.store.validation import LIST_LIMIT_MAX
 
 __all__ = ["create_app", "API_ROUTES"]
 
 log = logging.getLogger("icn_mcp.server")
 
-#: Page size of GET /api/task/list when the client gives none, and the largest allowed.
+#: Page size of GET /api/task/list when the client gives none.
 DEFAULT_LIST_LIMIT = 50
-MAX_LIST_LIMIT = 500
 
 Handler = Callable[[Request, Hub], Awaitable[Response]]
 
@@ -183,7 +183,7 @@ async def create_task(request: Request, hub: Hub) -> Response:
 
 async def list_tasks(request: Request, hub: Hub) -> Response:
     params = request.query_params
-    limit = query_int("limit", params.get("limit"), minimum=1, maximum=MAX_LIST_LIMIT)
+    limit = query_int("limit", params.get("limit"), minimum=1, maximum=LIST_LIMIT_MAX)
     page = await hub.call(
         "list_tasks",
         hub.store.list_tasks,

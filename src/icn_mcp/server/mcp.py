@@ -38,7 +38,8 @@ from icn_mcp.errors import Forbidden, Unauthorized
 from icn_mcp.server.errors import ApiError, to_api_error, validation_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.shapes import claim_shape, status_shape
-from icn_mcp.server.schemas import MAX_LEASE_S, MAX_SQL_INT, pydantic_fields
+from icn_mcp.store.validation import LIST_LIMIT_MAX
+from icn_mcp.server.schemas import MAX_SQL_INT, Id, LeaseSeconds, MaxAttempts, Priority, pydantic_fields
 
 __all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES"]
 
@@ -58,7 +59,7 @@ TOOL_NAMES = (
 AGENT_SCOPE = "agent"
 MAINTAINER_SCOPE = "maintainer"
 
-TaskId = Annotated[int, Field(ge=1, le=MAX_SQL_INT, description="The task's id")]
+TaskId = Annotated[Id, Field(description="The task's id")]
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,10 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
     async def create_task(
         title: Annotated[str, Field(description="What to do, 1-200 characters")],
         description: str | None = None,
-        depends_on: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SQL_INT)]] | None,
+        depends_on: Annotated[list[Id] | None,
                               Field(description="Ids of tasks that must complete first")] = None,
-        priority: Annotated[int, Field(ge=-MAX_SQL_INT, le=MAX_SQL_INT, description="Higher is claimed first")] = 0,
-        max_attempts: Annotated[int, Field(ge=1, le=1000)] = 3,
+        priority: Annotated[Priority, Field(description="Higher is claimed first")] = 0,
+        max_attempts: MaxAttempts = 3,
         idempotency_key: Annotated[str | None, Field(description="Repeating a key returns the first task")] = None,
     ) -> dict[str, Any]:
         """Create a task; returns it (with its id)."""
@@ -226,8 +227,8 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
 
     @server.tool()
     async def claim_task(
-        lease_s: Annotated[float | None, Field(gt=0, le=MAX_LEASE_S,
-                                               description="Lease length in seconds (default: the server's)")] = None,
+        lease_s: Annotated[LeaseSeconds | None,
+                           Field(description="Lease length in seconds (default: the server's)")] = None,
     ) -> dict[str, Any]:
         """Claim the next claimable task for this agent.
 
@@ -278,7 +279,7 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
     @server.tool()
     async def list_tasks(
         status: Literal["open", "claimed", "completed", "failed"] | None = None,
-        limit: Annotated[int, Field(ge=1, le=500)] = 50,
+        limit: Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX)] = 50,
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page")] = None,
     ) -> dict[str, Any]:
         """Tasks in a stable order, one page at a time: {"tasks": [...], "next_cursor"}."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from icn_mcp import __version__
 from icn_mcp.server.schemas import openapi_schemas
+from icn_mcp.store.validation import LIST_LIMIT_MAX
 
 __all__ = ["document"]
 
@@ -112,7 +113,7 @@ def _paths() -> dict[str, Any]:
                 {"name": "status", "in": "query", "required": False,
                  "schema": {"type": "string", "enum": ["open", "claimed", "completed", "failed"]}},
                 {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                 "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX}},
                 {"name": "cursor", "in": "query", "required": False, "schema": _STRING},
             ],
             "responses": {

@@ -14,6 +14,13 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from icn_mcp.server.errors import validation_error
+from icn_mcp.store.validation import (
+    DEPENDS_ON_MAX,
+    LEASE_MAX_S,
+    MAX_ATTEMPTS_MAX,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+)
 
 __all__ = [
     "RegisterRequest",
@@ -23,6 +30,11 @@ __all__ = [
     "RunRequest",
     "EmptyRequest",
     "RunStatus",
+    "Id",
+    "Priority",
+    "MaxAttempts",
+    "LeaseSeconds",
+    "MAX_SQL_INT",
     "REQUEST_MODELS",
     "parse_body",
     "pydantic_fields",
@@ -32,8 +44,6 @@ __all__ = [
 
 #: SQLite stores integers as signed 64-bit; anything larger cannot be bound.
 MAX_SQL_INT = 2**63 - 1
-#: The longest lease a claim may ask for (one week).
-MAX_LEASE_S = 7 * 86400.0
 
 RunStatus = Literal["claimed", "in_progress", "completed", "failed"]
 
@@ -49,7 +59,10 @@ def _encodable(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_encodable)]
 Id = Annotated[int, Field(ge=1, le=MAX_SQL_INT)]
-SqlInt = Annotated[int, Field(ge=-MAX_SQL_INT, le=MAX_SQL_INT)]
+# The store's own bounds, so that the published document states the real limits.
+Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+MaxAttempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_MAX)]
+LeaseSeconds = Annotated[float, Field(gt=0, le=LEASE_MAX_S)]
 
 
 class _Body(BaseModel):
@@ -79,16 +92,16 @@ class CreateTaskRequest(_Body):
     title: Text
     description: Text | None = None
     created_by: Text | None = None
-    depends_on: list[Id] = Field(default_factory=list, max_length=1000)
-    priority: SqlInt = 0
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 3
+    depends_on: list[Id] = Field(default_factory=list, max_length=DEPENDS_ON_MAX)
+    priority: Priority = 0
+    max_attempts: MaxAttempts = 3
     idempotency_key: Text | None = None
 
 
 class ClaimRequest(_Body):
     """``POST /api/task/claim``: optionally a lease length other than the default."""
 
-    lease_s: Annotated[float, Field(gt=0, le=MAX_LEASE_S)] | None = None
+    lease_s: LeaseSeconds | None = None
 
 
 class RunRequest(_Body):
