@@ -14,6 +14,11 @@ A cycle is one claim plus its report; its latency is measured from before the cl
 to after the report. Printed: cycles per second, p50 and p99 cycle latency, and the
 ratio http/store (the server's overhead: HTTP, JSON, auth, threads, logging).
 Rate limits are off for the run; logging stays at INFO into a file, as in production.
+
+``--backup-mb N`` adds a third run: a database of about N MB of open tasks (16 kB
+descriptions) served to the same clients while ``icn-mcp db backup`` runs beside the
+server; it prints cycle latencies of the cycles before the backup and of those that
+overlapped it.
 """
 
 from __future__ import annotations
@@ -162,6 +167,73 @@ def bench_store(tasks: int, clients: int) -> tuple[float, list[float]]:
             store.db.close()
 
 
+def bench_backup_while_serving(size_mb: int, clients: int) -> None:
+    """Cycles over HTTP before and during ``icn-mcp db backup`` of a ~size_mb database."""
+    description = "x" * 16_000  # within the store's 20 000-character limit
+    tasks = max(1, size_mb * 1024 * 1024 // len(description))
+    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
+        db_dir = Path(tmp) / "var"
+        store, tokens = _prepare(db_dir, 0, clients)
+        for n in range(tasks):
+            store.create_task(f"padded {n}", description)
+        store.db.close()
+        env = _settings(db_dir)
+        log = open(Path(tmp) / "server.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "serve"], env=env,
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        stop = threading.Event()
+        cycles: list[tuple[float, float]] = []  # (start, end), monotonic
+        lock = threading.Lock()
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("serving "):
+                raise RuntimeError(f"server did not start: {line!r}")
+            host, port = line.split()[1].removeprefix("http://").rsplit(":", 1)
+
+            def client(token: str) -> None:
+                session = _Session(host, int(port), token)
+                while not stop.is_set():
+                    began = time.monotonic()
+                    claim = session.post("/api/task/claim", {})
+                    if "task_id" not in claim:
+                        return
+                    session.post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
+                                                   "attempt": claim["attempt"]})
+                    with lock:
+                        cycles.append((began, time.monotonic()))
+                session.conn.close()
+
+            threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
+            for thread in threads:
+                thread.start()
+            time.sleep(2.0)
+            backup_began = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "icn_mcp", "db", "backup"], env=env,
+                                  capture_output=True, text=True)
+            backup_ended = time.monotonic()
+            if done.returncode != 0:
+                raise RuntimeError(f"backup failed: {done.stderr}")
+            time.sleep(1.0)
+            stop.set()
+            for thread in threads:
+                thread.join()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            log.close()
+    before = sorted(e - b for b, e in cycles if e < backup_began)
+    during = sorted(e - b for b, e in cycles if b < backup_ended and e > backup_began)
+    print(f"\nbackup while serving: ~{size_mb} MB database, `icn-mcp db backup` took "
+          f"{backup_ended - backup_began:.2f} s (full check), {clients} clients cycling")
+    print(f"{'window':<8} {'cycles':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
+    for name, sample in (("before", before), ("during", during)):
+        if sample:
+            p99 = sample[min(len(sample) - 1, int(len(sample) * 0.99))]
+            print(f"{name:<8} {len(sample):>7} {statistics.median(sample) * 1000:>9.2f} "
+                  f"{p99 * 1000:>9.2f} {sample[-1] * 1000:>9.2f}")
+
+
 def _summary(name: str, elapsed: float, latencies: list[float]) -> tuple[float, float, float]:
     rate = len(latencies) / elapsed
     ordered = sorted(latencies)
@@ -175,6 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--backup-mb", type=int, default=0,
+                        help="also time cycles while `icn-mcp db backup` copies a database of this size")
     args = parser.parse_args()
     print(f"claim+complete cycles: {args.tasks} tasks, {args.clients} concurrent clients, "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
@@ -183,6 +257,8 @@ def main() -> None:
     store = _summary("store", *bench_store(args.tasks, args.clients))
     print(f"http/store: throughput {http[0] / store[0]:.2f}x, p50 latency {http[1] / store[1]:.1f}x, "
           f"p99 latency {http[2] / store[2]:.1f}x")
+    if args.backup_mb:
+        bench_backup_while_serving(args.backup_mb, args.clients)
 
 
 if __name__ == "__main__":
