@@ -26,6 +26,8 @@ __all__ = [
     "AGENT_KIND_PATTERN",
     "MIN_MAINTAINER_TOKEN_LENGTH",
     "DEFAULT_BACKUP_KEEP",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
 ]
 
 DEFAULT_DB_DIR = "./var"
