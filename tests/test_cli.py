@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 
-from conftest import run_cli, shipped_versions, write_migration
+from tests.helpers import run_cli, shipped_versions, write_migration
 from icn_mcp.cli import main
 
 

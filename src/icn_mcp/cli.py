@@ -444,5 +444,42 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
         click.echo(f"created at {result.created_at}")
 
 
+@main.command()
+@click.option("--host", help="Address to listen on (default: MCP_HOST, else 127.0.0.1).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one (default: MCP_PORT, else 8787).",
+)
+@click.option("--stdio", is_flag=True, help="Serve MCP over stdin/stdout instead of HTTP.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -> None:
+    """Serve the HTTP worker API, MCP at /mcp, /healthz and /metrics.
+
+    With --stdio, serve MCP over stdio for a desktop MCP client, acting for the local
+    agent MCP_STDIO_AGENT_NAME. Logs are JSON lines on stderr. SIGTERM or SIGINT
+    finishes in-flight requests and closes the database.
+    """
+    import dataclasses
+
+    from icn_mcp.server import serve_http, serve_stdio
+    from icn_mcp.server.logs import configure_logging
+
+    settings = Settings.from_env()
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    settings = dataclasses.replace(settings, **overrides)
+    configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
+    if stdio:
+        serve_stdio(settings)
+        return
+    try:
+        serve_http(settings, announce=lambda url: click.echo(f"serving {url} (MCP at {url}/mcp)"))
+    except OSError as exc:
+        _fail(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            "choose another port (--port or MCP_PORT) or stop the process using it",
+        )
+
+
 if __name__ == "__main__":
     main()

@@ -26,10 +26,15 @@ __all__ = [
     "DEFAULT_LEASE_S",
     "AGENT_KIND_PATTERN",
     "MIN_MAINTAINER_TOKEN_LENGTH",
+    "DEFAULT_BACKUP_KEEP",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
 ]
 
 DEFAULT_DB_DIR = "./var"
 DEFAULT_DB_FILENAME = "icn-mcp.sqlite"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
 #: 0 keeps every backup; N > 0 prunes all but the newest N after each backup.
 DEFAULT_BACKUP_KEEP = 0
 BACKUP_CHECKS = ("FULL", "QUICK")
@@ -52,6 +57,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 T = TypeVar("T")
 
@@ -132,6 +138,27 @@ def _maintainer_tokens(name: str, raw: str) -> tuple[str, ...]:
     return tokens
 
 
+def _host(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() or c in "/@" for c in value):
+        raise ConfigError(name, raw, "a host name or IP address, such as 127.0.0.1")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw, minimum=0)
+    if value > 65535:
+        raise ConfigError(name, raw, "a TCP port from 0 to 65535 (0: any free port)")
+    return value
+
+
+def _nonempty(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigError(name, raw, "a non-empty string")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every ``MCP_*`` setting icn-mcp understands, with its validated value."""
@@ -151,12 +178,6 @@ class Settings:
     allow_missing_migrations: bool = False
     allow_out_of_order_migrations: bool = False
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
-    #: Where backups go; None means ``backups/`` beside the database file.
-    backup_dir: Path | None = None
-    backup_keep: int = DEFAULT_BACKUP_KEEP
-    #: ``FULL`` runs integrity_check on each new backup before publishing it,
-    #: ``QUICK`` the cheaper quick_check (no index-against-table comparison).
-    backup_check: str = "FULL"
     agent_kinds: tuple[str, ...] = DEFAULT_AGENT_KINDS
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
     refresh_grace_s: int = DEFAULT_REFRESH_GRACE_S
@@ -164,6 +185,26 @@ class Settings:
     #: Secrets: never shown in repr (and so never in logs).
     admin_token: str | None = field(default=None, repr=False)
     maintainer_tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: Where backups go; None means ``backups/`` beside the database file.
+    backup_dir: Path | None = None
+    backup_keep: int = DEFAULT_BACKUP_KEEP
+    #: ``FULL`` runs integrity_check on each new backup before publishing it,
+    #: ``QUICK`` the cheaper quick_check (no index-against-table comparison).
+    backup_check: str = "FULL"
+    # -- the server (issue 5) ---------------------------------------------------------
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Largest request body accepted (HTTP API and /mcp); larger ones get 413.
+    max_body_bytes: int = 1024 * 1024
+    #: Requests per minute per client address and per bearer token; 0 disables.
+    rate_limit_ip_per_min: int = 3000
+    rate_limit_token_per_min: int = 1200
+    #: The one local agent `serve --stdio` acts for (registered on first use).
+    stdio_agent_name: str = "local-stdio"
+    stdio_agent_kind: str = "ops"
+    log_level: str = "INFO"
+    #: How long shutdown waits for in-flight requests before closing connections.
+    shutdown_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -228,15 +269,6 @@ class Settings:
                 "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", _bool, False
             ),
             extra={k: v for k, v in env.items() if k.startswith("MCP_")},
-            backup_dir=get("MCP_BACKUP_DIR", path, None),
-            backup_keep=get(
-                "MCP_BACKUP_KEEP",
-                lambda n, r: _int(n, r, minimum=0),
-                DEFAULT_BACKUP_KEEP,
-            ),
-            backup_check=get(
-                "MCP_BACKUP_CHECK", lambda n, r: _choice(n, r, BACKUP_CHECKS), "FULL"
-            ),
             agent_kinds=get("MCP_AGENT_KINDS", _agent_kinds, DEFAULT_AGENT_KINDS),
             token_ttl_s=get(
                 "MCP_TOKEN_TTL_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_TOKEN_TTL_S
@@ -249,6 +281,32 @@ class Settings:
             lease_s=get("MCP_LEASE_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_LEASE_S),
             admin_token=get("MCP_ADMIN_TOKEN", _admin_token, None),
             maintainer_tokens=get("MCP_MAINTAINER_TOKENS", _maintainer_tokens, ()),
+            backup_dir=get("MCP_BACKUP_DIR", path, None),
+            backup_keep=get(
+                "MCP_BACKUP_KEEP",
+                lambda n, r: _int(n, r, minimum=0),
+                DEFAULT_BACKUP_KEEP,
+            ),
+            backup_check=get(
+                "MCP_BACKUP_CHECK", lambda n, r: _choice(n, r, BACKUP_CHECKS), "FULL"
+            ),
+            host=get("MCP_HOST", _host, DEFAULT_HOST),
+            port=get("MCP_PORT", _port, DEFAULT_PORT),
+            max_body_bytes=get(
+                "MCP_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), 1024 * 1024
+            ),
+            rate_limit_ip_per_min=get(
+                "MCP_RATE_LIMIT_IP_PER_MIN", lambda n, r: _int(n, r, minimum=0), 3000
+            ),
+            rate_limit_token_per_min=get(
+                "MCP_RATE_LIMIT_TOKEN_PER_MIN", lambda n, r: _int(n, r, minimum=0), 1200
+            ),
+            stdio_agent_name=get("MCP_STDIO_AGENT_NAME", _nonempty, "local-stdio"),
+            stdio_agent_kind=get("MCP_STDIO_AGENT_KIND", _nonempty, "ops"),
+            log_level=get("MCP_LOG_LEVEL", lambda n, r: _choice(n, r, LOG_LEVELS), "INFO"),
+            shutdown_timeout_s=get(
+                "MCP_SHUTDOWN_TIMEOUT_S", lambda n, r: _float(n, r, minimum=0), 10.0
+            ),
         )
         return cls(**values)
 

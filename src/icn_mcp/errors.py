@@ -203,6 +203,7 @@ class RestoreError(DatabaseError):
         self.cause = cause
         super().__init__(f"restore from {path} failed: {cause}", hint=hint)
 
+
 class StoreError(IcnMcpError):
     """The agent HQ store refused a request; the HTTP layer maps each kind to a status."""
 

@@ -20,8 +20,8 @@ import pytest
 from icn_mcp.db import backup as backup_module
 from icn_mcp.db.backup import BACKUP_NAME, manifest_path, prune_backups
 from icn_mcp.errors import BackupError
-from conftest import shipped_versions
-from test_backup_support import SQLITE3_CLI, WRITER_SCRIPT, file_state, make_db
+from tests.helpers import shipped_versions
+from tests.db.backup_support import SQLITE3_CLI, WRITER_SCRIPT, file_state, make_db
 
 
 @pytest.fixture

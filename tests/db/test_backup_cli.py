@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from icn_mcp import cli
-from test_backup_support import file_state, make_db, run_cli
+from tests.db.backup_support import file_state, make_db, run_cli
 
 
 @pytest.fixture

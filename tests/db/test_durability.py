@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_worker
+from tests.helpers import run_worker
 
 KILLS = 12
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_worker
+from tests.helpers import run_worker
 from icn_mcp.db import Database, KeyedLocks, with_lock
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.errors import DatabaseError, LockLost, LockTimeout

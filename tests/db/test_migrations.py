@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_worker, write_migration
+from tests.helpers import run_worker, write_migration
 from icn_mcp.db import Database
 from icn_mcp.db.migrations import discover, plan
 from icn_mcp.errors import ChecksumMismatch, MigrationError

@@ -13,8 +13,8 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.db.backup import SAFETY_BACKUP_PREFIX, manifest_path
 from icn_mcp.errors import RestoreError
-from conftest import shipped_versions
-from test_backup_support import copy_migrations, file_state, make_db
+from tests.helpers import shipped_versions
+from tests.db.backup_support import copy_migrations, file_state, make_db
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_worker
+from tests.helpers import run_worker
 from icn_mcp.db import Database
 from icn_mcp.db.database import is_busy_error
 from icn_mcp.errors import BusyError, DatabaseError
@@ -51,7 +51,7 @@ def _snapshot_writer(path: Path):
     import subprocess
     import sys
 
-    from conftest import WORKERS
+    from tests.helpers import WORKERS
 
     proc = subprocess.Popen(
         [sys.executable, str(WORKERS / "snapshot_writer.py"), str(path)],

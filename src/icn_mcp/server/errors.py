@@ -1,0 +1,96 @@
+"""One mapping from icn-mcp errors to wire errors, shared by HTTP and MCP.
+
+Every error a client sees is ``{"ok": false, "error": CODE, ...}`` with a stable code
+and the error's data as fields; the HTTP layer adds the status, the MCP layer returns
+the same object as a tool error. Anything unexpected becomes ``internal_error`` with
+no detail at all: the traceback goes to the server log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from icn_mcp.errors import (
+    BusyError,
+    Conflict,
+    DatabaseClosed,
+    Forbidden,
+    IcnMcpError,
+    NotFound,
+    Unauthorized,
+    ValidationError,
+)
+
+__all__ = ["ApiError", "to_api_error", "task_id_required", "validation_error"]
+
+log = logging.getLogger("icn_mcp.server")
+
+#: Seconds a client should wait before retrying when the database is unavailable.
+RETRY_AFTER_UNAVAILABLE_S = 1
+
+
+@dataclass
+class ApiError(Exception):
+    """An error as the client sees it: HTTP status, code and extra fields."""
+
+    status: int
+    code: str
+    data: dict[str, Any] = field(default_factory=dict)
+    #: Extra HTTP headers (Retry-After, WWW-Authenticate).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {"ok": False, "error": self.code, **self.data}
+
+
+def validation_error(fields: dict[str, str]) -> ApiError:
+    return ApiError(400, "validation_error", {"fields": fields})
+
+
+def task_id_required() -> ApiError:
+    return ApiError(400, "task_id_required", {"message": "task_id is required"})
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """The client-facing form of ``exc``; logs what the client must not see."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return validation_error(dict(getattr(exc, "fields", {}) or {}))
+    if isinstance(exc, Unauthorized):
+        return ApiError(
+            401,
+            "unauthorized",
+            {"reason": str(getattr(exc, "reason", "") or exc)},
+            {"WWW-Authenticate": 'Bearer realm="icn-mcp"'},
+        )
+    if isinstance(exc, Forbidden):
+        return ApiError(403, "forbidden", {"reason": str(getattr(exc, "reason", "") or exc)})
+    if isinstance(exc, NotFound):
+        data: dict[str, Any] = {"kind": getattr(exc, "kind", None), "id": getattr(exc, "id", None)}
+        return ApiError(404, "not_found", _jsonable({k: v for k, v in data.items() if v is not None}))
+    if isinstance(exc, Conflict):
+        extra = dict(getattr(exc, "data", {}) or {})
+        return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(extra)})
+    if isinstance(exc, (BusyError, DatabaseClosed)):
+        # The database is busy beyond the retry budget, or shutting down: try again.
+        log.warning("database unavailable: %s", exc)
+        return ApiError(
+            503,
+            "unavailable",
+            {"retry_after_s": RETRY_AFTER_UNAVAILABLE_S},
+            {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+        )
+    if isinstance(exc, IcnMcpError):
+        log.error("request failed: %s", exc, exc_info=exc)
+    else:
+        log.error("unexpected %s while serving a request", type(exc).__name__, exc_info=exc)
+    return ApiError(500, "internal_error")
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """Keep only values JSON can carry as they are (conflict data is informative)."""
+    allowed = (str, int, float, bool, type(None), list, dict)
+    return {str(k): (v if isinstance(v, allowed) else str(v)) for k, v in data.items()}

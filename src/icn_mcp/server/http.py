@@ -1,0 +1,362 @@
+"""The HTTP worker API, ``/healthz``, ``/metrics``, ``/openapi.json`` and ``/mcp``.
+
+Each handler parses the request, makes one store call in a worker thread and maps
+the result (or the error) to the JSON shapes existing agent clients speak (issue 5).
+:func:`create_app` assembles the routes, the MCP endpoint and the middleware.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from icn_mcp.config import Settings
+from icn_mcp.db import Database
+from icn_mcp.errors import Forbidden, Unauthorized
+from icn_mcp.server import openapi
+from icn_mcp.server.errors import task_id_required, to_api_error
+from icn_mcp.server.hub import Hub
+from icn_mcp.server.mcp import build_mcp_server
+from icn_mcp.server.metrics import CONTENT_TYPE
+from icn_mcp.server.middleware import (
+    BodyLimitMiddleware,
+    ObserveMiddleware,
+    RateLimitMiddleware,
+    bearer_from_header,
+    request_info,
+)
+from icn_mcp.server.ratelimit import RateLimiter
+from icn_mcp.server.schemas import (
+    ClaimRequest,
+    CreateTaskRequest,
+    EmptyRequest,
+    RegisterRequest,
+    RunRequest,
+    parse_body,
+    query_int,
+)
+from icn_mcp.server.shapes import claim_shape, status_shape
+from icn_mcp.store.validation import LIST_LIMIT_MAX
+
+__all__ = ["create_app", "API_ROUTES"]
+
+log = logging.getLogger("icn_mcp.server")
+
+#: Page size of GET /api/task/list when the client gives none.
+DEFAULT_LIST_LIMIT = 50
+
+Handler = Callable[[Request, Hub], Awaitable[Response]]
+
+
+def _ok(data: dict[str, Any] | list[Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=headers)
+
+
+def _bearer(request: Request, *, required: bool) -> str | None:
+    """The bearer token, None when absent and not required; Unauthorized otherwise."""
+    ok, token = bearer_from_header(request.headers.get("authorization"))
+    if not ok:
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    if token is None and required:
+        raise Unauthorized("missing bearer token")
+    return token
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Wraps a handler: its hub, and any error as ``{"ok": false, "error": ...}``."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        request_info(request.scope).route = request.url.path
+        try:
+            return await handler(request, request.app.state.hub)
+        except Exception as exc:  # noqa: BLE001 - mapped, never shown raw
+            error = to_api_error(exc)
+            return JSONResponse(error.body(), status_code=error.status, headers=error.headers or None)
+
+    return endpoint
+
+
+def _authenticated(hub: Hub, request: Request, token: str | None) -> Callable[[], Any]:
+    """A function (for a worker thread) that authenticates ``token`` and notes the agent."""
+
+    def authenticate() -> Any:
+        if token is None:
+            raise Unauthorized("missing bearer token")
+        agent = hub.store.authenticate(token)
+        request_info(request.scope).agent_id = agent.id
+        return agent
+
+    return authenticate
+
+
+# -- health and metrics --------------------------------------------------------------
+
+
+async def healthz(request: Request, hub: Hub) -> Response:
+    return _ok({"ok": True})
+
+
+async def healthz_db(request: Request, hub: Hub) -> Response:
+    health = await hub.call("check_health", hub.db.check_health)
+    if not health["ok"]:
+        log.warning("database health check failed: %s", health["error"])
+        return _ok({"ok": False, "error": "unavailable", "latency_ms": health["latency_ms"]}, status=503)
+    info = await hub.call("database_info", hub.database_info)
+    migrations = info.get("migrations") or []
+    return _ok(
+        {
+            "ok": True,
+            "latency_ms": health["latency_ms"],
+            "database": {
+                "path": info["path"],
+                "size_bytes": info["size_bytes"],
+                "tables": [{"name": t["name"], "count": t["row_count"]} for t in info["tables"]],
+                "last_migration": migrations[-1]["version"] if migrations else None,
+                "total_migrations": len(migrations),
+            },
+        }
+    )
+
+
+async def metrics(request: Request, hub: Hub) -> Response:
+    body = await hub.call("metrics", hub.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+async def openapi_json(request: Request, hub: Hub) -> Response:
+    return _ok(openapi.document(str(request.base_url).rstrip("/")))
+
+
+# -- agents --------------------------------------------------------------------------
+
+
+async def register(request: Request, hub: Hub) -> Response:
+    token = _bearer(request, required=False)
+    body = parse_body(RegisterRequest, await request.body())
+    agent = await hub.call(
+        "register_agent", hub.store.register_agent, body.name, body.kind, body.version, credential=token
+    )
+    request_info(request.scope).agent_id = agent.id
+    return _ok({"ok": True, "id": agent.id, "token": agent.token})
+
+
+async def refresh(request: Request, hub: Hub) -> Response:
+    token = _bearer(request, required=True)
+    parse_body(EmptyRequest, await request.body())
+    agent = await hub.call("refresh_token", hub.store.refresh_token, token)
+    request_info(request.scope).agent_id = agent.id
+    return _ok({"ok": True, "token": agent.token})
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+
+async def create_task(request: Request, hub: Hub) -> Response:
+    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    body = parse_body(CreateTaskRequest, await request.body())
+
+    def create() -> Any:
+        agent = authenticate()
+        return hub.store.create_task(
+            body.title,
+            body.description,
+            created_by=body.created_by if body.created_by is not None else agent.id,
+            depends_on=body.depends_on,
+            priority=body.priority,
+            max_attempts=body.max_attempts,
+            idempotency_key=body.idempotency_key,
+        )
+
+    task = await hub.call("create_task", create)
+    return _ok({"ok": True, "id": task.id})
+
+
+async def list_tasks(request: Request, hub: Hub) -> Response:
+    params = request.query_params
+    limit = query_int("limit", params.get("limit"), minimum=1, maximum=LIST_LIMIT_MAX)
+    page = await hub.call(
+        "list_tasks",
+        hub.store.list_tasks,
+        status=params.get("status") or None,
+        limit=limit or DEFAULT_LIST_LIMIT,
+        cursor=params.get("cursor") or None,
+    )
+    headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else None
+    return _ok([task.to_dict() for task in page.tasks], headers=headers)
+
+
+async def claim_task(request: Request, hub: Hub) -> Response:
+    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    body = parse_body(ClaimRequest, await request.body())
+
+    def claim() -> Any:
+        return hub.store.claim_next_task(authenticate().id, body.lease_s)
+
+    claimed = await hub.call("claim_next_task", claim)
+    if claimed is None:
+        hub.metrics.claims.labels("empty").inc()
+        return _ok({"error": "no_available_tasks"})
+    hub.metrics.claims.labels("claimed").inc()
+    if claimed.attempt > 1:
+        hub.metrics.reclaims.inc()
+    return _ok(claim_shape(claimed))
+
+
+async def report_run(request: Request, hub: Hub) -> Response:
+    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    body = parse_body(RunRequest, await request.body())
+    if body.task_id is None:
+        raise task_id_required()
+    task_id = body.task_id
+
+    def report() -> Any:
+        return hub.store.report_run(task_id, authenticate().id, body.status, body.notes, attempt=body.attempt)
+
+    await hub.call("report_run", report)
+    hub.metrics.reports.labels(body.status).inc()
+    return _ok({"ok": True})
+
+
+async def task_status(request: Request, hub: Hub) -> Response:
+    raw = request.query_params.get("task_id")
+    if raw is None or not raw.strip():
+        raise task_id_required()
+    task_id = query_int("task_id", raw, minimum=1)
+    status = await hub.call("task_status", hub.store.task_status, task_id)
+    return _ok(status_shape(status.to_dict()))
+
+
+# -- maintainers ---------------------------------------------------------------------
+
+
+def _maintainer(hub: Hub, token: str | None) -> Callable[[], str]:
+    """A function (for a worker thread) that returns the maintainer role or raises.
+
+    No token, or one nobody knows: 401. A valid agent token: 403.
+    """
+
+    def check() -> str:
+        if token is None:
+            raise Unauthorized("missing bearer token")
+        role = hub.store.maintainer_role(token)
+        if role is not None:
+            return role
+        hub.store.authenticate(token)  # raises Unauthorized for an unknown token
+        raise Forbidden("a maintainer token is required for admin routes")
+
+    return check
+
+
+async def cleanup_agents(request: Request, hub: Hub) -> Response:
+    check = _maintainer(hub, _bearer(request, required=True))
+    parse_body(EmptyRequest, await request.body())
+
+    def cleanup() -> int:
+        check()
+        return hub.store.cleanup_expired()
+
+    deleted = await hub.call("cleanup_expired", cleanup)
+    return _ok({"ok": True, "deletedCount": deleted})
+
+
+async def admin_stats(request: Request, hub: Hub) -> Response:
+    check = _maintainer(hub, _bearer(request, required=True))
+
+    def stats() -> dict[str, Any]:
+        check()
+        return hub.store.stats()
+
+    return _ok({"ok": True, "stats": await hub.call("stats", stats)})
+
+
+#: (method, path, handler) of every route of the HTTP API.
+API_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/healthz", healthz),
+    ("GET", "/healthz/db", healthz_db),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi_json),
+    ("POST", "/api/agent/register", register),
+    ("POST", "/api/agent/refresh", refresh),
+    ("POST", "/api/task/create", create_task),
+    ("GET", "/api/task/list", list_tasks),
+    ("POST", "/api/task/claim", claim_task),
+    ("POST", "/api/task/run", report_run),
+    ("GET", "/api/task/status", task_status),
+    ("POST", "/api/admin/agents/cleanup", cleanup_agents),
+    ("GET", "/api/admin/stats", admin_stats),
+)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as our JSON errors."""
+    status = getattr(exc, "status_code", 500)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request" if status < 500 else "internal_error")
+    headers = getattr(exc, "headers", None)
+    return JSONResponse({"ok": False, "error": code}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
+    """The whole server as one ASGI app, serving the database from ``settings``.
+
+    ``db`` overrides the database (tests); otherwise one is opened and migrated now
+    and closed (checkpointed) when the app shuts down.
+    """
+    hub = Hub(settings, db=db)
+    mcp_server = build_mcp_server(hub, http=True)
+    mcp_app = mcp_server.streamable_http_app(
+        streamable_http_path="/mcp",
+        # Stateless JSON: every POST stands alone, so a restart or several server
+        # processes behind one address never strand a client's session.
+        stateless_http=True,
+        json_response=True,
+        max_request_body_size=settings.max_body_bytes,
+        host=settings.host,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A mounted app's lifespan does not run: start the MCP session manager here.
+        try:
+            async with mcp_server.session_manager.run():
+                yield
+        finally:
+            hub.close()
+            log.info("database %s closed", hub.db.path)
+
+    routes = [Route(path, _endpoint(handler), methods=[method]) for method, path, handler in API_ROUTES]
+    # The SDK's app routes /mcp itself (behind its bearer middleware); a Route, not a
+    # Mount at "/", so that unknown paths still get our JSON 404. No GET: stateless
+    # JSON mode has no server-initiated stream to offer, and the MCP spec lets a
+    # server answer 405 there (an open GET would only hold shutdown up).
+    routes.append(Route("/mcp", endpoint=mcp_app, methods=["POST", "DELETE"]))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_exception},
+        middleware=[
+            Middleware(
+                ObserveMiddleware,
+                metrics=hub.metrics,
+                known_routes=frozenset(path for _, path, _ in API_ROUTES),
+            ),
+            Middleware(
+                RateLimitMiddleware,
+                per_ip=RateLimiter(settings.rate_limit_ip_per_min),
+                per_token=RateLimiter(settings.rate_limit_token_per_min),
+            ),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+    )
+    app.state.hub = hub
+    app.state.mcp = mcp_server
+    return app

@@ -1,0 +1,91 @@
+"""What the HTTP and MCP layers share: the database, the store, metrics, worker threads.
+
+Every store call goes through :meth:`Hub.call`, which runs it in a worker thread (SQLite
+calls block; the event loop must not) and times it for the transaction histogram.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import anyio.to_thread
+
+from icn_mcp.config import Settings
+from icn_mcp.db import Database
+from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
+from icn_mcp.db.timestamps import parse_ts
+from icn_mcp.server.metrics import ServerMetrics
+from icn_mcp.store import Store
+
+__all__ = ["Hub"]
+
+log = logging.getLogger("icn_mcp.server")
+
+T = TypeVar("T")
+
+
+class Hub:
+    """One server's database, store and metrics.
+
+    ``db`` defaults to a :class:`Database` opened (and migrated) from ``settings``;
+    the hub closes only a database it opened itself.
+    """
+
+    def __init__(self, settings: Settings, *, db: Database | None = None) -> None:
+        self.settings = settings
+        self._owns_db = db is None
+        self.db = db if db is not None else Database(settings.db_path, **settings.database_options())
+        try:
+            self.store = Store.from_settings(self.db, settings)
+        except BaseException:
+            self.close()
+            raise
+        #: Where backups go, as for ``icn-mcp db backup``: MCP_BACKUP_DIR or $MCP_DB_DIR/backups.
+        self.backup_dir: Path = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME
+        self.metrics = ServerMetrics(
+            stats=self.store.stats,
+            db_stats=self.db.get_stats,
+            db_path=self.db.path,
+            last_backup_at=self.last_backup_at,
+        )
+
+    async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""
+        histogram = self.metrics.transaction_seconds.labels(operation)
+
+        def timed() -> T:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return await anyio.to_thread.run_sync(timed)
+
+    def database_info(self) -> dict[str, Any]:
+        """The database diagnostics shared with ``icn-mcp db info`` (blocking)."""
+        return self.db.get_database_info(backup_dir=self.backup_dir)
+
+    def create_backup(self) -> dict[str, Any]:
+        """A verified backup in the backup directory, pruned to MCP_BACKUP_KEEP (blocking)."""
+        result = self.db.create_backup(
+            backup_dir=self.backup_dir,
+            keep=self.settings.backup_keep,
+            check=self.settings.backup_check.lower(),
+        )
+        return result.to_dict()
+
+    def last_backup_at(self) -> float | None:
+        """When the newest backup was taken (epoch seconds), or None (blocking)."""
+        last = latest_backup(self.backup_dir)
+        if last is None or not last.get("created_at"):
+            return None
+        return parse_ts(last["created_at"]).timestamp()
+
+    def close(self) -> None:
+        """Close the database if the hub opened it (checkpoints the WAL)."""
+        if self._owns_db:
+            self.db.close()

@@ -1,0 +1,172 @@
+"""Prometheus metrics of one server: request counters plus database state on scrape.
+
+Counters and histograms are updated as requests are served; the state of the
+database (agents, tasks by status, file sizes, busy retries, lock waits, backup age)
+is read when ``/metrics`` is scraped, from ``store.stats()``, ``db.get_stats()`` and
+the file system, so it is right even when other processes share the database. Each
+server has its own registry, so several servers (tests) can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["ServerMetrics", "CONTENT_TYPE"]
+
+log = logging.getLogger("icn_mcp.server")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The *_created series double the output and nothing here reads them.
+disable_created_metrics()
+
+#: Transaction latencies of interest run from well under a millisecond to seconds.
+TRANSACTION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TASK_STATUSES = ("open", "claimed", "completed", "failed")
+
+
+class ServerMetrics:
+    """The metrics of one server; :meth:`render` produces the Prometheus text."""
+
+    def __init__(
+        self,
+        *,
+        stats: Callable[[], dict[str, Any]],
+        db_stats: Callable[[], dict[str, int]],
+        db_path: str | os.PathLike[str],
+        last_backup_at: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "icn_mcp_http_requests",
+            "HTTP requests served, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "icn_mcp_http_request_duration_seconds",
+            "Time to serve an HTTP request, by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.claims = Counter(
+            "icn_mcp_claims",
+            "Claim attempts, by result (claimed, empty).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reclaims = Counter(
+            "icn_mcp_leases_reclaimed",
+            "Claims of a task that had been claimed before (its lease expired or an attempt failed).",
+            registry=self.registry,
+        )
+        self.reports = Counter(
+            "icn_mcp_reports",
+            "Run reports accepted, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "icn_mcp_mcp_tool_calls",
+            "MCP tool calls, by tool and result (ok or the error code).",
+            ["tool", "result"],
+            registry=self.registry,
+        )
+        self.transaction_seconds = Histogram(
+            "icn_mcp_db_transaction_duration_seconds",
+            "Time of one store call (one database transaction), by operation.",
+            ["operation"],
+            buckets=TRANSACTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(
+            _StateCollector(stats=stats, db_stats=db_stats, db_path=os.fspath(db_path), last_backup_at=last_backup_at)
+        )
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition; reads the database (call it off the event loop)."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Database state read at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        stats: Callable[[], dict[str, Any]],
+        db_stats: Callable[[], dict[str, int]],
+        db_path: str,
+        last_backup_at: Callable[[], float | None] | None,
+    ) -> None:
+        self._stats = stats
+        self._db_stats = db_stats
+        self._db_path = db_path
+        self._last_backup_at = last_backup_at
+
+    def describe(self) -> list[Metric]:
+        return []  # read at collect time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._stats()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail for it
+            log.warning("metrics: reading store stats failed: %s", exc)
+            stats = {}
+        if "agents_active" in stats:
+            yield GaugeMetricFamily("icn_mcp_agents_active", "Agents with a token that is neither expired nor revoked.",
+                                    value=stats["agents_active"])
+        tasks = GaugeMetricFamily("icn_mcp_tasks", "Tasks by status.", labels=["status"])
+        for status in TASK_STATUSES:
+            key = f"tasks_{status}"
+            if key in stats:
+                tasks.add_metric([status], stats[key])
+        yield tasks
+        for key, help_text in (
+            ("tasks_total", "Tasks ever created."),
+            ("runs_total", "Run reports ever recorded."),
+            ("artifacts_total", "Artifacts ever recorded."),
+        ):
+            if key in stats:
+                yield GaugeMetricFamily(f"icn_mcp_{key}", help_text, value=stats[key])
+
+        for suffix, help_text in (("", "Size of the database file in bytes."),
+                                  ("-wal", "Size of the write-ahead log in bytes.")):
+            try:
+                size = os.stat(self._db_path + suffix).st_size
+            except OSError:
+                size = 0
+            name = "icn_mcp_db_size_bytes" if not suffix else "icn_mcp_db_wal_size_bytes"
+            yield GaugeMetricFamily(name, help_text, value=size)
+
+        db = self._db_stats()
+        for key, help_text in (
+            ("transactions", "Write transactions committed by this server."),
+            ("busy_retries", "Transactions retried because SQLite was busy or locked."),
+            ("busy_exhausted", "Transactions that stayed busy through every retry."),
+            ("lock_waits", "Waits for an in-process keyed lock."),
+            ("reconnects", "Connections reopened after a failed health check."),
+        ):
+            if key in db:
+                yield CounterMetricFamily(f"icn_mcp_db_{key}", help_text, value=db[key])
+
+        if self._last_backup_at is not None:
+            try:
+                last = self._last_backup_at()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: reading the last backup failed: %s", exc)
+                last = None
+            age = GaugeMetricFamily(
+                "icn_mcp_last_backup_age_seconds",
+                "Seconds since the newest backup was taken (absent when there is none).",
+            )
+            if last is not None:
+                age.add_metric([], max(0.0, time.time() - last))
+            yield age

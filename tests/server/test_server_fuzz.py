@@ -1,0 +1,93 @@
+"""Property-based fuzzing of every route from the server's published OpenAPI document.
+
+Schemathesis reads GET /openapi.json from a real server and its hypothesis strategies
+generate requests for each operation, valid and invalid, with an agent token, a
+bogus one and none. (Schemathesis' own pytest plugin is not used: its lazy-fixture
+loader does not work with pytest 9.) Whatever it
+sends, the server must answer with our JSON error shape, never a 5xx and never a
+traceback, and stay up. The number of examples is bounded so this stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from icn_mcp.server.openapi import document
+from tests.server.serverproc import ServerProcess, bearer
+
+#: Examples per operation: enough to reach every validation branch, quick on 2 cores.
+EXAMPLES = 30
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    server = ServerProcess(Path(tmp_path_factory.mktemp("fuzz")) / "var").start()
+    try:
+        with server.client() as client:
+            agent = client.post("/api/agent/register", json={"name": "fuzzer", "kind": "ops"}).json()
+            # Something to claim, report on and look up.
+            for n in range(3):
+                client.post("/api/task/create", json={"title": f"seed {n}"}, headers=bearer(agent["token"]))
+        yield {"server": server, "token": agent["token"]}
+    finally:
+        server.stop()
+        assert server.proc is not None and server.proc.returncode in (0, -15), "".join(server.stderr_lines[-20:])
+        assert not any("Traceback" in line for line in server.stderr_lines if '"logger":"icn_mcp.server.access"' in line)
+
+
+@pytest.fixture(scope="module")
+def api_schema(live: dict[str, Any]) -> Any:
+    """The document as the running server publishes it."""
+    return schemathesis.openapi.from_url(f"{live['server'].url}/openapi.json")
+
+
+#: Every (method, path) of the document; the live one must describe the same routes.
+ROUTES = [(method.upper(), path) for path, item in document()["paths"].items() for method in item]
+#: Valid inputs for every route; invalid ones where there is any input to get wrong.
+CASES = [(method, path, GenerationMode.POSITIVE) for method, path in ROUTES] + [
+    (method.upper(), path, GenerationMode.NEGATIVE)
+    for path, item in document()["paths"].items()
+    for method, operation in item.items()
+    if operation.get("parameters") or operation.get("requestBody")
+]
+
+
+def _check(case: Any, headers: dict[str, str]) -> None:
+    response = case.call(headers=headers, timeout=30)
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text)
+    assert "Traceback" not in response.text
+    if case.path == "/metrics" and response.status_code == 200:
+        return
+    body = response.json()
+    if response.status_code >= 400:
+        assert body["ok"] is False and isinstance(body["error"], str), body
+    if response.status_code == 429:
+        assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_the_published_document_lists_every_route(api_schema: Any) -> None:
+    published = [(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()]
+    assert sorted(published) == sorted(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path", "mode"), CASES, ids=[f"{m} {p} {g.value}" for m, p, g in CASES])
+def test_route_answers_without_5xx_or_traceback(
+    api_schema: Any, live: dict[str, Any], method: str, path: str, mode: GenerationMode
+) -> None:
+    operation = api_schema[path][method]
+    tokens = st.sampled_from([{}, bearer(live["token"]), {"Authorization": "Bearer not-a-real-token"}])
+
+    @given(case=operation.as_strategy(generation_mode=mode), headers=tokens)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+              derandomize=True, database=None)
+    def fuzz(case: Any, headers: dict[str, str]) -> None:
+        _check(case, headers)
+
+    fuzz()
