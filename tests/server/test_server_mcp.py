@@ -99,10 +99,13 @@ def test_mcp_over_stdio(tmp_path: Path) -> None:
     env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
     params = StdioServerParameters(command=sys.executable, args=["-m", "icn_mcp", "serve", "--stdio"], env=env)
 
+    first_agent: list[str] = []
+
     async def run() -> None:
         async with Client(params) as client:
             status = await _drive_a_task(client)
             assert status["status"] == "completed" and status["agent"]
+            first_agent.append(status["agent"])
             # stdio is local: the operator tools are allowed.
             info = await client.call_tool("db_info", {})
             assert not info.is_error
@@ -113,3 +116,18 @@ def test_mcp_over_stdio(tmp_path: Path) -> None:
     # The client closed stdin: the server shut down and checkpointed the WAL.
     wal = tmp_path / "var" / "icn-mcp.sqlite-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+    async def run_again() -> None:
+        # A second start acts for the same local agent: registered once, found again.
+        async with Client(params) as client:
+            created = await client.call_tool("create_task", {"title": "second start"})
+            assert not created.is_error, created
+            claimed = await client.call_tool("claim_task", {})
+            assert not claimed.is_error, claimed
+            status = await client.call_tool("task_status", {"task_id": claimed.structured_content["task_id"]})
+            assert status.structured_content["agent"] == first_agent[0]
+            info = await client.call_tool("db_info", {})
+            tables = {t["name"]: t["row_count"] for t in info.structured_content["tables"]}
+            assert tables["agents"] == 1 and tables["tasks"] == 2
+
+    anyio.run(run_again)

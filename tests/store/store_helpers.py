@@ -92,3 +92,15 @@ def register_at_barrier(db_path: str, name: str, barrier: Any, out: str) -> None
     except BaseException:
         _write(Path(out), {"error": traceback.format_exc()})
         raise
+
+
+def ensure_local_at_barrier(db_path: str, barrier: Any, out: str) -> None:
+    """Wait for every racer, then ask for the local agent "desk"."""
+    try:
+        with Database(db_path) as db:
+            store = Store(db)
+            barrier.wait(timeout=60)
+            _write(Path(out), {"id": store.ensure_local_agent("desk", "ops").id})
+    except BaseException:
+        _write(Path(out), {"error": traceback.format_exc()})
+        raise

@@ -83,11 +83,11 @@ class _AnnouncingServer(uvicorn.Server):
 
 
 class LocalAgent:
-    """The agent ``serve --stdio`` acts for, registered on first use.
+    """The agent ``serve --stdio`` acts for: registered on first use, the same one after.
 
-    The process can open the database file itself, so it is an operator as well. It
-    registers with MCP_ADMIN_TOKEN as credential when one is set; without one, the
-    store accepts the registration only while no active agent exists.
+    The process can open the database file itself, so it is an operator as well and
+    needs no credential: :meth:`Store.ensure_local_agent` finds the local agent named
+    by MCP_STDIO_AGENT_NAME, or registers it once.
     """
 
     def __init__(self, hub: Hub) -> None:
@@ -99,14 +99,11 @@ class LocalAgent:
         with self._lock:
             if self._agent_id is None:
                 settings = self.hub.settings
-                agent = self.hub.store.register_agent(
-                    settings.stdio_agent_name,
-                    settings.stdio_agent_kind,
-                    __version__,
-                    credential=settings.admin_token,
+                agent = self.hub.store.ensure_local_agent(
+                    settings.stdio_agent_name, settings.stdio_agent_kind, __version__
                 )
                 self._agent_id = agent.id
-                log.info("stdio: registered local agent %s (%s)", agent.id, agent.name)
+                log.info("stdio: acting for local agent %s (%s)", agent.id, agent.name)
         return Actor(agent_id=self._agent_id, maintainer=True)
 
 

@@ -54,8 +54,10 @@ _ACTIVE_AGENT_EXISTS = f"""
     SELECT 1 FROM agents WHERE revoked_at IS NULL AND EXISTS ({_LIVE_TOKEN}) LIMIT 1
 """
 
+#: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
 ACTIVE_AGENT_COUNT = f"""
-    SELECT count(*) FROM agents WHERE revoked_at IS NULL AND EXISTS ({_LIVE_TOKEN})
+    SELECT count(*) FROM agents
+    WHERE revoked_at IS NULL AND (local = 1 OR EXISTS ({_LIVE_TOKEN}))
 """
 
 _TOKEN_LOOKUP = """
@@ -136,6 +138,54 @@ class AgentsMixin:
             )
 
         return self._db.run_in_transaction(register)
+
+    def ensure_local_agent(self, name: str, kind: str, version: str | None = None) -> Agent:
+        """The local agent called ``name``, registered on first use, found again after.
+
+        For a process that opens the database file itself (``serve --stdio``): it is
+        trusted as an operator, so no credential and no token are involved. Local agents
+        do not count for the bootstrap rule and are never removed by
+        :meth:`cleanup_expired`; :meth:`revoke_agent` retires one, and the next call
+        registers a new one. Racing first calls, in any processes, create exactly one.
+        Raises ValidationError for a bad name or kind.
+        """
+        problems = Problems()
+        problems.pattern(
+            "name", name, NAME_PATTERN,
+            "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+        if not isinstance(kind, str) or kind not in self.agent_kinds:
+            problems.add("kind", "one of " + ", ".join(self.agent_kinds))
+        if version is not None:
+            problems.pattern(
+                "version", version, VERSION_PATTERN,
+                "null or 1-64 characters: letters, digits, '.', '_', '+' or '-'",
+            )
+        problems.raise_if_any()
+
+        def ensure(conn: sqlite3.Connection) -> Agent:
+            row = conn.execute(
+                "SELECT id, created_at FROM agents "
+                "WHERE local = 1 AND name = ? AND revoked_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                agent_id, created_at = str(uuid.uuid4()), format_ts(self._clock())
+                conn.execute(
+                    "INSERT INTO agents (id, name, kind, version, created_at, local) "
+                    "VALUES (?, ?, ?, ?, ?, 1)",
+                    (agent_id, name, kind, version, created_at),
+                )
+            else:
+                agent_id, created_at = row["id"], row["created_at"]
+                conn.execute(
+                    "UPDATE agents SET kind = ?, version = ? WHERE id = ?",
+                    (kind, version, agent_id),
+                )
+            return Agent(id=agent_id, name=name, kind=kind, version=version,
+                         created_at=created_at, token_expires_at=None)
+
+        return self._db.run_in_transaction(ensure)
 
     def _issue_token(self, conn: sqlite3.Connection, agent_id: str, now: datetime) -> tuple[str, str]:
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -233,7 +283,7 @@ class AgentsMixin:
             cutoff = format_ts(moment, plus_s=-self.refresh_grace_s)
             removed = conn.execute(
                 f"UPDATE agents SET revoked_at = :now "
-                f"WHERE revoked_at IS NULL AND NOT EXISTS ({_LIVE_TOKEN})",
+                f"WHERE revoked_at IS NULL AND local = 0 AND NOT EXISTS ({_LIVE_TOKEN})",
                 {"now": now, "cutoff": cutoff},
             ).rowcount
             conn.execute(
