@@ -112,3 +112,21 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     path.write_text("hello " * 1000)
     result = run_cli("--debug", "db", "--db", str(path), "migrate")
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_a_reader_closing_the_pipe_early_is_not_reported_as_an_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    env["MCP_DB_DIR"] = str(tmp_path / "var")
+    assert run_cli("db", "migrate", env={"MCP_DB_DIR": env["MCP_DB_DIR"]}).returncode == 0
+    # `icn-mcp db status | head -0`: the reader is gone before the first write (closing
+    # our end at once, long before the interpreter has started, makes that certain).
+    proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "db", "status"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "unexpected" not in err and "Traceback" not in err and "BrokenPipe" not in err
