@@ -245,3 +245,28 @@ def test_advisory_lock_across_processes_survives_kill_9_of_the_holder(db_path: P
     assert parse_ts(acquired_at) >= holder_expiry
     with Database(db_path) as db:
         assert db.connection().execute("SELECT count(*) FROM advisory_locks").fetchone()[0] == 0
+
+
+def test_a_waiter_cancelled_just_before_release_does_not_free_someone_elses_lock() -> None:
+    """A holds; B and C wait; B is cancelled and, before B's task runs again, A
+    releases: the lock must pass to C and stay held by C alone."""
+    locks = KeyedLocks()
+
+    async def main() -> None:
+        await locks.acquire_async("k")  # A
+        b = asyncio.ensure_future(locks.acquire_async("k"))
+        c = asyncio.ensure_future(locks.acquire_async("k"))
+        await asyncio.sleep(0)  # both are queued
+        b.cancel()  # cancels B's future at once; B's handler has not run yet
+        locks.release("k")  # A releases: B is skipped, C is granted
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        await c
+        assert locks.locked("k") and len(locks) == 1  # held by C, still known
+        with pytest.raises(LockTimeout):
+            async with locks("k", timeout=0.02):  # D must not get in beside C
+                pass
+        locks.release("k")  # C
+        assert len(locks) == 0
+
+    asyncio.run(main())

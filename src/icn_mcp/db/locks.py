@@ -140,11 +140,17 @@ class KeyedLocks:
         return entry, waiter
 
     def _abandon(self, key: str, entry: _Entry, waiter: _Waiter) -> None:
-        """A waiter gave up before being granted. Mutex held by the caller."""
+        """A waiter gave up before being granted. Mutex held by the caller.
+
+        Whoever takes a waiter out of the queue drops its reference, exactly once: here
+        if it is still queued; otherwise release() already skipped it (a cancelled
+        future) and dropped it. Dropping it twice would forget the key while another
+        holder has it, letting a third one in beside it.
+        """
         try:
             entry.waiters.remove(waiter)
         except ValueError:
-            pass
+            return  # release() already removed it and dropped its reference
         entry.refs -= 1
         if entry.refs == 0:
             del self._entries[key]
