@@ -319,3 +319,63 @@ def test_unfinished_no_transaction_migration_of_another_process_is_waited_for(
     monkeypatch.setattr(migrations_module, "NO_TRANSACTION_WAIT_S", 0.2)
     with pytest.raises(MigrationError, match="started by otherhost:4242 .* has not finished"):
         Database(db_path, migrations_dir=migrations_dir)
+
+
+PARENT_CHILD = """\
+CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE child (id INTEGER PRIMARY KEY,
+                    parent_id INTEGER NOT NULL REFERENCES parent (id) ON DELETE CASCADE);
+INSERT INTO parent VALUES (1, 'p');
+INSERT INTO child VALUES (10, 1);
+"""
+
+# SQLite's documented way to change a table: build the new one, copy, drop, rename.
+REBUILD_PARENT = """\
+CREATE TABLE parent_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '');
+INSERT INTO parent_new (id, name) SELECT id, name FROM parent;
+DROP TABLE parent;
+ALTER TABLE parent_new RENAME TO parent;
+"""
+
+
+def test_a_table_rebuild_does_not_cascade_into_child_tables(db_path: Path, migrations_dir: Path) -> None:
+    write_migration(migrations_dir, "0001_tables.sql", PARENT_CHILD)
+    Database(db_path, migrations_dir=migrations_dir).close()
+    write_migration(migrations_dir, "0002_rebuild_parent.sql", REBUILD_PARENT)
+    with Database(db_path, migrations_dir=migrations_dir) as db:
+        conn = db.connection()
+        assert [tuple(r) for r in conn.execute("SELECT id, parent_id FROM child")] == [(10, 1)]
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # back on after
+
+
+def test_a_migration_leaving_dangling_references_is_refused_and_recorded(
+    db_path: Path, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "0001_tables.sql", PARENT_CHILD)
+    Database(db_path, migrations_dir=migrations_dir).close()
+    write_migration(migrations_dir, "0002_orphan.sql", "INSERT INTO child VALUES (11, 99);\n")
+    with pytest.raises(MigrationError, match="FOREIGN KEY check failed: 1 row"):
+        Database(db_path, migrations_dir=migrations_dir)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 1  # rolled back
+    assert conn.execute("SELECT version FROM schema_migration_failures").fetchall() == [("0002_orphan",)]
+    conn.close()
+    with Database(db_path, migrations_dir=migrations_dir, migrate=False) as db:
+        assert db.connection().execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert [r.version for r in db.dry_run_migrations() if not r.ok] == ["0002_orphan"]
+
+
+def test_dry_run_reports_a_statement_that_ended_the_transaction_itself(
+    db_path: Path, migrations_dir: Path
+) -> None:
+    write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE u (x INTEGER UNIQUE);\n")
+    Database(db_path, migrations_dir=migrations_dir).close()
+    write_migration(migrations_dir, "0002_rollback.sql",
+                    "INSERT INTO u VALUES (1);\nINSERT OR ROLLBACK INTO u VALUES (1);\n")
+    with Database(db_path, migrations_dir=migrations_dir, migrate=False) as db:
+        (result,) = db.dry_run_migrations()
+        assert not result.ok and "UNIQUE constraint failed" in (result.error or "")
+        assert not db.connection().in_transaction
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM u").fetchone()[0] == 0
+    conn.close()

@@ -16,6 +16,7 @@ statement by statement, for the few statements SQLite refuses inside a transacti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ChecksumMismatch, MigrationError
@@ -211,7 +212,7 @@ class MigrationFile:
                         hint=f"put '{NO_TRANSACTION_MARKER}' on the file's first line "
                         "to run it outside a transaction (it is then not atomic), or "
                         "remove the statement: each migration already runs in one "
-                        "transaction",
+                        "transaction, with foreign keys off and checked before COMMIT",
                     )
         return statements
 
@@ -578,12 +579,45 @@ def _insert_history(
     )
 
 
+def _check_foreign_keys(conn: sqlite3.Connection, mf: MigrationFile) -> None:
+    """Refuse a migration that leaves rows pointing at nothing (SQLite's procedure)."""
+    violations = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if violations:
+        table, rowid, parent, _ = violations[0]
+        message = (
+            f"FOREIGN KEY check failed: {len(violations)} row(s) point at nothing, "
+            f"first {table} rowid {rowid} -> {parent}"
+        )
+        raise MigrationError(
+            f"migration {mf.version} failed: {message}",
+            version=mf.version,
+            sqlite_error=message,
+            hint=f"fix {mf.path}; nothing of this migration was kept",
+        )
+
+
+@contextlib.contextmanager
+def _foreign_keys_off(conn: sqlite3.Connection) -> Iterator[None]:
+    """Foreign keys off around one migration, as SQLite's docs prescribe for schema changes.
+
+    With them on, the standard table rebuild (CREATE new, copy, DROP old, RENAME)
+    makes DROP TABLE an implicit DELETE that cascades into every child table and
+    empties it, silently. They are checked with foreign_key_check before COMMIT
+    instead. The pragma cannot change inside a transaction, hence outside.
+    """
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
+
+
 def _apply_one(db: "Database", mf: MigrationFile) -> bool:
     """Apply ``mf`` unless another process already did; True if we applied it."""
     mf.statements  # parse (and refuse bad statements) before taking the write lock
     if not mf.transactional:
         return _apply_outside_transaction(db, mf)
-    with db.write_transaction() as conn:
+    with _foreign_keys_off(db.connection()), db.write_transaction() as conn:
         # Re-read while holding the write lock: another process may have won the race.
         row = conn.execute(
             f'SELECT checksum FROM "{HISTORY_TABLE}" WHERE version = ?', (mf.version,)
@@ -594,6 +628,7 @@ def _apply_one(db: "Database", mf: MigrationFile) -> bool:
             return False
         started = time.perf_counter()
         _execute_all(conn, mf)
+        _check_foreign_keys(conn, mf)
         _insert_history(conn, mf, (time.perf_counter() - started) * 1000)
     return True
 
@@ -678,7 +713,7 @@ def apply(
         try:
             did = db.run_in_transaction_retrying(lambda: _apply_one(db, mf))
         except MigrationError as exc:
-            if exc.statement_index is not None:
+            if exc.sqlite_error is not None:  # the file's content failed, not its history
                 log.error(
                     "migration %s failed: file %s, statement %s, line %s (%s): %s",
                     mf.version,
@@ -716,22 +751,29 @@ def dry_run(db: "Database", files: list[MigrationFile]) -> list[DryRunResult]:
     by_version = {mf.version: mf for mf in files}
     results: list[DryRunResult] = []
     conn = db.connection()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        blocked = False
-        for item in pending:
-            mf = by_version[item.version]
-            if blocked or not mf.transactional:
-                blocked = True
-                results.append(DryRunResult(mf.version, False, 0, "not rehearsed", True))
-                continue
-            try:
-                _execute_all(conn, mf)
-            except MigrationError as exc:
-                results.append(DryRunResult(mf.version, False, len(mf.statements), str(exc)))
-                blocked = True
-                continue
-            results.append(DryRunResult(mf.version, True, len(mf.statements)))
-    finally:
-        conn.execute("ROLLBACK")
+    with _foreign_keys_off(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            blocked = False
+            for item in pending:
+                mf = by_version[item.version]
+                if blocked or not mf.transactional:
+                    blocked = True
+                    results.append(DryRunResult(mf.version, False, 0, "not rehearsed", True))
+                    continue
+                try:
+                    _execute_all(conn, mf)
+                    _check_foreign_keys(conn, mf)
+                except MigrationError as exc:
+                    results.append(DryRunResult(mf.version, False, len(mf.statements), str(exc)))
+                    blocked = True
+                    continue
+                results.append(DryRunResult(mf.version, True, len(mf.statements)))
+                if not conn.in_transaction:  # e.g. RAISE(ROLLBACK) in a trigger ended it
+                    break
+        finally:
+            # A statement may have ended the transaction itself (INSERT OR ROLLBACK,
+            # RAISE(ROLLBACK), a full disk); a bare ROLLBACK would then hide the report.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
     return results
