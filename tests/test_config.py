@@ -57,3 +57,23 @@ def test_malformed_values_name_variable_value_and_what_is_allowed(name: str, val
     assert name in message and repr(value) in message and allowed in message
     assert "\n" not in message
     assert info.value.variable == name and info.value.value == value
+
+
+def test_a_database_url_is_refused_without_echoing_its_password() -> None:
+    for url in ("postgresql://app:S3cretPassw0rd@db.internal/hq", "mysql://app:S3cretPassw0rd@db/hq"):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"MCP_DB_URL": url})
+        assert "S3cretPassw0rd" not in str(info.value) and "app:" not in str(info.value)
+        assert "MCP_DB_URL" in str(info.value) and "***@" in str(info.value)
+    assert "S3cret" not in repr(Settings.from_env({}))
+
+
+def test_every_entry_point_refuses_a_postgres_url_instead_of_using_sqlite(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    env = {"MCP_DB_DIR": str(tmp_path / "var"), "MCP_DB_URL": "postgresql://app:pw@localhost/hq"}
+    for args in (("db", "migrate"), ("db", "status"), ("serve", "--port", "0")):
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "PostgreSQL backend is not available" in result.stderr and "pw@" not in result.stderr
+    assert not (tmp_path / "var").exists()  # nothing was written anywhere

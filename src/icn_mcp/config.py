@@ -62,6 +62,17 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 T = TypeVar("T")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user) in it replaced, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<redacted>" if "@" in url else url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return f"{scheme}://{authority}{slash}{path}"
+
+
 def _int(name: str, raw: str, *, minimum: int) -> int:
     try:
         value = int(raw.strip())
@@ -167,7 +178,8 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB_DIR) / DEFAULT_DB_FILENAME
     #: None means the migrations shipped inside the package.
     migrations_dir: Path | None = None
-    db_url: str | None = None
+    #: Always None in this version (a set MCP_DB_URL is refused); may hold a password.
+    db_url: str | None = field(default=None, repr=False)
     busy_timeout_ms: int = 30_000
     synchronous: str = "NORMAL"
     temp_store: str = "MEMORY"
@@ -229,9 +241,18 @@ class Settings:
         migrations_dir = get("MCP_MIGRATIONS_DIR", path, None)
 
         db_url = env.get("MCP_DB_URL") or None
-        if db_url is not None and not db_url.startswith(("postgresql://", "postgres://")):
+        if db_url is not None:
+            # Refused here, so that no entry point (CLI, serve, get_db) can quietly
+            # acknowledge writes into a local SQLite file while the operator believes
+            # they go to PostgreSQL. The value may carry a password: never echo it.
+            shown = redact_url(db_url)
+            if not db_url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError("MCP_DB_URL", shown, "unset (SQLite) or a postgresql:// URL")
             raise ConfigError(
-                "MCP_DB_URL", db_url, "unset (SQLite) or a postgresql:// URL"
+                "MCP_DB_URL",
+                shown,
+                "unset: this version serves SQLite only (MCP_DB_PATH); "
+                "the PostgreSQL backend is not available yet",
             )
 
         values: dict[str, Any] = dict(

@@ -730,15 +730,7 @@ def get_db() -> Database:
             db.close()
         from icn_mcp.config import Settings  # config is read only at the edges
 
-        settings = Settings.from_env()
-        if settings.db_url is not None:
-            from icn_mcp.errors import ConfigError
-
-            raise ConfigError(
-                "MCP_DB_URL",
-                settings.db_url,
-                "unset: this version serves SQLite only (MCP_DB_PATH)",
-            )
+        settings = Settings.from_env()  # refuses MCP_DB_URL in this version
         _global_db = Database(settings.db_path, **settings.database_options())
         _global_checked_at = time.monotonic()
         return _global_db
