@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,68 @@ def test_get_db_refuses_postgres_url_for_now(monkeypatch) -> None:
     monkeypatch.setenv("MCP_DB_URL", "postgresql://localhost/test")
     with pytest.raises(ConfigError, match="MCP_DB_URL"):
         get_db()
+
+
+def _wait_child(pid: int, timeout_s: float = 30.0) -> int | None:
+    """The child's exit code, or None (after killing it) if it hung."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="os.fork")
+def test_fork_while_another_thread_holds_the_registry_lock_does_not_hang(db_path: Path) -> None:
+    with Database(db_path) as db:
+        db.run_in_transaction(lambda c: c.execute("CREATE TABLE t (x)"))
+        with db._registry_lock:  # as if another thread were opening a connection
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+                    code = 0
+                finally:
+                    os._exit(code)
+        assert _wait_child(pid) == 0
+        assert db.connection().execute("SELECT count(*) FROM t").fetchone()[0] == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="os.fork")
+def test_fork_during_a_transaction_gives_the_child_a_clear_error_not_a_hang(db_path: Path) -> None:
+    with Database(db_path, busy_timeout_ms=100, retries=1) as db:
+        db.run_in_transaction(lambda c: c.execute("CREATE TABLE t (x)"))
+        holding, forked = threading.Event(), threading.Event()
+
+        def hold_a_transaction() -> None:
+            with db.write_transaction() as conn:
+                conn.execute("INSERT INTO t VALUES ('parent')")
+                holding.set()
+                forked.wait(30)
+
+        thread = threading.Thread(target=hold_a_transaction)
+        thread.start()
+        holding.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                time.sleep(0.2)  # long after the parent committed
+                try:
+                    db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES ('child')"))
+                except DatabaseError as exc:
+                    code = 0 if "forked while a transaction was open" in str(exc) else 2
+            finally:
+                os._exit(code)
+        forked.set()
+        thread.join()
+        assert _wait_child(pid) == 0
+        assert [r[0] for r in db.connection().execute("SELECT x FROM t")] == ["parent"]

@@ -154,6 +154,7 @@ class Database:
         self._connections: dict[int, _Connection] = {}
         self._closed = False
         self._file_error: DatabaseFileError | None = None
+        self._fork_error: DatabaseError | None = None
         self._pid = os.getpid()
         self._locks = KeyedLocks()
         self._stats_lock = threading.Lock()
@@ -227,6 +228,8 @@ class Database:
         raise error
 
     def _open_connection(self) -> _Connection:
+        if self._fork_error is not None:
+            raise self._fork_error
         identity = self._identity()
         try:
             conn = sqlite3.connect(
@@ -566,10 +569,25 @@ class Database:
             _close_quietly(record.conn)
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: set the parent's connections aside, open fresh ones."""
-        with self._registry_lock:
-            _inherited_after_fork.extend(r.conn for r in self._connections.values())
-            self._connections.clear()
+        """In a forked child: set the parent's connections aside, open fresh ones.
+
+        Runs in the child's only thread, so it takes no lock: another parent thread may
+        have held one at the moment of the fork, and waiting for it would hang forever.
+        """
+        records = list(self._connections.values())
+        _inherited_after_fork.extend(r.conn for r in records)
+        if any(_in_transaction(r.conn) for r in records):
+            # SQLite keeps its lock state per process; fork copied the parent's open
+            # transaction into it, so this child's own connections would wait on a
+            # lock nobody here can release (BusyError after minutes of retries).
+            self._fork_error = DatabaseError(
+                "this process was forked while a transaction was open in its parent; "
+                "SQLite's lock state was copied with it, so this process cannot use "
+                f"database {self.path}",
+                hint="fork only while no transaction is open, or start child processes "
+                "with the 'spawn' or 'forkserver' method",
+            )
+        self._connections = {}
         self._local = threading.local()
         self._registry_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -671,6 +689,13 @@ def _commit(conn: sqlite3.Connection) -> None:
         # COMMIT can fail (disk full, I/O error); never leave the transaction open.
         _rollback(conn)
         raise
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    try:
+        return conn.in_transaction
+    except sqlite3.Error:  # closed
+        return False
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
