@@ -284,8 +284,8 @@ class AdvisoryLease:
     """A held cross-process lock: its row in ``advisory_locks``.
 
     Use as a context manager (released on exit), or call :meth:`release`.
-    :meth:`renew` extends the lease; it raises :class:`LockLost` if the lease expired
-    and another process took the lock in the meantime.
+    :meth:`renew` extends the lease; it raises :class:`LockLost` once the lease has
+    expired (whether or not another process took the lock since) or was released.
     """
 
     db: "Database"
