@@ -64,7 +64,7 @@ def test_sizes_are_estimated_without_dbstat(db, monkeypatch):
 
 def test_last_backup_and_failed_migrations(tmp_path):
     migrations = copy_migrations(tmp_path / "migrations")
-    (migrations / "0002_broken.sql").write_text("CREATE TABLE fine (x);\nSELECT * FROM nowhere;\n")
+    (migrations / "9001_broken.sql").write_text("CREATE TABLE fine (x);\nSELECT * FROM nowhere;\n")
     with make_db(tmp_path / "db.sqlite", rows=3) as db:  # shipped migrations only
         made = db.create_backup()
         data = db.get_database_info()
@@ -76,7 +76,7 @@ def test_last_backup_and_failed_migrations(tmp_path):
         Database(tmp_path / "db.sqlite", migrations_dir=migrations)
     with Database(tmp_path / "db.sqlite", migrations_dir=migrations, migrate=False) as db:
         failed = db.get_database_info()["failed_migrations"]
-    assert [f["version"] for f in failed] == ["0002_broken"] and "nowhere" in failed[0]["error"]
+    assert [f["version"] for f in failed] == ["9001_broken"] and "nowhere" in failed[0]["error"]
 
 
 def test_info_async(db):
