@@ -217,6 +217,9 @@ class Settings:
     log_level: str = "INFO"
     #: How long shutdown waits for in-flight requests before closing connections.
     shutdown_timeout_s: float = 10.0
+    #: The database part of /healthz/db and the store gauges of /metrics are computed
+    #: at most once per this many seconds (0: on every request), shared by requests.
+    health_cache_s: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -327,6 +330,9 @@ class Settings:
             log_level=get("MCP_LOG_LEVEL", lambda n, r: _choice(n, r, LOG_LEVELS), "INFO"),
             shutdown_timeout_s=get(
                 "MCP_SHUTDOWN_TIMEOUT_S", lambda n, r: _float(n, r, minimum=0), 10.0
+            ),
+            health_cache_s=get(
+                "MCP_HEALTH_CACHE_S", lambda n, r: _float(n, r, minimum=0), 2.0
             ),
         )
         return cls(**values)

@@ -44,6 +44,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
+        self._drain: threading.Thread | None = None
 
     def start(self) -> "ServerProcess":
         self.stderr_lines = []
@@ -56,7 +57,8 @@ class ServerProcess:
             text=True,
         )
         # Drain stderr in the background so the server never blocks on a full pipe.
-        threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
+        self._drain = threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True)
+        self._drain.start()
         ready = threading.Event()
         line: list[str] = []
 
@@ -84,7 +86,10 @@ class ServerProcess:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        status = self.proc.wait(timeout)
+        if self._drain is not None:
+            self._drain.join(timeout)  # every line the process wrote is in stderr_lines
+        return status
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs at all."""

@@ -5,11 +5,14 @@ generate requests for each operation, valid and invalid, with an agent token, a
 bogus one and none. (Schemathesis' own pytest plugin is not used: its lazy-fixture
 loader does not work with pytest 9.) Whatever it
 sends, the server must answer with our JSON error shape, never a 5xx and never a
-traceback, and stay up. The number of examples is bounded so this stays fast.
+traceback, and stay up; its stderr must hold no ERROR line and no logged exception
+(the catch-all 500 and every handled traceback go to the log's ``exc`` field, never
+to the response). The number of examples is bounded so this stays fast.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,9 +40,36 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 client.post("/api/task/create", json={"title": f"seed {n}"}, headers=bearer(agent["token"]))
         yield {"server": server, "token": agent["token"]}
     finally:
-        server.stop()
+        server.stop()  # also waits until every stderr line is read
         assert server.proc is not None and server.proc.returncode in (0, -15), "".join(server.stderr_lines[-20:])
-        assert not any("Traceback" in line for line in server.stderr_lines if '"logger":"icn_mcp.server.access"' in line)
+        problems = log_problems(server.stderr_lines)
+        assert not problems, "server logged errors while fuzzed:\n" + "".join(problems[:5])
+
+
+def log_problems(lines: list[str]) -> list[str]:
+    """The server's stderr lines that show an error: not a JSON log record (a bare
+    traceback), level ERROR or CRITICAL, or carrying an ``exc`` (a logged exception)."""
+    problems = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("level") in ("ERROR", "CRITICAL") or "exc" in record:
+            problems.append(line)
+    return problems
+
+
+def test_log_problems_finds_errors_and_tracebacks() -> None:
+    ok = '{"level":"INFO","logger":"icn_mcp.server.access","msg":"request","status":200}\n'
+    assert log_problems([ok, '{"level":"WARNING","logger":"x","msg":"slow"}\n']) == []
+    bad = [
+        '{"level":"ERROR","logger":"icn_mcp.server","msg":"unhandled","exc":"Traceback ..."}\n',
+        '{"level":"INFO","logger":"x","msg":"handled","exc":"Traceback ..."}\n',
+        '{"level":"CRITICAL","logger":"x","msg":"boom"}\n',
+        "Traceback (most recent call last):\n",
+    ]
+    assert log_problems([ok, *bad]) == bad
 
 
 @pytest.fixture(scope="module")
@@ -90,4 +120,8 @@ def test_route_answers_without_5xx_or_traceback(
     def fuzz(case: Any, headers: dict[str, str]) -> None:
         _check(case, headers)
 
+    seen = len(live["server"].stderr_lines)
     fuzz()
+    # This route's lines so far; the teardown checks every line, the last requests' too.
+    problems = log_problems(live["server"].stderr_lines[seen:])
+    assert not problems, f"{method} {path}: the server logged errors:\n" + "".join(problems[:5])

@@ -45,20 +45,24 @@ def test_rate_limiter_zero_disables() -> None:
 def test_server_settings_from_env() -> None:
     settings = Settings.from_env(
         {"MCP_HOST": "0.0.0.0", "MCP_PORT": "9000", "MCP_MAX_BODY_BYTES": "2048",
-         "MCP_RATE_LIMIT_IP_PER_MIN": "0", "MCP_STDIO_AGENT_NAME": "desk", "MCP_LOG_LEVEL": "debug"}
+         "MCP_RATE_LIMIT_IP_PER_MIN": "0", "MCP_STDIO_AGENT_NAME": "desk", "MCP_LOG_LEVEL": "debug",
+         "MCP_HEALTH_CACHE_S": "0.25"}
     )
     assert (settings.host, settings.port, settings.max_body_bytes) == ("0.0.0.0", 9000, 2048)
     assert settings.rate_limit_ip_per_min == 0 and settings.stdio_agent_name == "desk"
-    assert settings.log_level == "DEBUG"
+    assert settings.log_level == "DEBUG" and settings.health_cache_s == 0.25
     defaults = Settings.from_env({})
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8787)
+    assert defaults.health_cache_s == 2.0
+    assert Settings.from_env({"MCP_HEALTH_CACHE_S": "0"}).health_cache_s == 0.0
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [("MCP_PORT", "70000"), ("MCP_PORT", "http"), ("MCP_HOST", "a b"), ("MCP_MAX_BODY_BYTES", "10"),
      ("MCP_RATE_LIMIT_TOKEN_PER_MIN", "-1"), ("MCP_LOG_LEVEL", "LOUD"), ("MCP_STDIO_AGENT_KIND", " "),
-     ("MCP_SHUTDOWN_TIMEOUT_S", "nan")],
+     ("MCP_SHUTDOWN_TIMEOUT_S", "nan"), ("MCP_HEALTH_CACHE_S", "-1"), ("MCP_HEALTH_CACHE_S", "nan"),
+     ("MCP_HEALTH_CACHE_S", "soon")],
 )
 def test_bad_server_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:

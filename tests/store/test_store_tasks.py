@@ -125,6 +125,33 @@ def test_expired_lease_is_reclaimed_late_report_refused_history_kept(
     assert status.latest_run == runs[-1]
 
 
+def test_status_of_a_reclaimed_task_names_the_current_claimer(
+    store: Store, agents: list[RegisteredAgent], clock: FakeClock
+) -> None:
+    """A claim writes no run, so the latest run of a reclaimed task is the previous
+    claimer's; while the task is claimed, ``agent`` is the claimer all the same."""
+    a, b = agents[0].id, agents[1].id
+    task = store.create_task("reclaimed")
+    assert store.claim_next_task(a, lease_s=60) is not None
+    assert store.task_status(task.id).agent == a  # claimed, no run yet
+    store.report_run(task.id, a, "in_progress", notes="a was here", attempt=1)
+
+    clock.advance(61)
+    second = store.claim_next_task(b, lease_s=60)
+    assert second is not None and second.task_id == task.id and second.attempt == 2
+    status = store.task_status(task.id)
+    assert (status.status, status.attempt, status.agent) == ("claimed", 2, b)
+    # notes and latest_run stay the latest run: a's lease running out.
+    assert status.latest_run is not None
+    assert (status.latest_run.agent_id, status.latest_run.status) == (a, "expired")
+    assert status.notes == status.latest_run.notes
+
+    # Once the task is no longer claimed, agent is the latest run's again.
+    store.report_run(task.id, b, "failed", notes="b gave up", attempt=2)
+    status = store.task_status(task.id)
+    assert (status.status, status.agent, status.notes) == ("open", b, "b gave up")
+
+
 def test_report_conflicts_name_what_is_stale(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:

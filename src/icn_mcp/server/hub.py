@@ -2,6 +2,11 @@
 
 Every store call goes through :meth:`Hub.call`, which runs it in a worker thread (SQLite
 calls block; the event loop must not) and times it for the transaction histogram.
+
+The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
+no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
+computed at most once per ``MCP_HEALTH_CACHE_S``, one computation shared by
+concurrent requests.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
 from icn_mcp.db.timestamps import parse_ts
-from icn_mcp.server.metrics import ServerMetrics
+from icn_mcp.server.cache import SharedValue
+from icn_mcp.server.metrics import MetricsState, ServerMetrics
 from icn_mcp.store import Store
 
 __all__ = ["Hub"]
@@ -51,6 +57,17 @@ class Hub:
             db_path=self.db.path,
             last_backup_at=self.last_backup_at,
         )
+        computations = self.metrics.health_cache_computations
+        #: The ``database`` object of /healthz/db (counts every table: expensive).
+        self.health_database: SharedValue[dict[str, Any]] = SharedValue(
+            self._health_database, settings.health_cache_s,
+            on_compute=computations.labels("healthz_db").inc,
+        )
+        #: ``store.stats()`` and the newest backup for /metrics.
+        self.metrics_state: SharedValue[MetricsState] = SharedValue(
+            lambda: self.call("metrics_state", self.metrics.read_state), settings.health_cache_s,
+            on_compute=computations.labels("metrics").inc,
+        )
 
     async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""
@@ -64,6 +81,17 @@ class Hub:
                 histogram.observe(time.perf_counter() - started)
 
         return await anyio.to_thread.run_sync(timed)
+
+    async def _health_database(self) -> dict[str, Any]:
+        info = await self.call("database_info", self.database_info)
+        migrations = info.get("migrations") or []
+        return {
+            "path": info["path"],
+            "size_bytes": info["size_bytes"],
+            "tables": [{"name": t["name"], "count": t["row_count"]} for t in info["tables"]],
+            "last_migration": migrations[-1]["version"] if migrations else None,
+            "total_migrations": len(migrations),
+        }
 
     def database_info(self) -> dict[str, Any]:
         """The database diagnostics shared with ``icn-mcp db info`` (blocking)."""

@@ -268,7 +268,7 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
 
     @server.tool()
     async def task_status(task_id: TaskId) -> dict[str, Any]:
-        """A task's status, attempt, lease expiry, and its latest run's agent and notes."""
+        """A task's status, attempt, lease expiry, its agent (the claimer while claimed, else the latest run's) and the latest run's notes."""
 
         def status() -> dict[str, Any]:
             tools.actor()

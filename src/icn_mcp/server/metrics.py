@@ -3,8 +3,12 @@
 Counters and histograms are updated as requests are served; the state of the
 database (agents, tasks by status, file sizes, busy retries, lock waits, backup age)
 is read when ``/metrics`` is scraped, from ``store.stats()``, ``db.get_stats()`` and
-the file system, so it is right even when other processes share the database. Each
-server has its own registry, so several servers (tests) can live in one process.
+the file system, so it is right even when other processes share the database. The
+expensive part, ``store.stats()`` and the newest backup (:meth:`ServerMetrics.read_state`),
+is read at most once per ``MCP_HEALTH_CACHE_S`` by the server (``server/cache.py``) and
+passed to :meth:`ServerMetrics.render`; file sizes and ``db.get_stats()`` are read on
+every scrape. Each server has its own registry, so several servers (tests) can live in
+one process.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ServerMetrics", "CONTENT_TYPE"]
+__all__ = ["ServerMetrics", "MetricsState", "CONTENT_TYPE"]
 
 log = logging.getLogger("icn_mcp.server")
 
@@ -30,6 +34,10 @@ disable_created_metrics()
 #: Transaction latencies of interest run from well under a millisecond to seconds.
 TRANSACTION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 TASK_STATUSES = ("open", "claimed", "completed", "failed")
+
+#: What :meth:`ServerMetrics.read_state` reads: ``{"stats": store.stats() or {},
+#: "last_backup_at": epoch seconds or None}``.
+MetricsState = dict[str, Any]
 
 
 class ServerMetrics:
@@ -86,40 +94,77 @@ class ServerMetrics:
             buckets=TRANSACTION_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(
-            _StateCollector(stats=stats, db_stats=db_stats, db_path=os.fspath(db_path), last_backup_at=last_backup_at)
+        self.health_cache_computations = Counter(
+            "icn_mcp_health_cache_computations",
+            "Computations of the cached database part of /healthz/db and /metrics, by part "
+            "(healthz_db, metrics): at most one per MCP_HEALTH_CACHE_S each, however many requests.",
+            ["part"],
+            registry=self.registry,
         )
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition; reads the database (call it off the event loop)."""
-        return generate_latest(self.registry)
-
-
-class _StateCollector(Collector):
-    """Database state read at scrape time."""
-
-    def __init__(
-        self,
-        *,
-        stats: Callable[[], dict[str, Any]],
-        db_stats: Callable[[], dict[str, int]],
-        db_path: str,
-        last_backup_at: Callable[[], float | None] | None,
-    ) -> None:
+        for part in ("healthz_db", "metrics"):
+            self.health_cache_computations.labels(part)
         self._stats = stats
-        self._db_stats = db_stats
-        self._db_path = db_path
         self._last_backup_at = last_backup_at
+        self._state = _StateCollector(db_stats=db_stats, db_path=os.fspath(db_path),
+                                      with_backup_age=last_backup_at is not None)
 
-    def describe(self) -> list[Metric]:
-        return []  # read at collect time; nothing to check at registration
-
-    def collect(self) -> Iterator[Metric]:
+    def read_state(self) -> MetricsState:
+        """The expensive part of a scrape: ``store.stats()`` and the newest backup's time
+        (blocking; a failure is logged and leaves its part out, a scrape never fails)."""
         try:
             stats = self._stats()
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail for it
             log.warning("metrics: reading store stats failed: %s", exc)
             stats = {}
+        last = None
+        if self._last_backup_at is not None:
+            try:
+                last = self._last_backup_at()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("metrics: reading the last backup failed: %s", exc)
+        return {"stats": stats, "last_backup_at": last}
+
+    def render(self, state: MetricsState | None = None) -> bytes:
+        """The Prometheus text exposition with ``state`` (default: :meth:`read_state` now).
+
+        Reads the file sizes and ``db.get_stats()``: call it off the event loop.
+        """
+        if state is None:
+            state = self.read_state()
+        return generate_latest(_Scrape(self.registry, self._state.bound(state)))
+
+
+class _Scrape:
+    """The metrics of several sources as one, for ``generate_latest``."""
+
+    def __init__(self, *sources: Any) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source.collect()
+
+
+class _StateCollector(Collector):
+    """Database state: ``state`` (read at most once per interval) plus the cheap live reads."""
+
+    def __init__(self, *, db_stats: Callable[[], dict[str, int]], db_path: str, with_backup_age: bool,
+                 state: MetricsState | None = None) -> None:
+        self._db_stats = db_stats
+        self._db_path = db_path
+        self._with_backup_age = with_backup_age
+        self._snapshot: MetricsState = state or {}
+
+    def bound(self, state: MetricsState) -> "_StateCollector":
+        """This collector reporting ``state``."""
+        return _StateCollector(db_stats=self._db_stats, db_path=self._db_path,
+                               with_backup_age=self._with_backup_age, state=state)
+
+    def describe(self) -> list[Metric]:
+        return []  # read at collect time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._snapshot.get("stats") or {}
         if "agents_active" in stats:
             yield GaugeMetricFamily("icn_mcp_agents_active", "Agents with a token that is neither expired nor revoked.",
                                     value=stats["agents_active"])
@@ -157,12 +202,8 @@ class _StateCollector(Collector):
             if key in db:
                 yield CounterMetricFamily(f"icn_mcp_db_{key}", help_text, value=db[key])
 
-        if self._last_backup_at is not None:
-            try:
-                last = self._last_backup_at()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("metrics: reading the last backup failed: %s", exc)
-                last = None
+        if self._with_backup_age:
+            last = self._snapshot.get("last_backup_at")
             age = GaugeMetricFamily(
                 "icn_mcp_last_backup_age_seconds",
                 "Seconds since the newest backup was taken (absent when there is none).",

@@ -144,8 +144,10 @@ class Run(_ToDict):
 class TaskStatus(_ToDict):
     """Where a task stands: its status, attempt and lease, and its latest run.
 
-    ``agent`` is the agent of the latest run, or the current claimer when there is
-    no run yet; ``notes`` are the latest run's notes.
+    ``agent`` is the current claimer while the task is claimed (a claim writes no
+    run, so the latest run may be an earlier claimer's), otherwise the agent of the
+    latest run (or the last claimer when there is none); ``notes`` are the latest
+    run's notes.
     """
 
     id: int

@@ -238,6 +238,11 @@ class TasksMixin:
     def task_status(self, task_id: int) -> TaskStatus:
         """Status, attempt, lease expiry and the latest run of a task; NotFound.
 
+        While the task is claimed, ``agent`` is its claimer: a claim writes no run,
+        so after a reclaim the latest run is the previous claimer's. Otherwise
+        ``agent`` is the latest run's agent. ``notes`` and ``latest_run`` are always
+        the latest run's.
+
         A claim whose lease has passed still shows as ``claimed`` (with its past
         ``lease_expires_at``) until the next claim puts it back to open.
         """
@@ -258,7 +263,11 @@ class TasksMixin:
             status=task["status"],
             attempt=task["attempt"],
             lease_expires_at=task["lease_expires_at"],
-            agent=run.agent_id if run is not None else task["claimed_by"],
+            agent=(
+                task["claimed_by"]
+                if task["status"] == "claimed" or run is None
+                else run.agent_id
+            ),
             notes=run.notes if run is not None else None,
             latest_run=run,
         )
