@@ -188,6 +188,31 @@ def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, erro
     assert file_state(db.path) == before_live
 
 
+def test_backup_of_a_deleted_database_is_refused_and_does_not_recreate_it(db, tmp_path):
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db.path}{suffix}").unlink(missing_ok=True)
+    target = tmp_path / "out"
+    with pytest.raises(BackupError) as info:
+        db.create_backup(target / "b.sqlite", backup_dir=target)
+    assert info.value.path == str(db.path) and "missing" in info.value.cause
+    assert not db.path.exists(), "the live path must not be recreated"
+    assert not target.exists() or os.listdir(target) == [], "nothing published"
+    with pytest.raises(BackupError):  # the default location as well
+        db.create_backup()
+    assert not db.path.exists()
+    assert not (db.path.parent / "backups").exists() or os.listdir(db.path.parent / "backups") == []
+
+
+def test_a_database_without_migration_history_is_never_published(tmp_path):
+    from icn_mcp.db import Database
+
+    with Database(tmp_path / "bare.sqlite", migrate=False) as bare:
+        with pytest.raises(BackupError) as info:
+            bare.create_backup(tmp_path / "b.sqlite")
+        assert "no migration history" in info.value.cause
+    assert sorted(os.listdir(tmp_path)) == ["bare.sqlite"]
+
+
 def test_disk_full_during_the_sqlite_copy_leaves_nothing_behind(db, monkeypatch):
     """SQLite reports SQLITE_FULL mid-copy (simulated with max_page_count on the copy)."""
     real = backup_module._open_destination

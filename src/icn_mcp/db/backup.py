@@ -362,6 +362,32 @@ def _ro_uri(path: Path) -> str:
     return "file:" + quote(str(path)) + "?mode=ro"
 
 
+def _open_live(db: "Database", mode: str, error: Callable[..., Exception]) -> sqlite3.Connection:
+    """A connection of our own to the live database file, never creating it.
+
+    A plain ``sqlite3.connect(path)`` creates a missing file (with the umask's
+    permissions, not 0600): a backup of a deleted database would then copy an empty
+    database it had just made. ``mode=ro``/``mode=rw`` URIs fail instead.
+    """
+    missing = "the database file is missing (deleted or moved?)"
+    hint = "check MCP_DB_PATH, or restore the database with 'icn-mcp db restore'"
+    if not db.path.exists():
+        raise error(str(db.path), missing, hint=hint)
+    try:
+        conn = sqlite3.connect(
+            "file:" + quote(str(db.path)) + f"?mode={mode}",
+            uri=True,
+            timeout=db.busy_timeout_ms / 1000,
+            isolation_level=None,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+    except sqlite3.Error as exc:
+        if not db.path.exists():
+            raise error(str(db.path), missing, hint=hint) from None
+        raise error(str(db.path), f"cannot open the database: {exc}") from exc
+    return conn
+
+
 def _sha256(path: Path, progress: Progress | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     done = 0
@@ -543,6 +569,8 @@ def create_backup(
 
     started = time.perf_counter()
     moment = utc_now()
+    if not db.path.exists():  # checked again when the source is opened
+        _open_live(db, "ro", BackupError)
     final = _final_path(db, path, backup_dir, prefix, moment)
     directory = final.parent
     _make_directory(directory, final)
@@ -561,9 +589,10 @@ def create_backup(
         temps += [tmp] + [Path(f"{tmp}{s}") for s in ("-journal", "-wal", "-shm")]
 
         phase = time.perf_counter()
-        source = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+        # Read-only, and never created: a missing live file is an error, not an
+        # empty database to back up.
+        source = _open_live(db, "ro", BackupError)
         try:
-            source.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
             source.execute("PRAGMA query_only = 1")
             total = (
                 source.execute("PRAGMA page_count").fetchone()[0]
@@ -603,6 +632,13 @@ def create_backup(
                     progress("check", 1, 1)
                 timings["check"] = time.perf_counter() - phase
                 latest = _latest_migration(dest)
+                if latest is None:
+                    # verify_backup would call it invalid: never publish such a file.
+                    raise BackupError(
+                        str(final),
+                        f"the copy of {db.path} has no migration history: not an icn-mcp database",
+                        hint="run 'icn-mcp db migrate' (or check MCP_DB_PATH) and back up again",
+                    )
                 rows = count_rows(dest)
                 page_size = dest.execute("PRAGMA page_size").fetchone()[0]
                 page_count = dest.execute("PRAGMA page_count").fetchone()[0]
