@@ -681,9 +681,9 @@ def create_backup(
             os.fsync(fh.fileno())
 
         # The backup first, then its manifest: a manifest never names a missing file.
-        os.replace(tmp, final)
+        _publish(tmp, final, final)
         published.append(final)
-        os.replace(manifest_tmp, manifest_path(final))
+        _publish(manifest_tmp, manifest_path(final), final)
         published.append(manifest_path(final))
         _fsync_path(directory, directory=True)
         if progress is not None:
@@ -727,6 +727,26 @@ def create_backup(
         timings_s={k: round(v, 4) for k, v in timings.items()},
         pruned=pruned,
     )
+
+
+def _publish(tmp: Path, target: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``target``, never replacing a file that is there.
+
+    ``_final_path`` checked that the name was free, but a file can appear there
+    since (another backup to the same PATH, a user's copy). ``os.replace`` would
+    overwrite it silently; ``os.link`` fails with EEXIST instead. Then the
+    temporary name is removed; the caller fsyncs the directory.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise BackupError(
+            str(final),
+            f"{target} appeared while the backup was being written (another backup to the same path?); "
+            "it was left untouched",
+            hint="choose a new path, give a directory, or omit PATH for a timestamped name",
+        ) from None
+    os.unlink(tmp)
 
 
 def _final_path(
