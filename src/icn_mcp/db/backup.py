@@ -10,9 +10,11 @@ Create: the snapshot is taken with SQLite's online backup API in ONE step
 directory. One step means one read transaction, hence a consistent snapshot; in WAL
 mode that read transaction never blocks writers. (A backup stepped a few pages at a
 time restarts whenever another connection writes and may never finish.) The copy is
-switched to ``journal_mode=DELETE``, checked, hashed, fsynced and only then renamed
-into place, followed by its manifest and an fsync of the directory. Any failure
-removes everything this call wrote; the live database is only ever read.
+switched to ``journal_mode=DELETE``, checked, hashed, fsynced and only then linked
+into place (never over a file already there), followed by its manifest and an
+fsync of the directory. Any failure removes everything this call wrote; the live
+database is only ever read (through a ``mode=ro`` URI, so a deleted database is an
+error, never recreated).
 
 Restore: the backup is verified first and refused, with the live database untouched,
 when it is damaged, truncated, not SQLite, has migrations this code does not know,
@@ -438,7 +440,7 @@ def _check_value(check: str) -> str:
 def _open_destination(path: Path) -> sqlite3.Connection:
     """The connection writing the temporary copy.
 
-    No journal and no syncs while copying: the file is private until renamed, a
+    No journal and no syncs while copying: the file is private until published, a
     failure deletes it, and it is fsynced once at the end.
     """
     conn = sqlite3.connect(path, isolation_level=None)
