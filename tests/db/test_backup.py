@@ -160,15 +160,15 @@ def _failing(real, exc: OSError, *, on_call: int = 1):
 @pytest.mark.parametrize(
     "target, error, on_call",
     [
-        ("replace", OSError(errno.ENOSPC, "No space left on device"), 1),  # publishing the backup
-        ("replace", OSError(errno.EROFS, "Read-only file system"), 2),  # publishing the manifest
+        ("link", OSError(errno.ENOSPC, "No space left on device"), 1),  # publishing the backup
+        ("link", OSError(errno.EROFS, "Read-only file system"), 2),  # publishing the manifest
         ("fsync", OSError(errno.EIO, "Input/output error"), 1),  # syncing the copy
         ("fsync", OSError(errno.ENOSPC, "No space left on device"), 3),  # syncing the directory
         ("mkstemp", OSError(errno.EACCES, "Permission denied"), 1),  # read-only directory
     ],
 )
 def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, error, on_call):
-    """Injected in-process: os.replace / os.fsync / tempfile.mkstemp raise the OSError
+    """Injected in-process: os.link / os.fsync / tempfile.mkstemp raise the OSError
     a full or read-only filesystem gives (root ignores directory permissions, so a
     real read-only directory cannot be used here)."""
     directory = db.path.parent / "backups"
@@ -176,7 +176,7 @@ def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, erro
     (directory / "keep-me.txt").write_text("user file")
     before_files = set(os.listdir(directory))
     before_live = file_state(db.path)
-    module = {"replace": os, "fsync": os, "mkstemp": backup_module.tempfile}[target]
+    module = {"link": os, "fsync": os, "mkstemp": backup_module.tempfile}[target]
     monkeypatch.setattr(module, target, _failing(getattr(module, target), error, on_call=on_call))
     with pytest.raises(BackupError) as info:
         db.create_backup()
@@ -186,6 +186,53 @@ def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, erro
     assert info.value.path in str(info.value)
     _only_originals_left(directory, before_files)
     assert file_state(db.path) == before_live
+
+
+@pytest.mark.parametrize("which", ["backup", "manifest"])
+def test_a_file_appearing_at_the_final_name_is_never_overwritten(db, tmp_path, monkeypatch, which):
+    """The explicit PATH was free when checked, but a foreign file (another backup
+    to the same PATH, a user's copy) appears there before the backup is published:
+    the backup fails naming the path, and the foreign file is left as it was."""
+    target = tmp_path / "out" / "b.sqlite"
+    target.parent.mkdir()
+    foreign = target if which == "backup" else manifest_path(target)
+    real = backup_module._write_out
+
+    def write_out_then_race(path):  # runs after the free-name check, before publishing
+        real(path)
+        foreign.write_bytes(b"someone else's file")
+
+    monkeypatch.setattr(backup_module, "_write_out", write_out_then_race)
+    with pytest.raises(BackupError) as info:
+        db.create_backup(target)
+    assert info.value.path == str(target) and str(foreign) in info.value.cause
+    assert foreign.read_bytes() == b"someone else's file"
+    assert os.listdir(target.parent) == [foreign.name], "our files were all removed"
+
+
+def test_backup_of_a_deleted_database_is_refused_and_does_not_recreate_it(db, tmp_path):
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db.path}{suffix}").unlink(missing_ok=True)
+    target = tmp_path / "out"
+    with pytest.raises(BackupError) as info:
+        db.create_backup(target / "b.sqlite", backup_dir=target)
+    assert info.value.path == str(db.path) and "missing" in info.value.cause
+    assert not db.path.exists(), "the live path must not be recreated"
+    assert not target.exists() or os.listdir(target) == [], "nothing published"
+    with pytest.raises(BackupError):  # the default location as well
+        db.create_backup()
+    assert not db.path.exists()
+    assert not (db.path.parent / "backups").exists() or os.listdir(db.path.parent / "backups") == []
+
+
+def test_a_database_without_migration_history_is_never_published(tmp_path):
+    from icn_mcp.db import Database
+
+    with Database(tmp_path / "bare.sqlite", migrate=False) as bare:
+        with pytest.raises(BackupError) as info:
+            bare.create_backup(tmp_path / "b.sqlite")
+        assert "no migration history" in info.value.cause
+    assert sorted(os.listdir(tmp_path)) == ["bare.sqlite"]
 
 
 def test_disk_full_during_the_sqlite_copy_leaves_nothing_behind(db, monkeypatch):

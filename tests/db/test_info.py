@@ -102,3 +102,16 @@ def test_cli_info_json_counts_equal_real_counts(db, tmp_path):
     assert readable.returncode == 0, readable.stderr
     assert 'we"ird ta ble' in readable.stdout and '"new\\nline"' in readable.stdout
     assert "0001_advisory_locks" in readable.stdout
+
+
+def test_info_on_a_deleted_database_fails_and_does_not_recreate_it(db):
+    from pathlib import Path
+
+    from icn_mcp.errors import DatabaseError
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db.path}{suffix}").unlink(missing_ok=True)
+    with pytest.raises(DatabaseError) as info:
+        db.get_database_info()
+    assert str(db.path) in str(info.value) and "missing" in str(info.value)
+    assert not db.path.exists()

@@ -10,18 +10,23 @@ Create: the snapshot is taken with SQLite's online backup API in ONE step
 directory. One step means one read transaction, hence a consistent snapshot; in WAL
 mode that read transaction never blocks writers. (A backup stepped a few pages at a
 time restarts whenever another connection writes and may never finish.) The copy is
-switched to ``journal_mode=DELETE``, checked, hashed, fsynced and only then renamed
-into place, followed by its manifest and an fsync of the directory. Any failure
-removes everything this call wrote; the live database is only ever read.
+switched to ``journal_mode=DELETE``, checked, hashed, fsynced and only then linked
+into place (never over a file already there), followed by its manifest and an
+fsync of the directory. Any failure removes everything this call wrote; the live
+database is only ever read (through a ``mode=ro`` URI, so a deleted database is an
+error, never recreated).
 
 Restore: the backup is verified first and refused, with the live database untouched,
-when it is damaged, truncated, not SQLite, or has migrations this code does not know.
-Then a safety backup of the live database is made, and the backup is copied INTO the
-live database through the backup API. SQLite takes the live database's write lock
-and writes the new content as one transaction through its WAL, so every other
-connection, in any process, sees the restored content as an ordinary committed
-change, and no stale ``-wal``/``-shm`` can ever be replayed over it. Afterwards the
-integrity check runs and missing migrations are applied.
+when it is damaged, truncated, not SQLite, has migrations this code does not know,
+foreign-key violations or virtual tables. Then ONE connection takes the live
+database's write lock (``BEGIN IMMEDIATE``) and holds it while a second connection
+copies the live database into the safety backup and the first replaces the content
+by SQL from the attached backup, committing once. Every commit another connection
+had acknowledged is therefore in the safety copy, or it waited for the lock and
+landed in the restored database. Other connections, in any process, see the
+restored content as one committed change; no file is copied over the database, so
+no stale ``-wal``/``-shm`` can be replayed over it. Afterwards the integrity check
+runs and missing migrations are applied.
 
 Every public function takes ``db=`` (keyword); without it, it works on the
 process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` settings.
@@ -48,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from urllib.parse import quote
 
 from icn_mcp.db import migrations as _migrations
-from icn_mcp.db.info import count_rows
+from icn_mcp.db.info import count_rows, quote_identifier
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, MigrationError, RestoreError
 
@@ -362,6 +367,32 @@ def _ro_uri(path: Path) -> str:
     return "file:" + quote(str(path)) + "?mode=ro"
 
 
+def _open_live(db: "Database", mode: str, error: Callable[..., Exception]) -> sqlite3.Connection:
+    """A connection of our own to the live database file, never creating it.
+
+    A plain ``sqlite3.connect(path)`` creates a missing file (with the umask's
+    permissions, not 0600): a backup of a deleted database would then copy an empty
+    database it had just made. ``mode=ro``/``mode=rw`` URIs fail instead.
+    """
+    missing = "the database file is missing (deleted or moved?)"
+    hint = "check MCP_DB_PATH, or restore the database with 'icn-mcp db restore'"
+    if not db.path.exists():
+        raise error(str(db.path), missing, hint=hint)
+    try:
+        conn = sqlite3.connect(
+            "file:" + quote(str(db.path)) + f"?mode={mode}",
+            uri=True,
+            timeout=db.busy_timeout_ms / 1000,
+            isolation_level=None,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+    except sqlite3.Error as exc:
+        if not db.path.exists():
+            raise error(str(db.path), missing, hint=hint) from None
+        raise error(str(db.path), f"cannot open the database: {exc}") from exc
+    return conn
+
+
 def _sha256(path: Path, progress: Progress | None) -> tuple[str, int]:
     digest = hashlib.sha256()
     done = 0
@@ -409,7 +440,7 @@ def _check_value(check: str) -> str:
 def _open_destination(path: Path) -> sqlite3.Connection:
     """The connection writing the temporary copy.
 
-    No journal and no syncs while copying: the file is private until renamed, a
+    No journal and no syncs while copying: the file is private until published, a
     failure deletes it, and it is fsynced once at the end.
     """
     conn = sqlite3.connect(path, isolation_level=None)
@@ -543,6 +574,8 @@ def create_backup(
 
     started = time.perf_counter()
     moment = utc_now()
+    if not db.path.exists():  # checked again when the source is opened
+        _open_live(db, "ro", BackupError)
     final = _final_path(db, path, backup_dir, prefix, moment)
     directory = final.parent
     _make_directory(directory, final)
@@ -561,9 +594,10 @@ def create_backup(
         temps += [tmp] + [Path(f"{tmp}{s}") for s in ("-journal", "-wal", "-shm")]
 
         phase = time.perf_counter()
-        source = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+        # Read-only, and never created: a missing live file is an error, not an
+        # empty database to back up.
+        source = _open_live(db, "ro", BackupError)
         try:
-            source.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
             source.execute("PRAGMA query_only = 1")
             total = (
                 source.execute("PRAGMA page_count").fetchone()[0]
@@ -603,6 +637,13 @@ def create_backup(
                     progress("check", 1, 1)
                 timings["check"] = time.perf_counter() - phase
                 latest = _latest_migration(dest)
+                if latest is None:
+                    # verify_backup would call it invalid: never publish such a file.
+                    raise BackupError(
+                        str(final),
+                        f"the copy of {db.path} has no migration history: not an icn-mcp database",
+                        hint="run 'icn-mcp db migrate' (or check MCP_DB_PATH) and back up again",
+                    )
                 rows = count_rows(dest)
                 page_size = dest.execute("PRAGMA page_size").fetchone()[0]
                 page_count = dest.execute("PRAGMA page_count").fetchone()[0]
@@ -645,9 +686,9 @@ def create_backup(
             os.fsync(fh.fileno())
 
         # The backup first, then its manifest: a manifest never names a missing file.
-        os.replace(tmp, final)
+        _publish(tmp, final, final)
         published.append(final)
-        os.replace(manifest_tmp, manifest_path(final))
+        _publish(manifest_tmp, manifest_path(final), final)
         published.append(manifest_path(final))
         _fsync_path(directory, directory=True)
         if progress is not None:
@@ -691,6 +732,26 @@ def create_backup(
         timings_s={k: round(v, 4) for k, v in timings.items()},
         pruned=pruned,
     )
+
+
+def _publish(tmp: Path, target: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``target``, never replacing a file that is there.
+
+    ``_final_path`` checked that the name was free, but a file can appear there
+    since (another backup to the same PATH, a user's copy). ``os.replace`` would
+    overwrite it silently; ``os.link`` fails with EEXIST instead. Then the
+    temporary name is removed; the caller fsyncs the directory.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise BackupError(
+            str(final),
+            f"{target} appeared while the backup was being written (another backup to the same path?); "
+            "it was left untouched",
+            hint="choose a new path, give a directory, or omit PATH for a timestamped name",
+        ) from None
+    os.unlink(tmp)
 
 
 def _final_path(
@@ -906,6 +967,108 @@ def _verify_manifest(path: Path, size: int, found: dict[str, Any], problems: lis
 # -- restore ----------------------------------------------------------------------------
 
 
+#: The schema name the backup is attached under during a restore.
+_BK = "icn_restore_source"
+#: SQLite's own tables a restore knows how to carry over (see _replace_content).
+_INTERNAL_TABLES = ("sqlite_sequence", "sqlite_stat1")
+_ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+
+
+def _refuse_uncopyable(conn: sqlite3.Connection, schema: str, source_path: Path, what: str) -> None:
+    """RestoreError unless every table of ``schema`` can be copied/dropped faithfully by SQL.
+
+    Virtual tables (and their shadow tables) depend on a module and on its own
+    storage rules; internal ``sqlite_*`` tables other than sqlite_sequence and
+    sqlite_stat1 (e.g. sqlite_stat4) have no SQL way to be recreated.
+    """
+    rows = conn.execute(
+        "SELECT name, type FROM pragma_table_list WHERE schema = ? ORDER BY name", (schema,)
+    ).fetchall()
+    bad = [
+        f"{name!r} ({kind} table)" for name, kind in rows
+        if kind in ("virtual", "shadow")
+        or (name.lower().startswith("sqlite_") and name.lower() not in _INTERNAL_TABLES + ("sqlite_schema", "sqlite_temp_schema"))
+    ]
+    if bad:
+        raise RestoreError(
+            str(source_path),
+            f"{what} holds tables a restore cannot copy faithfully: {', '.join(bad)}",
+            hint="the live database was not changed; restore such a database by stopping every "
+            "process and copying the file into place",
+        )
+
+
+def _replace_content(conn: sqlite3.Connection) -> None:
+    """Inside the caller's write transaction, make ``main`` a copy of the attached backup.
+
+    Drops every table, index, trigger and view of ``main`` (not SQLite's own
+    ``sqlite_*`` objects), recreates the backup's tables from its sqlite_schema SQL,
+    copies their rows (rowids included, so rowid tables without an INTEGER PRIMARY
+    KEY keep them), then creates indexes, views and finally triggers (after the rows,
+    so no trigger fires during the copy; after views, so INSTEAD OF triggers find
+    their view). sqlite_sequence, sqlite_stat1, user_version and application_id
+    follow the backup. Foreign keys must be OFF on the connection.
+    """
+    not_internal = "lower(substr(name, 1, 7)) <> 'sqlite_'"
+    for kind in ("trigger", "view", "index", "table"):
+        for (name,) in conn.execute(
+            f"SELECT name FROM main.sqlite_schema WHERE type = ? AND {not_internal} ORDER BY rowid", (kind,)
+        ).fetchall():
+            conn.execute(f"DROP {kind.upper()} IF EXISTS main.{quote_identifier(name)}")  # a table's go with it
+
+    objects = conn.execute(
+        f"SELECT type, name, sql FROM {_BK}.sqlite_schema WHERE sql IS NOT NULL AND {not_internal} ORDER BY rowid"
+    ).fetchall()
+    tables = [(name, sql) for kind, name, sql in objects if kind == "table"]
+    for _, sql in tables:
+        conn.execute(sql)  # unqualified CREATE: into main
+    for name, _ in tables:
+        _copy_rows(conn, name)
+
+    main_tables = {n for (n,) in conn.execute("SELECT name FROM main.sqlite_schema WHERE type = 'table'")}
+    bk_tables = {n for (n,) in conn.execute(f"SELECT name FROM {_BK}.sqlite_schema WHERE type = 'table'")}
+    if "sqlite_sequence" in main_tables:
+        conn.execute("DELETE FROM main.sqlite_sequence")
+        if "sqlite_sequence" in bk_tables:
+            conn.execute(f"INSERT INTO main.sqlite_sequence (name, seq) SELECT name, seq FROM {_BK}.sqlite_sequence")
+    if "sqlite_stat1" in main_tables:
+        conn.execute("DELETE FROM main.sqlite_stat1")
+    if "sqlite_stat1" in bk_tables:
+        if "sqlite_stat1" not in main_tables:
+            conn.execute("CREATE TABLE main.sqlite_stat1 (tbl, idx, stat)")
+        conn.execute(f"INSERT INTO main.sqlite_stat1 (tbl, idx, stat) SELECT tbl, idx, stat FROM {_BK}.sqlite_stat1")
+
+    for order in ("index", "view", "trigger"):
+        for kind, _, sql in objects:
+            if kind == order:
+                conn.execute(sql)
+    for pragma in ("user_version", "application_id"):
+        value = int(conn.execute(f"PRAGMA {_BK}.{pragma}").fetchone()[0])
+        conn.execute(f"PRAGMA main.{pragma} = {value}")
+
+
+def _copy_rows(conn: sqlite3.Connection, table: str) -> None:
+    columns = conn.execute(
+        "SELECT name, hidden FROM pragma_table_xinfo(?, ?)", (table, _BK)
+    ).fetchall()
+    names = [name for name, hidden in columns if hidden == 0]  # generated columns are computed
+    without_rowid = conn.execute(
+        "SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?", (_BK, table)
+    ).fetchone()[0]
+    taken = {name.lower() for name, _ in columns}
+    selected = [quote_identifier(n) for n in names]
+    if not without_rowid:
+        alias = next((a for a in _ROWID_ALIASES if a not in taken), None)
+        if alias is None:
+            raise sqlite3.DatabaseError(
+                f"table {table!r} has columns named rowid, _rowid_ and oid: its rowids cannot be copied"
+            )
+        selected.insert(0, alias)
+    cols = ", ".join(selected)
+    conn.execute(f"INSERT INTO main.{quote_identifier(table)} ({cols}) SELECT {cols} FROM {_BK}.{quote_identifier(table)}")
+
+
+
 def restore_from_backup(
     path: str | os.PathLike[str],
     *,
@@ -917,11 +1080,14 @@ def restore_from_backup(
 
     Verifies the backup first (``check``: how thoroughly) and raises
     :class:`~icn_mcp.errors.RestoreError`, with the live database untouched, if it is
-    not fit. Otherwise makes a safety backup of the live database into
-    ``backup_dir`` (named ``icn-mcp-pre-restore-<time>.sqlite``, never pruned),
-    copies the backup into the live database through SQLite (other connections and
-    processes see one committed change), runs the integrity check and applies the
-    migrations the backup lacks.
+    not fit. Otherwise, under one hold of the live database's write lock, makes a
+    safety backup of the live database into ``backup_dir`` (named
+    ``icn-mcp-pre-restore-<time>.sqlite``, never pruned) and replaces the content
+    with the backup's by SQL, in one transaction (other connections and processes
+    see one committed change; a commit acknowledged to any of them is either in the
+    safety copy or made after the restore, into its result). Then runs the integrity
+    check and applies the migrations the backup lacks. Other writers wait for the
+    lock meanwhile (their busy timeout), for about the time a backup takes.
     """
     if db is None:
         db, defaults = process_wide()
@@ -939,45 +1105,76 @@ def restore_from_backup(
             hint = "upgrade icn-mcp to the version that made this backup; the live database was not changed"
         raise RestoreError(str(source_path), verification.problems[0] + more, hint=hint)
 
-    live = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+    unchanged = "the live database was not changed"
+
+    def live_error(live_path: str, cause: str, *, hint: str | None = None) -> RestoreError:
+        return RestoreError(str(source_path), f"{live_path}: {cause}", hint=hint)
+
+    # L1: our own connection to the live file (never created if missing). URIs on, so
+    # the backup can be ATTACHed read-only; a read-only attached database takes only
+    # a read transaction under BEGIN IMMEDIATE, so the backup file is never written.
+    live = _open_live(db, "rw", live_error)
     try:
-        live.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
-        live_page_size = live.execute("PRAGMA page_size").fetchone()[0]
-        live_mode = str(live.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-        if live_mode == "wal" and verification.page_size != live_page_size:
-            # SQLite cannot change the page size of a WAL database through the backup API.
+        live.execute("PRAGMA foreign_keys = OFF")  # ignored inside a transaction: set it first
+        try:
+            live.execute(f"ATTACH DATABASE ? AS {_BK}", (_ro_uri(source_path),))
+        except sqlite3.Error as exc:
+            raise RestoreError(str(source_path), f"cannot attach it read-only: {exc}", hint=unchanged) from exc
+        # The backup does not change (read-only, verified): refuse what cannot be
+        # copied faithfully before taking any lock or making a safety copy.
+        _refuse_uncopyable(live, _BK, source_path, "the backup")
+        if live.execute(f"PRAGMA {_BK}.foreign_key_check").fetchone() is not None:
             raise RestoreError(
-                str(source_path),
-                f"its page size {verification.page_size} differs from the live database's {live_page_size}",
-                hint="stop every process using the database, move it aside with its -wal/-shm "
-                "files, and copy the backup into place",
+                str(source_path), "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
+                hint=unchanged,
             )
 
+        # ONE hold of the live write lock from here to COMMIT: the safety copy and the
+        # replacement see the same state, and any other writer either committed before
+        # this (so its rows are in the safety copy) or waits and commits after (into
+        # the restored database). Nothing acknowledged falls in between.
         try:
-            safety = create_backup(
-                db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
-            )
-        except BackupError as exc:
-            raise RestoreError(
-                str(source_path),
-                f"the safety backup of the live database failed: {exc.cause}",
-                hint=exc.hint or "the live database was not changed",
-            ) from exc
-        log.info("safety backup of %s before restore: %s", db.path, safety.path)
-
-        backup_conn = sqlite3.connect(_ro_uri(source_path), uri=True, isolation_level=None)
-        try:
-            # One step into the live database: SQLite holds its write lock and commits
-            # the whole content as one transaction, or rolls it all back on failure.
-            backup_conn.backup(live, pages=-1)
+            live.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise RestoreError(
-                str(source_path),
-                f"copying into {db.path} failed: {exc}",
-                hint=f"the live database was rolled back; the safety backup is {safety.path}",
+                str(source_path), f"cannot take the write lock of {db.path}: {exc}",
+                hint=f"{unchanged}; retry when the database is less busy",
             ) from exc
-        finally:
-            backup_conn.close()
+        try:
+            _refuse_uncopyable(live, "main", source_path, "the live database")
+            try:
+                # A second connection (create_backup's own, read-only) copies the live
+                # database: L1 has written nothing yet, so that snapshot is exactly
+                # the state being replaced; WAL readers are not blocked by L1's lock.
+                safety = create_backup(
+                    db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
+                )
+            except BackupError as exc:
+                raise RestoreError(
+                    str(source_path),
+                    f"the safety backup of the live database failed: {exc.cause}",
+                    hint=exc.hint or unchanged,
+                ) from exc
+            log.info("safety backup of %s before restore: %s", db.path, safety.path)
+            try:
+                _replace_content(live)
+            except sqlite3.Error as exc:
+                raise RestoreError(
+                    str(source_path), f"copying into {db.path} failed: {exc}",
+                    hint=f"{unchanged} (rolled back); the safety backup is {safety.path}",
+                ) from exc
+            if live.execute("PRAGMA main.foreign_key_check").fetchone() is not None:
+                raise RestoreError(
+                    str(source_path), "the restored content violates a foreign key (PRAGMA foreign_key_check)",
+                    hint=f"{unchanged} (rolled back); the safety backup is {safety.path}",
+                )
+            live.execute("COMMIT")
+        except BaseException:
+            if live.in_transaction:
+                live.execute("ROLLBACK")
+            raise
+        live.execute(f"DETACH DATABASE {_BK}")
+        live.execute("PRAGMA foreign_keys = ON")
 
         problems = _integrity(live, "full")
         if problems:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icn_mcp.db import migrations as _migrations
+from icn_mcp.errors import DatabaseError
 
 if TYPE_CHECKING:
     from icn_mcp.db.database import Database
@@ -85,6 +86,10 @@ def _file_size(path: Path) -> int:
         return 0
 
 
+def _missing_database(path: str, cause: str, *, hint: str | None = None) -> DatabaseError:
+    return DatabaseError(f"database {path}: {cause}", hint=hint)
+
+
 def get_database_info(
     *, db: "Database | None" = None, backup_dir: str | os.PathLike[str] | None = None
 ) -> dict[str, Any]:
@@ -112,9 +117,10 @@ def get_database_info(
             backup_dir = defaults.backup_dir
     started = time.perf_counter()
     health = db.check_health()
-    conn = sqlite3.connect(db.path, timeout=db.busy_timeout_ms / 1000, isolation_level=None)
+    # Read-only and never created: a deleted database is reported, not recreated
+    # empty (and 0644) by a plain connect.
+    conn = _backup._open_live(db, "ro", _missing_database)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
         conn.execute("BEGIN")  # one snapshot for every count and size below
         try:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
