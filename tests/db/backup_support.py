@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from icn_mcp.db import Database
@@ -64,17 +61,3 @@ def copy_migrations(target: Path) -> Path:
         if source.suffix == ".sql":
             shutil.copy(source, target / source.name)
     return target
-
-
-def run_cli(*args: str, env_extra: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real ``icn-mcp`` command in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
-    env.update(env_extra or {})
-    return subprocess.run(
-        [sys.executable, "-m", "icn_mcp", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=input,
-        timeout=120,
-    )

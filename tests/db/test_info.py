@@ -10,7 +10,8 @@ import pytest
 from icn_mcp.db import info as info_module
 from icn_mcp.db.info import quote_identifier
 from tests.helpers import shipped_versions
-from tests.db.backup_support import copy_migrations, make_db, run_cli
+from tests.db.backup_support import copy_migrations, make_db
+from tests.helpers import run_cli
 
 ODD_NAMES = ['we"ird ta ble', "[brackets]", "semi;colon -- dash", "new\nline", "select", "ünïcødé 表", "'quoted'"]
 

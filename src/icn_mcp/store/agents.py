@@ -97,19 +97,7 @@ class AgentsMixin:
         exactly one wins. Otherwise ``credential`` must be a valid agent token or a
         maintainer/admin token. Raises ValidationError or Unauthorized.
         """
-        problems = Problems()
-        problems.pattern(
-            "name", name, NAME_PATTERN,
-            "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-        if not isinstance(kind, str) or kind not in self.agent_kinds:
-            problems.add("kind", "one of " + ", ".join(self.agent_kinds))
-        if version is not None:
-            problems.pattern(
-                "version", version, VERSION_PATTERN,
-                "null or 1-64 characters: letters, digits, '.', '_', '+' or '-'",
-            )
-        problems.raise_if_any()
+        self._validate_agent(name, kind, version)
         if credential is not None:
             _check_token_shape(credential)
         is_maintainer = credential is not None and self.maintainer_role(credential) is not None
@@ -139,16 +127,8 @@ class AgentsMixin:
 
         return self._db.run_in_transaction(register)
 
-    def ensure_local_agent(self, name: str, kind: str, version: str | None = None) -> Agent:
-        """The local agent called ``name``, registered on first use, found again after.
-
-        For a process that opens the database file itself (``serve --stdio``): it is
-        trusted as an operator, so no credential and no token are involved. Local agents
-        do not count for the bootstrap rule and are never removed by
-        :meth:`cleanup_expired`; :meth:`revoke_agent` retires one, and the next call
-        registers a new one. Racing first calls, in any processes, create exactly one.
-        Raises ValidationError for a bad name or kind.
-        """
+    def _validate_agent(self, name: object, kind: object, version: object) -> None:
+        """ValidationError naming every bad field of a registration."""
         problems = Problems()
         problems.pattern(
             "name", name, NAME_PATTERN,
@@ -162,6 +142,18 @@ class AgentsMixin:
                 "null or 1-64 characters: letters, digits, '.', '_', '+' or '-'",
             )
         problems.raise_if_any()
+
+    def ensure_local_agent(self, name: str, kind: str, version: str | None = None) -> Agent:
+        """The local agent called ``name``, registered on first use, found again after.
+
+        For a process that opens the database file itself (``serve --stdio``): it is
+        trusted as an operator, so no credential and no token are involved. Local agents
+        do not count for the bootstrap rule and are never removed by
+        :meth:`cleanup_expired`; :meth:`revoke_agent` retires one, and the next call
+        registers a new one. Racing first calls, in any processes, create exactly one.
+        Raises ValidationError for a bad name or kind.
+        """
+        self._validate_agent(name, kind, version)
 
         def ensure(conn: sqlite3.Connection) -> Agent:
             row = conn.execute(
