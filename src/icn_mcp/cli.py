@@ -333,14 +333,23 @@ def backup(ctx: click.Context, path: Path | None, keep: int | None) -> None:
 @db.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@click.option(
+    "--without-manifest",
+    is_flag=True,
+    help="Restore a backup whose manifest (PATH.json) is missing, on purpose; refused otherwise.",
+)
 @click.pass_context
-def restore(ctx: click.Context, path: Path, yes: bool) -> None:
+def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -> None:
     """Replace the database's content with the backup at PATH.
 
-    The backup is verified first; the current database is saved as a safety backup
-    beside the others; other processes may keep the database open. Asks for
-    confirmation on a terminal; elsewhere refuses (exit status 2) unless --yes.
+    The backup is verified first (and refused without its manifest unless
+    --without-manifest); the current database is saved as a safety backup beside the
+    others; other processes may keep the database open. When there is no database
+    yet (a new machine), it is created from the backup. Asks for confirmation on a
+    terminal; elsewhere refuses (exit status 2) unless --yes.
     """
+    from icn_mcp.db.backup import restore_new_database
+
     target = Path(ctx.obj["path"]).absolute()
     if not yes:
         if not _is_terminal(sys.stdin):
@@ -349,20 +358,50 @@ def restore(ctx: click.Context, path: Path, yes: bool) -> None:
                 "pass --yes to restore non-interactively",
                 code=EXIT_USAGE,
             )
-        if not click.confirm(
+        question = (
             f"Replace the contents of {target} with {path}? (a safety backup is made first)"
-        ):
+            if target.exists()
+            else f"Create {target} from {path}?"
+        )
+        if not click.confirm(question):
             _fail("restore cancelled; nothing was changed")
     directory, _, check = _backup_settings(ctx)
-    with _open(ctx, migrate=False) as database:
-        result = database.restore_from_backup(path, backup_dir=directory, check=check)
+    if not target.exists():
+        # A machine without a database: opening one would create an empty file (and
+        # directories) that a failed restore would leave behind.
+        result = restore_new_database(
+            path,
+            target,
+            migrations_dir=ctx.obj["options"]["migrations_dir"],
+            check=check,
+            without_manifest=without_manifest,
+        )
+    else:
+        with _open(ctx, migrate=False) as database:
+            result = database.restore_from_backup(
+                path, backup_dir=directory, check=check, without_manifest=without_manifest
+            )
     click.echo(f"restored {result.database} from {result.backup_path}")
-    click.echo(f"backup taken at {result.backup_created_at or 'unknown'}; latest migration {result.latest_migration}")
+    if result.without_manifest:
+        click.echo("restored WITHOUT its manifest: the file's SHA-256, size and row counts were not checked")
+    click.echo(
+        f"backup taken at {result.backup_created_at or 'unknown'}; "
+        f"its latest migration {result.backup_latest_migration}"
+    )
     for version in result.migrations_applied:
         click.echo(f"applied {version}")
+    click.echo(f"database now at {result.latest_migration}")
     rows = ", ".join(f"{_printable(n)} {c}" for n, c in result.row_counts.items() if c is not None)
     click.echo(f"rows: {rows}")
-    click.echo(f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}")
+    if result.database_created:
+        click.echo(f"integrity_check {result.integrity}; the database did not exist: no safety backup was needed")
+    elif result.safety_backup_path is None:
+        click.echo(f"integrity_check {result.integrity}; the database was empty: no safety backup was needed")
+    else:
+        click.echo(
+            f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}"
+        )
+    click.echo("tokens are as the backup had them: 'icn-mcp agent revoke-tokens --all' revokes every one")
 
 
 @db.command()

@@ -129,8 +129,10 @@ def test_restore_keeps_a_safety_backup_and_reports(db, tmp_path):
         assert _count(old) == 50
     assert set(result.to_dict()) == {
         "database", "backup_path", "safety_backup_path", "backup_created_at",
-        "latest_migration", "migrations_applied", "row_counts", "integrity", "elapsed_s",
+        "backup_latest_migration", "latest_migration", "migrations_applied", "row_counts", "integrity",
+        "without_manifest", "database_created", "elapsed_s",
     }
+    assert result.without_manifest is False and result.database_created is False
 
 
 READER_SCRIPT = r"""
@@ -366,3 +368,260 @@ def test_backup_with_another_page_size_restores_into_a_wal_database(db, tmp_path
     assert db.connection().execute("PRAGMA page_size").fetchone()[0] == 4096
     result = db.restore_from_backup(backup)
     assert _count(db) == 5 and result.integrity == "ok"
+
+
+# -- issue 9: recovery on a fresh machine and the breaks found by review ---------------
+
+
+def _backup_with_agent(tmp_path: Path, *, migrations_dir: Path | None = None, rows: int = 30):
+    """A backup of a database holding ``rows`` numbers and one agent; (backup path, token)."""
+    from icn_mcp.store import Store
+
+    with make_db(tmp_path / "old" / "icn-mcp.sqlite", rows=rows, migrations_dir=migrations_dir) as old:
+        token = Store(old).register_agent("planner-1", "planner").token if migrations_dir is None else None
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    return Path(backup), token
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_cli_restore_onto_a_machine_without_a_database(tmp_path, state):
+    from icn_mcp.store import Store
+    from tests.helpers import run_cli
+
+    backup, token = _backup_with_agent(tmp_path)
+    new = tmp_path / "new" / "var"
+    if state == "empty":
+        new.mkdir(parents=True)
+    result = run_cli("db", "restore", str(backup), "--yes", env={"MCP_DB_DIR": str(new)})
+    assert result.returncode == 0, result.stderr
+    assert "no safety backup" in result.stdout and "did not exist" in result.stdout
+    assert sorted(os.listdir(new)) == ["icn-mcp.sqlite"], "no backups/ dir, no -wal/-shm, no temp file"
+    assert (new / "icn-mcp.sqlite").stat().st_mode & 0o777 == 0o600
+    if state == "missing":
+        assert new.stat().st_mode & 0o777 == 0o700 and new.parent.stat().st_mode & 0o777 == 0o700
+    with Database(new / "icn-mcp.sqlite") as restored:
+        assert [m.version for m in restored.migration_history()] == shipped_versions()
+        assert _count(restored) == 30
+        assert Store(restored).authenticate(token).name == "planner-1"
+        assert restored.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_failed_restore_onto_a_fresh_machine_leaves_nothing_behind(tmp_path, state):
+    from tests.helpers import run_cli
+
+    bad = tmp_path / "text.sqlite"
+    bad.write_text("this is not a database\n" * 100)
+    new = tmp_path / "new" / "var"
+    if state == "empty":
+        new.mkdir(parents=True)
+    result = run_cli("db", "restore", str(bad), "--yes", env={"MCP_DB_DIR": str(new)})
+    assert result.returncode == 1 and "not an SQLite" in result.stderr and "Traceback" not in result.stderr
+    if state == "missing":
+        assert not (tmp_path / "new").exists(), "directories made for the restore are removed again"
+    else:
+        assert os.listdir(new) == []
+
+
+def test_library_restore_into_a_database_file_that_is_gone(tmp_path):
+    """Database.restore_from_backup when its file was deleted: created from the backup."""
+    backup, token = _backup_with_agent(tmp_path)
+    target = tmp_path / "live" / "icn-mcp.sqlite"
+    with Database(target) as db:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        result = db.restore_from_backup(backup)
+    assert result.safety_backup_path is None and result.row_counts["numbers"] == 30
+    assert not (target.parent / "backups").exists()
+    with Database(target) as restored:
+        assert _count(restored) == 30
+
+
+def test_a_backup_without_its_manifest_is_refused_unless_asked_for(db, tmp_path):
+    backup = Path(db.create_backup(tmp_path / "b.sqlite").path)
+    manifest_path(backup).unlink()
+    with db.write_transaction() as conn:
+        conn.execute("DELETE FROM numbers WHERE n > 10")
+    before = file_state(db.path)
+    with pytest.raises(RestoreError) as info:
+        db.restore_from_backup(backup)
+    assert str(manifest_path(backup)) in str(info.value) and "missing" in str(info.value)
+    assert "--without-manifest" in (info.value.hint or "")
+    assert file_state(db.path) == before and _count(db) == 10
+    assert not (db.path.parent / "backups").exists(), "no safety backup for a refused restore"
+    result = db.restore_from_backup(backup, without_manifest=True)
+    assert result.without_manifest is True and _count(db) == 200
+    with_manifest = db.restore_from_backup(db.create_backup(tmp_path / "c.sqlite").path)
+    assert with_manifest.without_manifest is False
+
+
+def test_cli_restore_without_manifest_says_so(tmp_path):
+    from tests.helpers import run_cli
+
+    make_db(tmp_path / "var" / "icn-mcp.sqlite", rows=5).close()
+    env = {"MCP_DB_DIR": str(tmp_path / "var")}
+    assert run_cli("db", "backup", str(tmp_path / "b.sqlite"), env=env).returncode == 0
+    manifest_path(tmp_path / "b.sqlite").unlink()
+    refused = run_cli("db", "restore", str(tmp_path / "b.sqlite"), "--yes", env=env)
+    assert refused.returncode == 1 and "manifest" in refused.stderr and "--without-manifest" in refused.stderr
+    done = run_cli("db", "restore", str(tmp_path / "b.sqlite"), "--yes", "--without-manifest", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "WITHOUT its manifest" in done.stdout
+
+
+def test_restore_reports_the_backups_own_latest_migration(tmp_path):
+    """A backup at 0001 restored by code at 0003: both are reported, each as what it is."""
+    from tests.helpers import run_cli
+
+    versions = shipped_versions()
+    old_migrations = copy_migrations(tmp_path / "old-migrations")
+    for name in os.listdir(old_migrations):
+        if not name.startswith(versions[0]):
+            (old_migrations / name).unlink()
+    with make_db(tmp_path / "old.sqlite", rows=7, migrations_dir=old_migrations) as old:
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    make_db(tmp_path / "var" / "icn-mcp.sqlite", rows=3).close()
+    with Database(tmp_path / "var" / "icn-mcp.sqlite") as db:
+        result = db.restore_from_backup(backup)
+        assert result.backup_latest_migration == versions[0]
+        assert result.latest_migration == versions[-1]
+        assert result.migrations_applied == versions[1:]
+    result = run_cli("db", "restore", backup, "--yes", env={"MCP_DB_DIR": str(tmp_path / "var")})
+    assert result.returncode == 0, result.stderr
+    assert f"latest migration {versions[0]}" in result.stdout
+    assert f"now at {versions[-1]}" in result.stdout
+
+
+SCHEMA_WATCHER = r"""
+import os, sqlite3, sys
+db, version, table, ready, stop = sys.argv[1:6]
+conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+old = checks = 0
+while not os.path.exists(stop):
+    conn.execute("BEGIN")
+    has_row = conn.execute("SELECT count(*) FROM schema_migrations WHERE version = ?", (version,)).fetchone()[0]
+    has_table = conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (table,)).fetchone()[0]
+    conn.execute("COMMIT")
+    checks += 1
+    old += not (has_row and has_table)
+    if checks == 1:
+        open(ready, "w").close()
+print(old, checks)
+"""
+
+
+@pytest.mark.slow
+def test_a_concurrent_reader_never_sees_the_old_schema_during_a_restore(tmp_path):
+    """The migrations a backup lacks are applied before the restore commits."""
+    migrations = copy_migrations(tmp_path / "migrations")
+    with make_db(tmp_path / "old.sqlite", rows=20000, migrations_dir=migrations) as old:
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    (migrations / "9001_extra.sql").write_text("CREATE TABLE extra (id INTEGER PRIMARY KEY);\n")
+    live = make_db(tmp_path / "live.sqlite", rows=5, migrations_dir=migrations)
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", SCHEMA_WATCHER, str(live.path), "9001_extra", "extra", str(ready), str(stop)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        while not ready.exists():
+            assert watcher.poll() is None, "the watcher died"
+            time.sleep(0.01)
+        for _ in range(3):
+            result = live.restore_from_backup(backup)
+            assert result.migrations_applied == ["9001_extra"]
+        stop.touch()
+        out, _ = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        live.close()
+    old_seen, checks = map(int, out.split())
+    assert checks > 1
+    assert old_seen == 0, f"a reader saw the backup's old schema {old_seen} times in {checks} reads"
+
+
+def test_a_failing_missing_migration_rolls_the_whole_restore_back(tmp_path):
+    migrations = copy_migrations(tmp_path / "migrations")
+    with make_db(tmp_path / "old.sqlite", rows=10, migrations_dir=migrations) as old:
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    (migrations / "9001_bad.sql").write_text(
+        "CREATE TABLE extra (id INTEGER PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);\n"
+    )
+    live = make_db(tmp_path / "live.sqlite", rows=3, migrations_dir=copy_migrations(tmp_path / "m2"))
+    live.close()
+    with Database(live.path, migrations_dir=migrations, migrate=False) as db:
+        before = file_state(db.path)
+        with pytest.raises(RestoreError) as info:
+            db.restore_from_backup(backup)
+        assert "9001_bad" in str(info.value) and "no_such_table" in str(info.value)
+        assert _count(db) == 3 and file_state(db.path)["db"] == before["db"]
+        assert db.connection().execute("SELECT count(*) FROM sqlite_schema WHERE name = 'extra'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("source", ["backup", "verify"])
+def test_verify_and_restore_of_a_wal_mode_file_write_nothing_beside_it(db, tmp_path, source):
+    """A hand cp of a live WAL database: verification must not create -wal/-shm beside it."""
+    import shutil
+
+    db.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    copy = tmp_path / "hand" / "copy.sqlite"
+    copy.parent.mkdir()
+    shutil.copy(db.path, copy)
+    assert copy.read_bytes()[18] == 2, "the copy's header says WAL"
+    before = sorted(os.listdir(copy.parent)), copy.read_bytes()
+    if source == "verify":
+        assert db.verify_backup(copy).ok
+    else:
+        with db.write_transaction() as conn:
+            conn.execute("DELETE FROM numbers")
+        db.restore_from_backup(copy, without_manifest=True)
+        assert _count(db) == 200
+    assert (sorted(os.listdir(copy.parent)), copy.read_bytes()) == before
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 8 MiB tmpfs (needs root: mount); unmounted afterwards."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True, text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(directory: Path, leave_bytes: int) -> Path:
+    filler = directory / "filler"
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave_bytes))
+    return filler
+
+
+def test_restore_whose_commit_hits_a_full_disk_is_a_restore_error_and_changes_nothing(tmp_path, small_filesystem):
+    with make_db(tmp_path / "big.sqlite", rows=4000) as big:  # ~1.5 MB: fits in the page cache
+        backup = big.create_backup(tmp_path / "b.sqlite").path
+    live = make_db(small_filesystem / "icn-mcp.sqlite", rows=20)
+    try:
+        live.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        filler = _fill(small_filesystem, 256 * 1024)
+        with pytest.raises(RestoreError) as info:
+            live.restore_from_backup(backup, backup_dir=tmp_path / "backups")
+        message = str(info.value)
+        assert "commit" in message and ("full" in message or "SQLITE_FULL" in message), message
+        assert "not changed" in (info.value.hint or "") and "free some space" in (info.value.hint or "")
+        filler.unlink()
+        assert _count(live) == 20
+        assert live.connection().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with live.write_transaction() as conn:  # and it keeps working
+            conn.execute("INSERT INTO numbers (n) VALUES (1000)")
+        assert live.restore_from_backup(backup, backup_dir=tmp_path / "backups").row_counts["numbers"] == 4000
+    finally:
+        live.close()

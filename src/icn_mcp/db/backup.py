@@ -55,7 +55,7 @@ from urllib.parse import quote
 from icn_mcp.db import migrations as _migrations
 from icn_mcp.db.info import count_rows, quote_identifier
 from icn_mcp.db.timestamps import format_ts, utc_now
-from icn_mcp.errors import BackupError, MigrationError, RestoreError
+from icn_mcp.errors import BackupError, IcnMcpError, MigrationError, RestoreError
 
 if TYPE_CHECKING:
     from icn_mcp.db.database import Database
@@ -70,6 +70,7 @@ __all__ = [
     "verify_backup_async",
     "restore_from_backup",
     "restore_from_backup_async",
+    "restore_new_database",
     "prune_backups",
     "list_backups",
     "latest_backup",
@@ -190,12 +191,20 @@ class RestoreResult:
 
     database: str
     backup_path: str
-    safety_backup_path: str
+    #: None when there was nothing to keep (no database, or an empty file).
+    safety_backup_path: str | None
     backup_created_at: str | None
+    #: The backup's own latest migration, before the missing ones were applied.
+    backup_latest_migration: str | None
+    #: The database's latest migration now, after applying ``migrations_applied``.
     latest_migration: str | None
     migrations_applied: list[str]
     row_counts: dict[str, int | None]
     integrity: str
+    #: True when the backup had no manifest and was restored on purpose without it.
+    without_manifest: bool
+    #: True when the database did not exist and was created from the backup.
+    database_created: bool
     elapsed_s: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -363,8 +372,16 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _ro_uri(path: Path) -> str:
-    return "file:" + quote(str(path)) + "?mode=ro"
+def _source_uri(path: Path) -> str:
+    """A URI that reads a backup without ever writing beside it.
+
+    ``mode=ro`` is not enough: a read-only connection to a WAL-mode file (a hand
+    ``cp`` of a live database) creates ``-wal`` and ``-shm`` beside it and leaves
+    them there. ``immutable=1`` takes no locks and opens no side files; it is right
+    for a file nobody writes, and :func:`verify_backup` refuses a file with a
+    non-empty ``-wal`` or ``-journal`` beside it, whose content it would miss.
+    """
+    return "file:" + quote(str(path)) + "?immutable=1"
 
 
 def _open_live(db: "Database", mode: str, error: Callable[..., Exception]) -> sqlite3.Connection:
@@ -874,6 +891,23 @@ def verify_backup(
         problems.append("not a regular file")
         return result()
     found["size_bytes"] = size
+    for suffix in ("-wal", "-journal"):
+        # Part of the content may be in there; reading it would mean writing beside
+        # the operator's file (and replaying a journal changes the file itself).
+        side = Path(f"{path}{suffix}")
+        try:
+            side_size = side.stat().st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"cannot read {side}: {_cause(exc)}")
+            return result()
+        if side_size:
+            problems.append(
+                f"{side.name} ({side_size} bytes) is beside it: not a self-contained backup; "
+                "copy a live database with 'icn-mcp db backup', never with cp"
+            )
+            return result()
     try:
         header_ok, page_size, journal_mode = _read_header(path, size, problems)
     except OSError as exc:
@@ -884,7 +918,7 @@ def verify_backup(
         return result()
 
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True, isolation_level=None)
+        conn = sqlite3.connect(_source_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         problems.append(f"cannot open read-only: {exc}")
         return result()
@@ -1069,25 +1103,64 @@ def _copy_rows(conn: sqlite3.Connection, table: str) -> None:
 
 
 
+def _refuse_unfit(source_path: Path, verification: BackupVerification, without_manifest: bool) -> None:
+    """RestoreError unless the verified backup may be restored (nothing changed yet)."""
+    unchanged = "the live database was not changed"
+    if not verification.ok:
+        more = f" (and {len(verification.problems) - 1} more)" if len(verification.problems) > 1 else ""
+        hint = f"{unchanged}; 'icn-mcp db verify-backup PATH' lists every problem"
+        if verification.unknown_migrations:
+            hint = f"upgrade icn-mcp to the version that made this backup; {unchanged}"
+        raise RestoreError(str(source_path), verification.problems[0] + more, hint=hint)
+    if verification.manifest_path is None and not without_manifest:
+        # Without the manifest nothing ties the file to the backup that was made: a
+        # file edited by hand (a token hash of someone's choosing) would go through.
+        raise RestoreError(
+            str(source_path),
+            f"its manifest {manifest_path(source_path)} is missing, so its SHA-256, size and "
+            "row counts cannot be checked",
+            hint=f"{unchanged}; if you trust this file (a hand copy, a backup from elsewhere), "
+            "restore it on purpose with --without-manifest",
+        )
+
+
+def _restore_cause(exc: BaseException) -> str:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorname", None)
+        return f"{exc} ({code})" if code else str(exc)
+    return _cause(exc)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (
+        isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+    )
+
+
 def restore_from_backup(
     path: str | os.PathLike[str],
     *,
     db: "Database | None" = None,
     backup_dir: str | os.PathLike[str] | None = None,
     check: str = DEFAULT_CHECK,
+    without_manifest: bool = False,
 ) -> RestoreResult:
     """Replace the database's content with the backup at ``path``, safely.
 
     Verifies the backup first (``check``: how thoroughly) and raises
     :class:`~icn_mcp.errors.RestoreError`, with the live database untouched, if it is
-    not fit. Otherwise, under one hold of the live database's write lock, makes a
-    safety backup of the live database into ``backup_dir`` (named
-    ``icn-mcp-pre-restore-<time>.sqlite``, never pruned) and replaces the content
-    with the backup's by SQL, in one transaction (other connections and processes
-    see one committed change; a commit acknowledged to any of them is either in the
-    safety copy or made after the restore, into its result). Then runs the integrity
-    check and applies the migrations the backup lacks. Other writers wait for the
-    lock meanwhile (their busy timeout), for about the time a backup takes.
+    not fit, or if its manifest is missing (unless ``without_manifest``: restore
+    such a file on purpose). Otherwise, under one hold of the live database's write
+    lock, makes a safety backup of the live database into ``backup_dir`` (named
+    ``icn-mcp-pre-restore-<time>.sqlite``, never pruned), replaces the content with
+    the backup's by SQL and applies the migrations the backup lacks, all in one
+    transaction: other connections and processes see one committed change, never
+    the backup's older schema, and a commit acknowledged to any of them is either in
+    the safety copy or made after the restore, into its result. Other writers wait
+    for the lock meanwhile (their busy timeout), for about the time a backup takes.
+
+    When the database file does not exist (a fresh machine), it is created from the
+    backup by :func:`restore_new_database`; there is nothing to keep a safety copy of.
     """
     if db is None:
         db, defaults = process_wide()
@@ -1098,14 +1171,16 @@ def restore_from_backup(
         raise RestoreError(str(source_path), "that is the live database itself")
 
     verification = verify_backup(source_path, migrations_dir=db.migrations_dir, check=check)
-    if not verification.ok:
-        more = f" (and {len(verification.problems) - 1} more)" if len(verification.problems) > 1 else ""
-        hint = "the live database was not changed; 'icn-mcp db verify-backup PATH' lists every problem"
-        if verification.unknown_migrations:
-            hint = "upgrade icn-mcp to the version that made this backup; the live database was not changed"
-        raise RestoreError(str(source_path), verification.problems[0] + more, hint=hint)
+    _refuse_unfit(source_path, verification, without_manifest)
+    if not db.path.exists():
+        return _restore_new(
+            source_path, db.path, db.migrations_dir, verification, started,
+            allow_missing=db.allow_missing_migrations,
+            allow_out_of_order=db.allow_out_of_order_migrations,
+        )
 
     unchanged = "the live database was not changed"
+    safety: BackupResult | None = None
 
     def live_error(live_path: str, cause: str, *, hint: str | None = None) -> RestoreError:
         return RestoreError(str(source_path), f"{live_path}: {cause}", hint=hint)
@@ -1117,7 +1192,7 @@ def restore_from_backup(
     try:
         live.execute("PRAGMA foreign_keys = OFF")  # ignored inside a transaction: set it first
         try:
-            live.execute(f"ATTACH DATABASE ? AS {_BK}", (_ro_uri(source_path),))
+            live.execute(f"ATTACH DATABASE ? AS {_BK}", (_source_uri(source_path),))
         except sqlite3.Error as exc:
             raise RestoreError(str(source_path), f"cannot attach it read-only: {exc}", hint=unchanged) from exc
         # The backup does not change (read-only, verified): refuse what cannot be
@@ -1142,33 +1217,61 @@ def restore_from_backup(
             ) from exc
         try:
             _refuse_uncopyable(live, "main", source_path, "the live database")
-            try:
-                # A second connection (create_backup's own, read-only) copies the live
-                # database: L1 has written nothing yet, so that snapshot is exactly
-                # the state being replaced; WAL readers are not blocked by L1's lock.
-                safety = create_backup(
-                    db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
-                )
-            except BackupError as exc:
-                raise RestoreError(
-                    str(source_path),
-                    f"the safety backup of the live database failed: {exc.cause}",
-                    hint=exc.hint or unchanged,
-                ) from exc
-            log.info("safety backup of %s before restore: %s", db.path, safety.path)
+            # An empty file (an earlier attempt's, or a database opened but never
+            # migrated) holds nothing to keep: no safety copy of it.
+            if live.execute("SELECT count(*) FROM main.sqlite_schema").fetchone()[0]:
+                try:
+                    # A second connection (create_backup's own, read-only) copies the
+                    # live database: L1 has written nothing yet, so that snapshot is
+                    # exactly the state being replaced; WAL readers are not blocked.
+                    safety = create_backup(
+                        db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
+                    )
+                except BackupError as exc:
+                    raise RestoreError(
+                        str(source_path),
+                        f"the safety backup of the live database failed: {exc.cause}",
+                        hint=exc.hint or unchanged,
+                    ) from exc
+                log.info("safety backup of %s before restore: %s", db.path, safety.path)
+            kept = f"; the safety backup is {safety.path}" if safety is not None else ""
             try:
                 _replace_content(live)
             except sqlite3.Error as exc:
                 raise RestoreError(
-                    str(source_path), f"copying into {db.path} failed: {exc}",
-                    hint=f"{unchanged} (rolled back); the safety backup is {safety.path}",
+                    str(source_path), f"copying into {db.path} failed: {_restore_cause(exc)}",
+                    hint=f"{unchanged} (rolled back){kept}",
                 ) from exc
             if live.execute("PRAGMA main.foreign_key_check").fetchone() is not None:
                 raise RestoreError(
                     str(source_path), "the restored content violates a foreign key (PRAGMA foreign_key_check)",
-                    hint=f"{unchanged} (rolled back); the safety backup is {safety.path}",
+                    hint=f"{unchanged} (rolled back){kept}",
                 )
-            live.execute("COMMIT")
+            # The migrations the backup lacks, in the same transaction: no connection
+            # of a running server ever sees the restored data under the old schema.
+            try:
+                applied = _migrations.apply_in_transaction(
+                    live,
+                    _migrations.discover(db.migrations_dir),
+                    allow_missing=db.allow_missing_migrations,
+                    allow_out_of_order=db.allow_out_of_order_migrations,
+                )
+            except MigrationError as exc:
+                raise RestoreError(
+                    str(source_path),
+                    f"applying the migrations the backup lacks failed: {exc}",
+                    hint=f"{unchanged} (rolled back){kept}; fix the migration and restore again",
+                ) from exc
+            try:
+                live.execute("COMMIT")
+            except sqlite3.Error as exc:
+                full = _is_disk_full(exc)
+                raise RestoreError(
+                    str(source_path),
+                    f"committing the restored content into {db.path} failed: {_restore_cause(exc)}",
+                    hint=f"{unchanged} (rolled back){kept}"
+                    + ("; free some space on the database's filesystem and retry" if full else ""),
+                ) from exc
         except BaseException:
             if live.in_transaction:
                 live.execute("ROLLBACK")
@@ -1178,40 +1281,201 @@ def restore_from_backup(
 
         problems = _integrity(live, "full")
         if problems:
+            where = f"; the previous database is in {safety.path}" if safety is not None else ""
             raise RestoreError(
                 str(source_path),
                 f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
-                hint=f"the previous database is in {safety.path}",
+                hint=f"restore another backup{where}",
             )
         try:
             live.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:  # a checkpoint is an optimisation here
             log.debug("checkpoint after restore failed: %s", exc)
+    except (sqlite3.Error, OSError) as exc:
+        # Anything not mapped above (a failing DETACH, an I/O error): one clean error.
+        raise RestoreError(str(source_path), f"restoring into {db.path} failed: {_restore_cause(exc)}") from exc
     finally:
         live.close()
 
+    previous = f"the previous database is in {safety.path}" if safety is not None else "nothing was replaced"
     try:
-        applied = db.migrate()
+        # Only no-transaction migrations can be left (see apply_in_transaction).
+        applied += db.migrate()
     except MigrationError as exc:
         raise RestoreError(
             str(source_path),
-            f"the backup was restored, but applying the missing migrations failed: {exc}",
-            hint=f"fix the migration and run 'icn-mcp db migrate'; the previous database is in {safety.path}",
+            f"the backup was restored, but applying a no-transaction migration failed: {exc}",
+            hint=f"fix the migration and run 'icn-mcp db migrate'; {previous}",
         ) from exc
     conn = db.connection()
     with db.read_transaction():
         latest = _latest_migration(conn)
         rows = count_rows(conn)
-    log.info("restored %s from %s (safety backup %s)", db.path, source_path, safety.path)
+    log.info("restored %s from %s (safety backup %s)", db.path, source_path, safety.path if safety else None)
     return RestoreResult(
         database=str(db.path),
         backup_path=str(source_path),
-        safety_backup_path=safety.path,
+        safety_backup_path=safety.path if safety is not None else None,
         backup_created_at=verification.created_at or _mtime(source_path),
+        backup_latest_migration=verification.latest_migration,
         latest_migration=latest,
         migrations_applied=applied,
         row_counts=rows,
         integrity="ok",
+        without_manifest=verification.manifest_path is None,
+        database_created=False,
+        elapsed_s=round(time.perf_counter() - started, 4),
+    )
+
+
+def restore_new_database(
+    path: str | os.PathLike[str],
+    db_path: str | os.PathLike[str],
+    *,
+    migrations_dir: str | os.PathLike[str] | None = None,
+    check: str = DEFAULT_CHECK,
+    without_manifest: bool = False,
+) -> RestoreResult:
+    """Create the database at ``db_path``, which must not exist, from the backup at ``path``.
+
+    The disaster-recovery case: a machine with no database (its directory missing
+    or empty). The backup is verified as for :func:`restore_from_backup`, copied to a
+    private temporary file beside ``db_path``, migrated, checked and only then
+    linked into place. On any failure nothing is left behind: no database file, no
+    temporary file, and no directory this call created. There is nothing to keep a
+    safety copy of, so the result's ``safety_backup_path`` is None.
+    """
+    started = time.perf_counter()
+    source_path = Path(os.path.abspath(os.fspath(path)))
+    target = Path(os.path.abspath(os.fspath(db_path)))
+    migrations = Path(migrations_dir) if migrations_dir is not None else _migrations.default_migrations_dir()
+    verification = verify_backup(source_path, migrations_dir=migrations, check=check)
+    _refuse_unfit(source_path, verification, without_manifest)
+    return _restore_new(source_path, target, migrations, verification, started)
+
+
+def _make_directories(directory: Path) -> list[Path]:
+    """Create ``directory`` and missing parents, each 0700; the ones created, outermost first."""
+    missing: list[Path] = []
+    for candidate in [directory, *directory.parents]:
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    created: list[Path] = []
+    for candidate in reversed(missing):
+        try:
+            candidate.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(candidate, DIR_MODE)  # mkdir's mode is reduced by the umask
+        created.append(candidate)
+    return created
+
+
+def _restore_new(
+    source_path: Path,
+    target: Path,
+    migrations_dir: Path,
+    verification: BackupVerification,
+    started: float,
+    *,
+    allow_missing: bool = False,
+    allow_out_of_order: bool = False,
+) -> RestoreResult:
+    from icn_mcp.db.database import Database  # database imports this module lazily too
+
+    nothing = "nothing was created"
+    if target.exists():
+        raise RestoreError(str(source_path), f"{target} exists", hint="restore into it with the open database")
+    created: list[Path] = []
+    tmp: Path | None = None
+    try:
+        created = _make_directories(target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.restore-", suffix=TEMP_SUFFIX, dir=target.parent)
+        os.close(fd)  # 0600: SQLite writes into it, and its -wal/-shm inherit that
+        tmp = Path(tmp_name)
+        source = sqlite3.connect(_source_uri(source_path), uri=True, isolation_level=None)
+        try:
+            dest = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                source.backup(dest, pages=-1)
+                if dest.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise RestoreError(
+                        str(source_path), "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
+                        hint=nothing,
+                    )
+            finally:
+                dest.close()
+        finally:
+            source.close()
+        with Database(
+            tmp, migrations_dir=migrations_dir, migrate=False,
+            allow_missing_migrations=allow_missing, allow_out_of_order_migrations=allow_out_of_order,
+        ) as new:
+            try:
+                applied = new.migrate()
+            except MigrationError as exc:
+                raise RestoreError(
+                    str(source_path), f"applying the migrations the backup lacks failed: {exc}",
+                    hint=f"{nothing}; fix the migration and restore again",
+                ) from exc
+            conn = new.connection()
+            problems = _integrity(conn, "full")
+            if problems:
+                raise RestoreError(
+                    str(source_path), f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
+                    hint=nothing,
+                )
+            latest = _latest_migration(conn)
+            rows = count_rows(conn)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # The last connection closed: SQLite removed the -wal and -shm.
+        leftovers = [s for s in ("-wal", "-shm", "-journal") if Path(f"{tmp}{s}").exists()]
+        if leftovers:
+            raise RestoreError(str(source_path), f"the new database kept {', '.join(leftovers)} files open", hint=nothing)
+        _fsync_path(tmp)
+        try:
+            os.link(tmp, target)  # never over a database that appeared meanwhile
+        except FileExistsError:
+            raise RestoreError(
+                str(source_path), f"{target} appeared while the restore ran (another restore or a server?)",
+                hint="it was left untouched; restore into it with 'icn-mcp db restore' again",
+            ) from None
+        os.unlink(tmp)
+        tmp = None
+        _fsync_path(target.parent, directory=True)
+    except BaseException as exc:
+        for leftover in ([tmp] + [Path(f"{tmp}{s}") for s in ("-wal", "-shm", "-journal")] if tmp else []):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+            except OSError as cleanup_exc:
+                log.error("could not remove %s after a failed restore: %s", leftover, cleanup_exc)
+        for directory in reversed(created):
+            try:
+                directory.rmdir()
+            except OSError as cleanup_exc:
+                log.error("could not remove directory %s after a failed restore: %s", directory, cleanup_exc)
+        if isinstance(exc, RestoreError) or not isinstance(exc, (OSError, sqlite3.Error, IcnMcpError)):
+            raise
+        hint = nothing + ("; free some space and retry" if _is_disk_full(exc) else "")
+        raise RestoreError(
+            str(source_path), f"creating {target} from it failed: {_restore_cause(exc)}", hint=hint
+        ) from exc
+    log.info("created %s from %s (there was no database)", target, source_path)
+    return RestoreResult(
+        database=str(target),
+        backup_path=str(source_path),
+        safety_backup_path=None,
+        backup_created_at=verification.created_at or _mtime(source_path),
+        backup_latest_migration=verification.latest_migration,
+        latest_migration=latest,
+        migrations_applied=applied,
+        row_counts=rows,
+        integrity="ok",
+        without_manifest=verification.manifest_path is None,
+        database_created=True,
         elapsed_s=round(time.perf_counter() - started, 4),
     )
 

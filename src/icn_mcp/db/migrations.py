@@ -315,20 +315,27 @@ def ensure_history_tables(db: "Database") -> None:
     if _history_ready(db.connection()):
         return
     with db.write_transaction() as conn:
-        conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{HISTORY_TABLE}" ('
-            "version TEXT PRIMARY KEY, applied_at TEXT NOT NULL, checksum TEXT NOT NULL)"
-        )
-        columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
-        for name, decl in _HISTORY_COLUMNS.items():
-            if name not in columns:
-                conn.execute(f'ALTER TABLE "{HISTORY_TABLE}" ADD COLUMN "{name}" {decl}')
-        conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{FAILURES_TABLE}" ('
-            "id INTEGER PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL, "
-            "failed_at TEXT NOT NULL, statement_index INTEGER, line INTEGER, "
-            "statement TEXT, error TEXT NOT NULL, applied_by TEXT)"
-        )
+        create_history_tables(conn)
+
+
+def create_history_tables(conn: sqlite3.Connection) -> None:
+    """Inside the caller's transaction: the tracking tables, with all our columns."""
+    if _history_ready(conn):
+        return
+    conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{HISTORY_TABLE}" ('
+        "version TEXT PRIMARY KEY, applied_at TEXT NOT NULL, checksum TEXT NOT NULL)"
+    )
+    columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
+    for name, decl in _HISTORY_COLUMNS.items():
+        if name not in columns:
+            conn.execute(f'ALTER TABLE "{HISTORY_TABLE}" ADD COLUMN "{name}" {decl}')
+    conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{FAILURES_TABLE}" ('
+        "id INTEGER PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL, "
+        "failed_at TEXT NOT NULL, statement_index INTEGER, line INTEGER, "
+        "statement TEXT, error TEXT NOT NULL, applied_by TEXT)"
+    )
 
 
 def read_history(conn: sqlite3.Connection) -> dict[str, AppliedMigration]:
@@ -728,6 +735,41 @@ def apply(
         if did:
             log.info("applied migration %s", mf.version)
             applied.append(mf.version)
+    return applied
+
+
+def apply_in_transaction(
+    conn: sqlite3.Connection,
+    files: list[MigrationFile],
+    *,
+    allow_missing: bool = False,
+    allow_out_of_order: bool = False,
+) -> list[str]:
+    """Apply pending migrations on ``conn``, inside the caller's write transaction.
+
+    For a caller that must publish data and schema as ONE commit (a restore: no
+    other connection may see restored data under the old schema). Foreign keys must
+    be off on ``conn``; each migration is checked with foreign_key_check. Stops
+    before the first no-transaction migration (it cannot run inside a transaction);
+    the caller applies the rest after its commit with :func:`apply`. Returns the
+    versions applied; any failure raises and the caller rolls everything back.
+    """
+    create_history_tables(conn)
+    current = plan(conn, files)
+    problems = current.problems(allow_missing=allow_missing, allow_out_of_order=allow_out_of_order)
+    if problems:
+        raise problems[0]
+    by_version = {mf.version: mf for mf in files}
+    applied: list[str] = []
+    for item in current.pending:
+        mf = by_version[item.version]
+        if not mf.transactional:
+            break
+        started = time.perf_counter()
+        _execute_all(conn, mf)
+        _check_foreign_keys(conn, mf)
+        _insert_history(conn, mf, (time.perf_counter() - started) * 1000)
+        applied.append(mf.version)
     return applied
 
 
