@@ -224,19 +224,13 @@ def _is_terminal(stream: Any) -> bool:
 def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     """Backup directory, keep and check from MCP_BACKUP_*.
 
-    Without MCP_BACKUP_DIR: ``$MCP_DB_DIR/backups``, or ``backups/`` beside the
-    database given with ``--db``.
+    Without MCP_BACKUP_DIR: ``backups/`` beside the database, however its path was
+    given (MCP_DB_DIR, MCP_DB_PATH or --db), never relative to the current directory.
     """
-    from icn_mcp.db.backup import BACKUP_DIR_NAME
+    from icn_mcp.db.backup import backup_dir_for
 
     settings = Settings.from_env()
-    db_path = Path(ctx.obj["path"])
-    if settings.backup_dir is not None:
-        directory = settings.backup_dir
-    elif db_path != settings.db_path:
-        directory = db_path.parent / BACKUP_DIR_NAME
-    else:
-        directory = settings.db_dir / BACKUP_DIR_NAME
+    directory = settings.backup_dir if settings.backup_dir is not None else backup_dir_for(ctx.obj["path"])
     return directory, settings.backup_keep, settings.backup_check.lower()
 
 
@@ -294,7 +288,8 @@ class _ProgressLine:
 
 
 @db.command()
-@click.argument("path", required=False, type=click.Path(path_type=Path))
+# A str, not a Path: Path("DIR/") drops the slash that says DIR is a directory.
+@click.argument("path", required=False, type=click.Path())
 @click.option(
     "--keep",
     type=click.IntRange(min=0),
@@ -303,12 +298,13 @@ class _ProgressLine:
     "directory (default: MCP_BACKUP_KEEP; 0 keeps all).",
 )
 @click.pass_context
-def backup(ctx: click.Context, path: Path | None, keep: int | None) -> None:
+def backup(ctx: click.Context, path: str | None, keep: int | None) -> None:
     """Write a verified snapshot of the database; safe while the server runs.
 
-    PATH is the file to write (it must not exist) or a directory; by default
-    $MCP_BACKUP_DIR (else $MCP_DB_DIR/backups)/icn-mcp-<UTC time>.sqlite. Prints the
-    path and size; exit status 1 on failure, with nothing left behind.
+    PATH is the file to write (it must not exist) or a directory (an existing one,
+    or any PATH ending in '/', created 0700); by default $MCP_BACKUP_DIR (else
+    backups/ beside the database)/icn-mcp-<UTC time>.sqlite. Prints the path and
+    size; exit status 1 on failure, with nothing left behind.
     """
     _require_database(ctx)
     directory, default_keep, check = _backup_settings(ctx)
@@ -454,6 +450,12 @@ def info(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{m['version']:<{vwidth}}  {m['applied_at']:<27}  {ms:>9}  {m['checksum'][:16]}")
     for failure in data["failed_migrations"]:
         click.echo(f"failed     {failure['version']} at {failure['failed_at']}: {failure['error']}")
+    for temp in data["backup_temp_files"]:
+        state = {
+            "orphan": "orphaned (its backup was killed): the next backup removes it",
+            "in_progress": "a backup in progress",
+        }.get(temp["state"], "owner unknown (an older icn-mcp or another host): remove it by hand if no backup runs")
+        click.echo(f"temp file  {temp['path']} ({_human(temp['size_bytes'])}): {state}")
     click.echo(f"(gathered in {data['elapsed_ms']:.0f} ms)")
 
 

@@ -164,11 +164,11 @@ def _failing(real, exc: OSError, *, on_call: int = 1):
         ("link", OSError(errno.EROFS, "Read-only file system"), 2),  # publishing the manifest
         ("fsync", OSError(errno.EIO, "Input/output error"), 1),  # syncing the copy
         ("fsync", OSError(errno.ENOSPC, "No space left on device"), 3),  # syncing the directory
-        ("mkstemp", OSError(errno.EACCES, "Permission denied"), 1),  # read-only directory
+        ("_make_temp", OSError(errno.EACCES, "Permission denied"), 1),  # read-only directory
     ],
 )
 def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, error, on_call):
-    """Injected in-process: os.link / os.fsync / tempfile.mkstemp raise the OSError
+    """Injected in-process: os.link / os.fsync / the temporary file's creation raise the OSError
     a full or read-only filesystem gives (root ignores directory permissions, so a
     real read-only directory cannot be used here)."""
     directory = db.path.parent / "backups"
@@ -176,7 +176,7 @@ def test_failure_at_any_step_leaves_nothing_behind(db, monkeypatch, target, erro
     (directory / "keep-me.txt").write_text("user file")
     before_files = set(os.listdir(directory))
     before_live = file_state(db.path)
-    module = {"link": os, "fsync": os, "mkstemp": backup_module.tempfile}[target]
+    module = {"link": os, "fsync": os, "_make_temp": backup_module}[target]
     monkeypatch.setattr(module, target, _failing(getattr(module, target), error, on_call=on_call))
     with pytest.raises(BackupError) as info:
         db.create_backup()
@@ -279,12 +279,15 @@ def test_pruning_keeps_exactly_n_and_never_touches_other_files(db):
     assert all(manifest_path(directory / name).exists() for name in ours)
     assert not any(manifest_path(r.path).exists() for r in made[:2])
     assert made[3].pruned == [made[0].path] and made[4].pruned == [made[1].path]
-    # keep=1 never removes the one just made, even if others sort after it.
+    # keep=1 never removes the one just made, nor one named after it (another
+    # process's newer backup, or a clock set back): only older ones go.
     future = directory / "icn-mcp-29991231T235959.999999Z.sqlite"
     future.write_text("x")
     last = db.create_backup(keep=1)
-    assert Path(last.path).exists() and not future.exists()
+    assert Path(last.path).exists() and future.exists()
+    assert sorted(last.pruned) == sorted(r.path for r in made[-3:])
     assert prune_backups(directory, 1, protect=last.path) == []
+    assert prune_backups(directory, 1) == [last.path]  # by hand: all but the newest name
 
 
 def test_async_backup_runs_off_the_event_loop(db):

@@ -18,7 +18,7 @@ ODD_NAMES = ['we"ird ta ble', "[brackets]", "semi;colon -- dash", "new\nline", "
 KEYS = {
     "path", "size_bytes", "wal_size_bytes", "page_size", "page_count", "freelist_count",
     "journal_mode", "sqlite_version", "size_method", "tables", "indexes", "migrations",
-    "failed_migrations", "last_backup", "health", "elapsed_ms",
+    "failed_migrations", "last_backup", "backup_temp_files", "health", "elapsed_ms",
 }
 
 
@@ -50,7 +50,7 @@ def test_info_has_stable_keys_and_exact_counts_for_any_table_name(db):
     assert data["page_count"] * data["page_size"] >= data["size_bytes"]
     assert [m["version"] for m in data["migrations"]] == shipped_versions()
     assert set(data["migrations"][0]) >= {"version", "checksum", "applied_at", "execution_ms"}
-    assert data["health"]["ok"] is True and data["last_backup"] is None
+    assert data["health"]["ok"] is True and data["last_backup"] is None and data["backup_temp_files"] == []
     json.dumps(data)  # plain data
 
 

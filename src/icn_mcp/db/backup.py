@@ -35,12 +35,16 @@ process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` sett
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -49,7 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 from urllib.parse import quote
 
 from icn_mcp.db import migrations as _migrations
@@ -72,6 +76,9 @@ __all__ = [
     "restore_from_backup_async",
     "restore_new_database",
     "prune_backups",
+    "list_temp_files",
+    "remove_orphan_temp_files",
+    "backup_dir_for",
     "list_backups",
     "latest_backup",
     "default_backup_dir",
@@ -226,13 +233,22 @@ def process_wide() -> tuple["Database", _Defaults]:
     from icn_mcp.db.database import get_db
 
     settings = Settings.from_env()
-    directory = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME
+    directory = settings.backup_dir or backup_dir_for(settings.db_path)
     return get_db(), _Defaults(directory, settings.backup_keep, settings.backup_check.lower())
+
+
+def backup_dir_for(db_path: str | os.PathLike[str]) -> Path:
+    """``backups/`` beside the database file ``db_path``.
+
+    The default whatever set the path (MCP_DB_DIR, MCP_DB_PATH or ``--db``): never
+    a directory relative to the current one, which changes with where a command runs.
+    """
+    return Path(os.path.abspath(os.fspath(db_path))).parent / BACKUP_DIR_NAME
 
 
 def default_backup_dir(db: "Database") -> Path:
     """``backups/`` beside the database file."""
-    return db.path.parent / BACKUP_DIR_NAME
+    return backup_dir_for(db.path)
 
 
 def manifest_path(backup: str | os.PathLike[str]) -> Path:
@@ -287,41 +303,203 @@ def latest_backup(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the directory itself: one pruner at a time, in any process.
+
+    On the directory, not on a lock file, so nothing is ever left in a user's
+    directory. Where directories cannot be locked the pruning runs unlocked (the
+    per-file locks below still protect backups being published).
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("cannot lock %s for pruning: %s", directory, exc)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_unless_in_use(path: Path) -> bool:
+    """Remove the backup ``path`` unless a process still holds it (see create_backup).
+
+    A backup is flock()ed (shared) by the process that makes it from before it is
+    published until that process returns; pruning takes the lock exclusively, without
+    waiting, and skips the file when it cannot. False when skipped.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("not pruning %s: the process that made it has not finished", path)
+            return False
+        _remove_file(path)
+        return True
+    finally:
+        os.close(fd)
+
+
 def prune_backups(
     directory: str | os.PathLike[str], keep: int, *, protect: str | os.PathLike[str] | None = None
 ) -> list[str]:
     """Delete all but the newest ``keep`` backups in ``directory``; the paths removed.
 
     Only files named like ours are considered, so nothing else in the directory is
-    ever touched, and ``protect`` (the backup just made) is never removed. Each
+    ever touched, and ``protect`` (the backup just made) is never removed, nor any
+    backup whose name sorts after it: a backup never deletes a newer one (another
+    process's, or one named in the future by a clock set back). A backup another
+    process is still publishing is skipped. Pruners take turns (a lock on the
+    directory), so however many run at once at least ``keep`` backups remain. Each
     removed backup's manifest goes with it.
     """
     if keep < 1:
         raise BackupError(str(directory), f"keep={keep!r} is not valid: expected an integer >= 1")
-    backups = list_backups(directory)
-    protected = os.path.abspath(protect) if protect is not None else None
-    others = [p for p in backups if os.path.abspath(p) != protected]
-    # The protected backup counts as one of the ``keep``, wherever its name sorts
-    # (a clock set back must not make the newest backup the one to go).
-    slots = keep - (len(others) < len(backups))
-    doomed = others[: max(0, len(others) - slots)]
+    directory = Path(directory)
     removed: list[str] = []
-    for path in doomed:
+    with _directory_lock(directory):
+        backups = list_backups(directory)
+        protected = os.path.abspath(protect) if protect is not None else None
+        others = [p for p in backups if os.path.abspath(p) != protected]
+        own_listed = len(others) < len(backups)
+        # The protected backup counts as one of the ``keep``, wherever its name sorts.
+        slots = keep - own_listed
+        keepers = set(others[len(others) - slots:]) if slots > 0 else set()
+        limit = Path(protected).name if own_listed and protected is not None else None
+        doomed = [p for p in others if p not in keepers and (limit is None or p.name < limit)]
+        for path in doomed:
+            try:
+                if not _remove_unless_in_use(path):
+                    continue
+            except OSError as exc:
+                log.warning("could not prune backup %s: %s", path, exc.strerror)
+                continue
+            try:
+                os.unlink(manifest_path(path))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove manifest of pruned backup %s: %s", path, exc.strerror)
+            removed.append(str(path))
+            log.info("pruned backup %s", path)
+    return removed
+
+
+# -- temporary files ------------------------------------------------------------------
+
+#: ``.icn-mcp-backup-<host>-<pid>-<process start>-<random>.tmp`` (plus SQLite's
+#: ``-journal``/``-wal``/``-shm`` of it): who made it, so that the next backup can tell
+#: a killed backup's leftovers from a running one's.
+TEMP_NAME = re.compile(
+    r"^\.icn-mcp-backup-(?:(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-)?"
+    r"[A-Za-z0-9_]+\.tmp(?:-journal|-wal|-shm)?$"
+)
+#: ``state`` of a temporary file in :func:`list_temp_files`.
+TEMP_IN_PROGRESS = "in_progress"
+TEMP_ORPHAN = "orphan"
+TEMP_UNKNOWN = "unknown"
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux), else None.
+
+    With the pid it tells a process apart from a later one that reused its pid.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19])  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _temp_prefix() -> str:
+    pid = os.getpid()
+    return f"{TEMP_PREFIX}{_host_tag()}-{pid}-{_process_start(pid) or 0}-"
+
+
+def _make_temp(directory: Path) -> tuple[int, Path]:
+    """A new private (0600) temporary file in ``directory`` named after this process."""
+    prefix = _temp_prefix()
+    while True:
+        path = directory / f"{prefix}{secrets.token_hex(6)}{TEMP_SUFFIX}"
         try:
-            _remove_file(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not prune backup %s: %s", path, exc.strerror)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE), path
+        except FileExistsError:
+            continue
+
+
+def _temp_state(name: str) -> str:
+    match = TEMP_NAME.match(name)
+    if match is None or match["host"] is None or match["host"] != _host_tag():
+        return TEMP_UNKNOWN  # an older icn-mcp's, or another host's: cannot tell
+    pid, start = int(match["pid"]), int(match["start"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return TEMP_ORPHAN
+    except PermissionError:
+        pass  # alive, another user's
+    except OSError:
+        return TEMP_UNKNOWN
+    actual = _process_start(pid)
+    if start and actual is not None and actual != start:
+        return TEMP_ORPHAN  # the pid was reused by a later process
+    return TEMP_IN_PROGRESS
+
+
+def list_temp_files(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Temporary files of backups in ``directory``: ``{"path", "size_bytes", "state"}``.
+
+    ``state``: ``in_progress`` (its process runs), ``orphan`` (its process is gone:
+    a killed backup's; the next backup removes it) or ``unknown`` (made by an older
+    icn-mcp or on another host; remove it by hand when no backup runs).
+    """
+    directory = Path(directory)
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and TEMP_NAME.match(name)):
             continue
         try:
-            os.unlink(manifest_path(path))
+            size = os.stat(directory / name).st_size
         except FileNotFoundError:
-            pass
+            continue
+        found.append({"path": str(directory / name), "size_bytes": size, "state": _temp_state(name)})
+    return found
+
+
+def remove_orphan_temp_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporary files of backups whose process is gone; the paths removed."""
+    removed = []
+    for item in list_temp_files(directory):
+        if item["state"] != TEMP_ORPHAN:
+            continue
+        try:
+            _remove_file(item["path"])
+        except FileNotFoundError:
+            continue
         except OSError as exc:
-            log.warning("could not remove manifest of pruned backup %s: %s", path, exc.strerror)
-        removed.append(str(path))
-        log.info("pruned backup %s", path)
+            log.warning("could not remove orphaned backup file %s: %s", item["path"], _cause(exc))
+            continue
+        log.warning("removed %s (%d bytes), left by a backup whose process is gone", item["path"], item["size_bytes"])
+        removed.append(item["path"])
     return removed
 
 
@@ -596,6 +774,7 @@ def create_backup(
     final = _final_path(db, path, backup_dir, prefix, moment)
     directory = final.parent
     _make_directory(directory, final)
+    remove_orphan_temp_files(directory)  # killed backups' leftovers: their space counts below
     _require_free_space(db, directory, final)
 
     timings: dict[str, float] = {}
@@ -604,11 +783,16 @@ def create_backup(
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-backup-hash")
     temps: list[Path] = []
     published: list[Path] = []
+    # Held (flock, shared) on the new file's inode from now until this call returns:
+    # once published, a concurrent pruner sees the backup in use and leaves it.
+    hold_fd: int | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-        os.close(fd)  # mkstemp created it 0600; SQLite writes into it
-        tmp = Path(tmp_name)
+        hold_fd, tmp = _make_temp(directory)
         temps += [tmp] + [Path(f"{tmp}{s}") for s in ("-journal", "-wal", "-shm")]
+        try:
+            fcntl.flock(hold_fd, fcntl.LOCK_SH)
+        except OSError as exc:  # a filesystem without flock: pruning is then unprotected
+            log.debug("cannot flock %s: %s", tmp, exc)
 
         phase = time.perf_counter()
         # Read-only, and never created: a missing live file is an error, not an
@@ -693,8 +877,7 @@ def create_backup(
             "check": check,
             "row_counts": rows,
         }
-        fd, manifest_tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-        manifest_tmp = Path(manifest_tmp_name)
+        fd, manifest_tmp = _make_temp(directory)
         temps.append(manifest_tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=True)
@@ -715,6 +898,8 @@ def create_backup(
         for future in pending:
             if not future.cancel():
                 future.exception()  # wait: never delete the file under a running hash
+        if hold_fd is not None:
+            os.close(hold_fd)
         for leftover in temps + published:
             try:
                 _remove_file(leftover)
@@ -733,7 +918,10 @@ def create_backup(
     finally:
         hasher.shutdown(wait=True)
 
-    pruned = prune_backups(directory, keep, protect=final) if keep else []
+    try:
+        pruned = prune_backups(directory, keep, protect=final) if keep else []
+    finally:
+        os.close(hold_fd)
     timings["total"] = time.perf_counter() - started
     log.info("backup of %s written to %s (%d bytes)", db.path, final, size)
     return BackupResult(
@@ -779,8 +967,14 @@ def _final_path(
     moment: datetime,
 ) -> Path:
     if path is not None:
-        target = Path(os.path.abspath(os.fspath(path)))
+        raw = os.fspath(path)
+        target = Path(os.path.abspath(raw))
         if target.is_dir():
+            return _free_name(target, prefix, moment)
+        if raw.endswith((os.sep, os.sep + ".")) or (os.altsep and raw.endswith(os.altsep)):
+            # ``DIR/``: a directory, to be created; never a file named DIR.
+            if target.exists():
+                raise BackupError(str(target), "is not a directory, but PATH ends with a slash")
             return _free_name(target, prefix, moment)
         if target.exists() or manifest_path(target).exists():
             raise BackupError(
@@ -816,9 +1010,15 @@ def _require_free_space(db: "Database", directory: Path, final: Path) -> None:
         return  # unknown: the copy itself will fail cleanly if space runs out
     free = st.f_bavail * st.f_frsize
     if free < needed:
+        others = list_temp_files(directory)
+        held = (
+            f"; {len(others)} temporary backup file(s) there hold {sum(t['size_bytes'] for t in others)} bytes "
+            f"({', '.join(sorted({t['state'] for t in others}))}: see 'icn-mcp db info')"
+            if others else ""
+        )
         raise BackupError(
             str(final),
-            f"not enough free space in {directory}: about {needed} bytes needed, {free} free",
+            f"not enough free space in {directory}: about {needed} bytes needed, {free} free{held}",
             hint="free some space or back up to another filesystem",
         )
 

@@ -103,7 +103,9 @@ def get_database_info(
     ``row_count``, ``size_bytes``), ``indexes`` (``name``, ``table``, ``size_bytes``),
     ``migrations`` (``version``, ``checksum``, ``applied_at``, ``execution_ms``, ...),
     ``failed_migrations``, ``last_backup`` (``path``, ``created_at``, ``size_bytes``;
-    None when there is none), ``health`` (``ok``, ``latency_ms``, ``error``) and
+    None when there is none), ``backup_temp_files`` (temporary files of backups in
+    the backup directory: ``path``, ``size_bytes``, ``state`` = ``in_progress``,
+    ``orphan`` or ``unknown``; see :func:`icn_mcp.db.backup.list_temp_files`), ``health`` (``ok``, ``latency_ms``, ``error``) and
     ``elapsed_ms`` (how long gathering this took).
 
     ``backup_dir`` is where to look for the last backup (default: ``backups/``
@@ -178,6 +180,7 @@ def get_database_info(
         "migrations": [asdict(m) for m in history.values()],
         "failed_migrations": [asdict(f) for f in failures],
         "last_backup": latest,
+        "backup_temp_files": _backup.list_temp_files(directory),
         "health": {
             "ok": health["ok"],
             "latency_ms": health["latency_ms"],

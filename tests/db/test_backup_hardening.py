@@ -1,0 +1,253 @@
+"""create_backup under races and crashes (issue 9): concurrent pruning, killed backups'
+temporary files, the default directory, a PATH ending in '/'."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from icn_mcp.db import Database
+from icn_mcp.db import backup as backup_module
+from icn_mcp.db.backup import BACKUP_NAME, list_backups
+from tests.db.backup_support import make_db
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = make_db(tmp_path / "live" / "icn-mcp.sqlite", rows=300)
+    yield database
+    database.close()
+
+
+# -- concurrent pruning (item 2) ------------------------------------------------------
+
+ROUNDS = 30
+WORKERS = 3
+
+
+def _backup_rounds(db_path: str, directory: str, barrier, results) -> None:
+    """One process: ROUNDS times, start a keep=1 backup together with the others."""
+    try:
+        with Database(db_path, migrate=False) as db:
+            for _ in range(ROUNDS):
+                barrier.wait(timeout=120)
+                made = db.create_backup(backup_dir=directory, keep=1, check="none")
+                results.put((made.path, made.pruned))
+                barrier.wait(timeout=120)  # the parent counts what is left
+    except BaseException as exc:  # report, never hang the parent at the barrier
+        results.put(("error", repr(exc)))
+        barrier.abort()
+        raise
+
+
+@pytest.mark.slow
+def test_concurrent_keep_1_backups_never_leave_zero_and_never_delete_a_newer_one(db, tmp_path):
+    directory = tmp_path / "backups"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(WORKERS + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_backup_rounds, args=(str(db.path), str(directory), barrier, results))
+        for _ in range(WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    empty_rounds = 0
+    lost_newest = 0
+    pruned_newer = []
+    try:
+        for _ in range(ROUNDS):
+            barrier.wait(timeout=120)  # go
+            barrier.wait(timeout=120)  # all three returned
+            made = [results.get(timeout=10) for _ in range(WORKERS)]
+            assert all(path != "error" for path, _ in made), made
+            pruned_newer += [(own, p) for own, pruned in made for p in pruned if Path(p).name > Path(own).name]
+            left = list_backups(directory)
+            empty_rounds += not left
+            newest = max(Path(path).name for path, _ in made)
+            lost_newest += not (directory / newest).exists()
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    assert empty_rounds == 0, f"{empty_rounds} of {ROUNDS} rounds left no backup at all"
+    assert lost_newest == 0, f"the newest backup of a round was pruned in {lost_newest} rounds"
+    assert pruned_newer == [], "a backup pruned one newer than itself"
+    assert all(w.exitcode == 0 for w in workers)
+    # Every backup left is whole: its manifest is beside it.
+    assert all(backup_module.manifest_path(p).exists() for p in list_backups(directory))
+
+
+def test_a_backup_in_use_by_its_maker_is_not_pruned(db, tmp_path):
+    """The per-file lock: a published backup whose maker has not returned is skipped."""
+    import fcntl
+
+    directory = tmp_path / "backups"
+    first = db.create_backup(backup_dir=directory)
+    fd = os.open(first.path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # as create_backup holds it until it returns
+        second = db.create_backup(backup_dir=directory, keep=1)
+        assert second.pruned == [] and Path(first.path).exists()
+    finally:
+        os.close(fd)
+    third = db.create_backup(backup_dir=directory, keep=1)
+    assert set(third.pruned) == {first.path, second.path}
+
+
+# -- killed backups' temporary files (item 3) -----------------------------------------
+
+PAUSED_BACKUP = r"""
+import sys, time
+from pathlib import Path
+from icn_mcp.db import Database
+db_path, directory, ready = sys.argv[1:4]
+def progress(phase, done, total):
+    if phase == "check":
+        Path(ready).touch()
+        time.sleep(600)  # killed here, with its temporary file written
+with Database(db_path, migrate=False) as db:
+    db.create_backup(backup_dir=directory, progress=progress)
+"""
+
+
+def _paused_backup(db: Database, directory: Path, ready: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_BACKUP, str(db.path), str(directory), str(ready)])
+    while not ready.exists():
+        assert proc.poll() is None, "the backup process died early"
+        import time
+
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_9_leftovers_are_reported_then_removed_but_a_running_backups_file_is_not(db, tmp_path):
+    directory = tmp_path / "backups"
+    running = _paused_backup(db, directory, tmp_path / "ready-1")
+    try:
+        killed = _paused_backup(db, directory, tmp_path / "ready-2")
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        temps = backup_module.list_temp_files(directory)
+        assert sorted(t["state"] for t in temps) == ["in_progress", "orphan"]
+        orphan = next(t for t in temps if t["state"] == "orphan")
+        assert str(killed.pid) in Path(orphan["path"]).name and orphan["size_bytes"] > 0
+        info = db.get_database_info(backup_dir=directory)
+        assert sorted(t["state"] for t in info["backup_temp_files"]) == ["in_progress", "orphan"]
+        shown = run_cli("db", "--db", str(db.path), "info", env={"MCP_BACKUP_DIR": str(directory)})
+        assert shown.returncode == 0 and "orphaned (its backup was killed)" in shown.stdout
+
+        db.create_backup(backup_dir=directory)
+        left = backup_module.list_temp_files(directory)
+        assert [t["state"] for t in left] == ["in_progress"], "the orphan goes, the running one stays"
+        assert not Path(orphan["path"]).exists()
+    finally:
+        running.kill()
+        running.wait()
+    db.create_backup(backup_dir=directory)
+    assert backup_module.list_temp_files(directory) == []
+    assert all(BACKUP_NAME.match(n) or n.endswith(".json") for n in os.listdir(directory))
+
+
+def test_a_reused_pid_does_not_make_a_temp_file_look_alive(tmp_path):
+    """Our own pid with another start time: a process that died before we got its pid."""
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    pid = os.getpid()
+    host = backup_module._host_tag()
+    start = backup_module._process_start(pid)
+    assert start is not None, "Linux /proc is needed for the start time"
+    mine = directory / f".icn-mcp-backup-{host}-{pid}-{start}-abc.tmp"
+    reused = directory / f".icn-mcp-backup-{host}-{pid}-{start + 1}-abc.tmp"
+    elsewhere = directory / f".icn-mcp-backup-{'0' * 8}-1-1-abc.tmp"
+    legacy = directory / ".icn-mcp-backup-k3j4h5g6.tmp"
+    for path in (mine, reused, elsewhere, legacy):
+        path.write_bytes(b"x" * 10)
+    states = {Path(t["path"]).name: t["state"] for t in backup_module.list_temp_files(directory)}
+    assert states == {mine.name: "in_progress", reused.name: "orphan",
+                      elsewhere.name: "unknown", legacy.name: "unknown"}
+    assert backup_module.remove_orphan_temp_files(directory) == [str(reused)]
+
+
+def test_the_free_space_check_counts_the_space_orphans_free(db, tmp_path):
+    """On a real full filesystem: an orphan's space is freed before the check."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        orphan = mount_point / f".icn-mcp-backup-{backup_module._host_tag()}-{dead.pid}-1-abc.tmp"
+        free = os.statvfs(mount_point).f_bavail * os.statvfs(mount_point).f_frsize
+        orphan.write_bytes(b"\0" * (free - 4 * 1024 * 1024))  # 4 MiB left: < the 16 MiB margin
+        made = db.create_backup(backup_dir=mount_point)
+        assert Path(made.path).exists() and not orphan.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+# -- default directory and PATH/ (items 8, 20) ------------------------------------------
+
+
+def test_with_only_mcp_db_path_backups_go_beside_the_database(tmp_path):
+    db_path = tmp_path / "data" / "hq.sqlite"
+    make_db(db_path, rows=3).close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"MCP_DB_PATH": str(db_path)}
+    made = run_cli("db", "backup", env=env, cwd=elsewhere)
+    assert made.returncode == 0, made.stderr
+    assert Path(made.stdout.split()[3]).parent == tmp_path / "data" / "backups"
+    assert os.listdir(elsewhere) == [], "nothing relative to the current directory"
+    info = run_cli("db", "info", "--json", env=env, cwd=elsewhere)
+    assert info.returncode == 0 and '"last_backup": {' in info.stdout
+    restored = run_cli("db", "restore", made.stdout.split()[3], "--yes", env=env, cwd=elsewhere)
+    assert restored.returncode == 0, restored.stderr
+    assert os.listdir(elsewhere) == []
+    assert any(n.startswith("icn-mcp-pre-restore-") for n in os.listdir(tmp_path / "data" / "backups"))
+
+
+def test_process_wide_backups_go_beside_mcp_db_path(tmp_path, monkeypatch):
+    import icn_mcp.db as api
+
+    monkeypatch.setenv("MCP_DB_PATH", str(tmp_path / "data" / "hq.sqlite"))
+    monkeypatch.chdir(tmp_path)
+    api.close_db()
+    try:
+        assert Path(api.create_backup().path).parent == tmp_path / "data" / "backups"
+    finally:
+        api.close_db()
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize("suffix", ["/", "/."])
+def test_a_path_ending_in_a_slash_is_a_directory(tmp_path, suffix):
+    make_db(tmp_path / "var" / "icn-mcp.sqlite", rows=3).close()
+    target = tmp_path / "new-dir"
+    made = run_cli("db", "backup", f"{target}{suffix}", env={"MCP_DB_DIR": str(tmp_path / "var")})
+    assert made.returncode == 0, made.stderr
+    assert target.is_dir() and target.stat().st_mode & 0o777 == 0o700
+    assert Path(made.stdout.split()[3]).parent == target
+    assert BACKUP_NAME.match(Path(made.stdout.split()[3]).name)
+
+
+def test_a_path_ending_in_a_slash_that_names_a_file_is_refused(db, tmp_path):
+    from icn_mcp.errors import BackupError
+
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(BackupError) as info:
+        db.create_backup(f"{tmp_path / 'a-file'}/")
+    assert "not a directory" in str(info.value)
+    assert (tmp_path / "a-file").read_text() == "mine"
