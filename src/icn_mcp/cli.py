@@ -492,6 +492,55 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
         click.echo(f"created at {result.created_at}")
 
 
+# -- agents (store/agents.py) ------------------------------------------------------
+
+
+@main.group(cls=_Group)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
+)
+@click.pass_context
+def agent(ctx: click.Context, db_path: Path | None) -> None:
+    """Operator commands for agents and their tokens."""
+    settings = Settings.from_env()
+    ctx.obj = {"path": db_path or settings.db_path, "settings": settings}
+
+
+@agent.command("revoke-tokens")
+@click.option("--all", "all_tokens", is_flag=True, help="Revoke every agent token (required).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@click.pass_context
+def revoke_tokens(ctx: click.Context, all_tokens: bool, yes: bool) -> None:
+    """Revoke every agent token, e.g. after 'db restore' brought old tokens back.
+
+    Agents then get 401 and cannot refresh: each registers again, or a maintainer
+    issues it a token. Tasks, runs and agents' rows are kept.
+    """
+    from icn_mcp.store import Store
+
+    path = Path(ctx.obj["path"])
+    if not all_tokens:
+        _fail("revoke-tokens needs --all (revoking every agent token is the only mode)", code=EXIT_USAGE)
+    if not path.exists():
+        _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH")
+    if not yes:
+        if not _is_terminal(sys.stdin):
+            _fail(
+                f"not revoking the tokens in {path} without confirmation: stdin is not a terminal",
+                "pass --yes to revoke non-interactively",
+                code=EXIT_USAGE,
+            )
+        if not click.confirm(f"Revoke every agent token in {path}? Agents must register again."):
+            _fail("cancelled; nothing was changed")
+    settings: Settings = ctx.obj["settings"]
+    with Database(path, **settings.database_options()) as database:
+        revoked = Store.from_settings(database, settings).revoke_all_tokens()
+    click.echo(f"revoked {revoked} agent token(s) in {path}; agents must register again")
+
+
 @main.command()
 @click.option("--host", help="Address to listen on (default: MCP_HOST, else 127.0.0.1).")
 @click.option(

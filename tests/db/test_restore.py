@@ -625,3 +625,45 @@ def test_restore_whose_commit_hits_a_full_disk_is_a_restore_error_and_changes_no
         assert live.restore_from_backup(backup, backup_dir=tmp_path / "backups").row_counts["numbers"] == 4000
     finally:
         live.close()
+
+
+def test_revoke_tokens_after_a_restore_brings_refreshed_away_tokens_back(tmp_path):
+    """The restore is faithful (the old token lives again); the operator command ends it."""
+    from icn_mcp.errors import Unauthorized
+    from icn_mcp.store import Store
+    from tests.helpers import run_cli
+
+    db_path = tmp_path / "var" / "icn-mcp.sqlite"
+    env = {"MCP_DB_DIR": str(tmp_path / "var")}
+    with make_db(db_path, rows=1) as db:
+        store = Store(db)
+        first = store.register_agent("planner-1", "planner")
+        second = store.register_agent("ops-1", "ops", credential=first.token)
+        backup = db.create_backup(tmp_path / "b.sqlite").path
+        refreshed = store.refresh_token(first.token)  # first.token is revoked now
+        with pytest.raises(Unauthorized):
+            store.authenticate(first.token)
+        db.restore_from_backup(backup)
+        assert store.authenticate(first.token).name == "planner-1", "the restore brought it back"
+
+    usage = run_cli("agent", "revoke-tokens", "--yes", env=env)
+    assert usage.returncode == 2 and "--all" in usage.stderr
+    unconfirmed = run_cli("agent", "revoke-tokens", "--all", env=env)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    result = run_cli("agent", "revoke-tokens", "--all", "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "revoked 2 agent token(s)" in result.stdout
+
+    with Database(db_path) as db:
+        store = Store(db)
+        for token in (first.token, second.token, refreshed.token):
+            with pytest.raises(Unauthorized):
+                store.authenticate(token)
+        with pytest.raises(Unauthorized):
+            store.refresh_token(second.token)
+        assert _count(db) == 1 and db.connection().execute("SELECT count(*) FROM agents").fetchone()[0] == 2
+    again = run_cli("agent", "revoke-tokens", "--all", "--yes", env=env)
+    assert again.returncode == 0 and "revoked 0 agent token(s)" in again.stdout
+    missing = run_cli("agent", "--db", str(tmp_path / "none.sqlite"), "revoke-tokens", "--all", "--yes", env=env)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert not (tmp_path / "none.sqlite").exists()

@@ -259,6 +259,23 @@ class AgentsMixin:
 
         self._db.run_in_transaction(revoke)
 
+    def revoke_all_tokens(self) -> int:
+        """Revoke every agent token not yet revoked, in one transaction; how many.
+
+        For operators after a restore, which brings back the backup's tokens, also
+        those refreshed away or revoked since (docs/backup.md). Agents keep their
+        rows, runs and unexpired leases; their next request answers 401 and a
+        refresh is refused, so each registers again (or a maintainer issues it one).
+        """
+
+        def revoke(conn: sqlite3.Connection) -> int:
+            now = format_ts(self._clock())
+            return conn.execute(
+                "UPDATE agent_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now,)
+            ).rowcount
+
+        return self._db.run_in_transaction(revoke)
+
     def cleanup_expired(self) -> int:
         """Remove what can never be used again; the number of agents removed.
 
