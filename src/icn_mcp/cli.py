@@ -74,6 +74,20 @@ def _debug(ctx: click.Context) -> bool:
     return bool(root.params.get("debug"))
 
 
+class _DatabaseFile(click.Path):
+    """A database FILE path: ``x/`` names a directory, so it is refused (a missing
+    ``x/`` would otherwise become a database file named ``x``)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        raw = os.fspath(value) if isinstance(value, (str, os.PathLike)) else value
+        if isinstance(raw, str) and raw.endswith((os.sep, os.sep + ".")):
+            self.fail(f"{raw!r} ends with '/', so it names a directory: give the database file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="icn-mcp")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
@@ -91,7 +105,7 @@ def main(debug: bool, verbose: bool) -> None:
 @click.option(
     "--db",
     "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_DatabaseFile(),
     help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
 )
 @click.option(
@@ -481,7 +495,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
     manifest = (
         "manifest SHA-256, size and row counts match"
         if result.manifest_ok
-        else "no manifest beside it"
+        else f"NO manifest beside it ({path}.json): 'db restore' refuses it without --without-manifest"
     )
     click.echo(f"ok: {result.path} ({_human(result.size_bytes)})")
     click.echo(
@@ -499,7 +513,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
 @click.option(
     "--db",
     "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=_DatabaseFile(),
     help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
 )
 @click.pass_context

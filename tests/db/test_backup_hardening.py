@@ -251,3 +251,64 @@ def test_a_path_ending_in_a_slash_that_names_a_file_is_refused(db, tmp_path):
         db.create_backup(f"{tmp_path / 'a-file'}/")
     assert "not a directory" in str(info.value)
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+# -- siblings ---------------------------------------------------------------------------
+
+
+def test_removing_an_orphan_that_is_another_name_of_a_backup_keeps_the_backup(db, tmp_path, monkeypatch):
+    """A backup killed between publishing (link) and removing its temp name leaves a
+    second name of the published backup: removing it must not empty the backup."""
+    directory = tmp_path / "backups"
+    monkeypatch.setattr(backup_module, "REMOVE_STEP_BYTES", 4096)  # shrink in small steps
+    made = db.create_backup(backup_dir=directory)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = directory / f".icn-mcp-backup-{backup_module._host_tag()}-{dead.pid}-1-abc.tmp"
+    os.link(made.path, orphan)
+    before = Path(made.path).read_bytes()
+    assert backup_module.remove_orphan_temp_files(directory) == [str(orphan)]
+    assert Path(made.path).read_bytes() == before and db.verify_backup(made.path).ok
+
+
+def test_pruning_a_backup_with_a_hard_link_elsewhere_keeps_the_other_name_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(backup_module, "REMOVE_STEP_BYTES", 4096)  # shrink in small steps
+    with make_db(tmp_path / "live.sqlite", rows=300) as db:
+        first = db.create_backup(backup_dir=tmp_path / "backups")
+        kept = tmp_path / "my-copy.sqlite"
+        os.link(first.path, kept)
+        before = kept.read_bytes()
+        second = db.create_backup(backup_dir=tmp_path / "backups", keep=1)
+    assert second.pruned == [first.path]
+    assert kept.read_bytes() == before
+
+
+@pytest.mark.parametrize("group", ["db", "agent"])
+def test_a_database_path_ending_in_a_slash_is_refused_not_created_as_a_file(tmp_path, group):
+    command = ["migrate"] if group == "db" else ["revoke-tokens", "--all", "--yes"]
+    result = run_cli(group, "--db", f"{tmp_path / 'x'}/", *command)
+    assert result.returncode == 2 and "names a directory" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_module_level_restore_on_a_machine_without_a_database(tmp_path, monkeypatch):
+    import icn_mcp.db as api
+
+    with make_db(tmp_path / "old.sqlite", rows=4) as old:
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    monkeypatch.setenv("MCP_DB_DIR", str(tmp_path / "new"))
+    api.close_db()
+    try:
+        result = api.restore_from_backup(backup)
+        assert result.database_created and result.safety_backup_path is None
+        assert api.get_db().connection().execute("SELECT count(*) FROM numbers").fetchone()[0] == 4
+    finally:
+        api.close_db()
+    assert not (tmp_path / "new" / "backups").exists()
+
+
+def test_verify_backup_refuses_a_file_with_a_wal_beside_it(db, tmp_path):
+    made = Path(db.create_backup(tmp_path / "b.sqlite").path)
+    Path(f"{made}-wal").write_bytes(b"\1" * 100)
+    result = db.verify_backup(made)
+    assert not result.ok and "-wal" in result.problems[0] and "self-contained" in result.problems[0]

@@ -46,7 +46,6 @@ import re
 import secrets
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -531,7 +530,11 @@ def _remove_file(path: str | os.PathLike[str]) -> None:
     runs; freeing 16 MB at a time keeps each transaction small.
     """
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
+        size = st.st_size if st.st_nlink == 1 else 0
+        # Another name for the same file (a temp file of a backup killed between its
+        # link and unlink, or a user's hard link to a backup): unlink only this name.
+        # Shrinking would empty the file under its other name too.
         while size > REMOVE_STEP_BYTES:
             size -= REMOVE_STEP_BYTES
             os.truncate(path, size)
@@ -1363,6 +1366,16 @@ def restore_from_backup(
     backup by :func:`restore_new_database`; there is nothing to keep a safety copy of.
     """
     if db is None:
+        from icn_mcp.config import Settings  # config is read only at the edges
+
+        settings = Settings.from_env()
+        if not settings.db_path.exists():
+            # get_db() would first create (and migrate) an empty database, only to
+            # keep a safety copy of it: create the database from the backup instead.
+            return restore_new_database(
+                path, settings.db_path, migrations_dir=settings.migrations_dir, check=check,
+                without_manifest=without_manifest,
+            )
         db, defaults = process_wide()
         backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
     started = time.perf_counter()
@@ -1591,9 +1604,11 @@ def _restore_new(
     tmp: Path | None = None
     try:
         created = _make_directories(target.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.restore-", suffix=TEMP_SUFFIX, dir=target.parent)
+        # Named like a backup's temp file (this process, its start time), so the next
+        # restore here removes it if this one is killed.
+        remove_orphan_temp_files(target.parent)
+        fd, tmp = _make_temp(target.parent)
         os.close(fd)  # 0600: SQLite writes into it, and its -wal/-shm inherit that
-        tmp = Path(tmp_name)
         source = sqlite3.connect(_source_uri(source_path), uri=True, isolation_level=None)
         try:
             dest = sqlite3.connect(tmp, isolation_level=None)
