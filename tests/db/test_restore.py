@@ -667,3 +667,23 @@ def test_revoke_tokens_after_a_restore_brings_refreshed_away_tokens_back(tmp_pat
     missing = run_cli("agent", "--db", str(tmp_path / "none.sqlite"), "revoke-tokens", "--all", "--yes", env=env)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_no_transaction_migration_the_backup_lacks_is_applied_right_after_the_commit(tmp_path):
+    """It cannot run inside the restore's transaction: the ones before it do, it and
+    the ones after it run right after the commit, as 'db migrate' would."""
+    from icn_mcp.db.migrations import NO_TRANSACTION_MARKER
+
+    migrations = copy_migrations(tmp_path / "migrations")
+    with make_db(tmp_path / "old.sqlite", rows=10, migrations_dir=migrations) as old:
+        backup = old.create_backup(tmp_path / "b.sqlite").path
+    (migrations / "9001_in_tx.sql").write_text("CREATE TABLE a (id INTEGER PRIMARY KEY);\n")
+    (migrations / "9002_outside.sql").write_text(f"{NO_TRANSACTION_MARKER}\nCREATE TABLE b (id INTEGER PRIMARY KEY);\n")
+    (migrations / "9003_after.sql").write_text("CREATE TABLE c (id INTEGER PRIMARY KEY);\n")
+    with make_db(tmp_path / "live.sqlite", rows=3, migrations_dir=migrations) as live:
+        result = live.restore_from_backup(backup)
+        assert result.migrations_applied == ["9001_in_tx", "9002_outside", "9003_after"]
+        assert result.backup_latest_migration == shipped_versions()[-1]
+        assert result.latest_migration == "9003_after" and _count(live) == 10
+        names = {r[0] for r in live.connection().execute("SELECT name FROM sqlite_schema")}
+        assert {"a", "b", "c"} <= names
