@@ -88,6 +88,15 @@ class _DatabaseFile(click.Path):
         return super().convert(value, param, ctx)
 
 
+#: ``--db`` of the command groups that open the database.
+_db_option = click.option(
+    "--db",
+    "db_path",
+    type=_DatabaseFile(),
+    help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="icn-mcp")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
@@ -102,12 +111,7 @@ def main(debug: bool, verbose: bool) -> None:
 
 
 @main.group(cls=_Group)
-@click.option(
-    "--db",
-    "db_path",
-    type=_DatabaseFile(),
-    help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
-)
+@_db_option
 @click.option(
     "--migrations-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -248,6 +252,18 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     return directory, settings.backup_keep, settings.backup_check.lower()
 
 
+def _confirm(question: str, refusal: str, verb: str) -> None:
+    """Ask on a terminal; elsewhere refuse with exit status 2 (``--yes`` skips this)."""
+    if not _is_terminal(sys.stdin):
+        _fail(
+            f"{refusal} without confirmation: stdin is not a terminal",
+            f"pass --yes to {verb} non-interactively",
+            code=EXIT_USAGE,
+        )
+    if not click.confirm(question):
+        _fail(f"{verb} cancelled; nothing was changed")
+
+
 def _require_database(ctx: click.Context) -> None:
     path = Path(ctx.obj["path"])
     if not path.exists():
@@ -362,19 +378,13 @@ def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -
 
     target = Path(ctx.obj["path"]).absolute()
     if not yes:
-        if not _is_terminal(sys.stdin):
-            _fail(
-                f"not restoring {target} without confirmation: stdin is not a terminal",
-                "pass --yes to restore non-interactively",
-                code=EXIT_USAGE,
-            )
-        question = (
+        _confirm(
             f"Replace the contents of {target} with {path}? (a safety backup is made first)"
             if target.exists()
-            else f"Create {target} from {path}?"
+            else f"Create {target} from {path}?",
+            f"not restoring {target}",
+            "restore",
         )
-        if not click.confirm(question):
-            _fail("restore cancelled; nothing was changed")
     directory, _, check = _backup_settings(ctx)
     if not target.exists():
         # A machine without a database: opening one would create an empty file (and
@@ -510,12 +520,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
 
 
 @main.group(cls=_Group)
-@click.option(
-    "--db",
-    "db_path",
-    type=_DatabaseFile(),
-    help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
-)
+@_db_option
 @click.pass_context
 def agent(ctx: click.Context, db_path: Path | None) -> None:
     """Operator commands for agents and their tokens."""
@@ -541,14 +546,11 @@ def revoke_tokens(ctx: click.Context, all_tokens: bool, yes: bool) -> None:
     if not path.exists():
         _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH")
     if not yes:
-        if not _is_terminal(sys.stdin):
-            _fail(
-                f"not revoking the tokens in {path} without confirmation: stdin is not a terminal",
-                "pass --yes to revoke non-interactively",
-                code=EXIT_USAGE,
-            )
-        if not click.confirm(f"Revoke every agent token in {path}? Agents must register again."):
-            _fail("cancelled; nothing was changed")
+        _confirm(
+            f"Revoke every agent token in {path}? Agents must register again.",
+            f"not revoking the tokens in {path}",
+            "revoke",
+        )
     settings: Settings = ctx.obj["settings"]
     with Database(path, **settings.database_options()) as database:
         revoked = Store.from_settings(database, settings).revoke_all_tokens()

@@ -1525,10 +1525,28 @@ def restore_from_backup(
         latest = _latest_migration(conn)
         rows = count_rows(conn)
     log.info("restored %s from %s (safety backup %s)", db.path, source_path, safety.path if safety else None)
+    return _restore_result(
+        db.path, source_path, verification, safety.path if safety is not None else None,
+        latest, applied, rows, created=False, started=started,
+    )
+
+
+def _restore_result(
+    database: Path,
+    source_path: Path,
+    verification: BackupVerification,
+    safety_path: str | None,
+    latest: str | None,
+    applied: list[str],
+    rows: dict[str, int | None],
+    *,
+    created: bool,
+    started: float,
+) -> RestoreResult:
     return RestoreResult(
-        database=str(db.path),
+        database=str(database),
         backup_path=str(source_path),
-        safety_backup_path=safety.path if safety is not None else None,
+        safety_backup_path=safety_path,
         backup_created_at=verification.created_at or _mtime(source_path),
         backup_latest_migration=verification.latest_migration,
         latest_migration=latest,
@@ -1536,7 +1554,7 @@ def restore_from_backup(
         row_counts=rows,
         integrity="ok",
         without_manifest=verification.manifest_path is None,
-        database_created=False,
+        database_created=created,
         elapsed_s=round(time.perf_counter() - started, 4),
     )
 
@@ -1679,19 +1697,8 @@ def _restore_new(
             str(source_path), f"creating {target} from it failed: {_restore_cause(exc)}", hint=hint
         ) from exc
     log.info("created %s from %s (there was no database)", target, source_path)
-    return RestoreResult(
-        database=str(target),
-        backup_path=str(source_path),
-        safety_backup_path=None,
-        backup_created_at=verification.created_at or _mtime(source_path),
-        backup_latest_migration=verification.latest_migration,
-        latest_migration=latest,
-        migrations_applied=applied,
-        row_counts=rows,
-        integrity="ok",
-        without_manifest=verification.manifest_path is None,
-        database_created=True,
-        elapsed_s=round(time.perf_counter() - started, 4),
+    return _restore_result(
+        target, source_path, verification, None, latest, applied, rows, created=True, started=started
     )
 
 
