@@ -23,10 +23,17 @@ database's write lock (``BEGIN IMMEDIATE``) and holds it while a second connecti
 copies the live database into the safety backup and the first replaces the content
 by SQL from the attached backup, committing once. Every commit another connection
 had acknowledged is therefore in the safety copy, or it waited for the lock and
-landed in the restored database. Other connections, in any process, see the
-restored content as one committed change; no file is copied over the database, so
-no stale ``-wal``/``-shm`` can be replayed over it. Afterwards the integrity check
-runs and missing migrations are applied.
+landed in the restored database. The migrations the backup lacks run on the same
+connection before that commit, so other connections, in any process, see the
+restored content and the current schema as one committed change; no file is copied
+over the database, so no stale ``-wal``/``-shm`` can be replayed over it. Afterwards
+the integrity check runs. With no database file at all (a new machine), the backup
+is copied, migrated and checked in a temporary file linked into place at the end.
+
+Backups are read through ``immutable=1`` URIs, which never create ``-wal``/``-shm``
+beside them. Concurrent backups prune under an flock on the directory and never
+delete a newer backup or one whose maker has not returned; killed backups' temporary
+files carry their host, pid and process start time and are removed by the next one.
 
 Every public function takes ``db=`` (keyword); without it, it works on the
 process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` settings.
