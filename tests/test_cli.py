@@ -85,7 +85,7 @@ def test_bad_setting_is_a_usage_error_of_one_line(tmp_path: Path) -> None:
     result = run_cli("db", "status", env={"MCP_DB_BUSY_TIMEOUT_MS": "forever"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer >= 0")
+        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer from 0 to 86400000 (milliseconds)")
 
 
 def test_bad_usage_exits_2() -> None:

@@ -22,6 +22,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from icn_mcp.config import (
+    MAX_BUSY_TIMEOUT_MS,
+    MAX_CACHE_SIZE_KIB,
+    MAX_INTERVAL_S,
+    MAX_JOURNAL_SIZE_LIMIT,
+    MAX_RETRIES,
+)
 from icn_mcp.db import migrations as _migrations
 from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
 from icn_mcp.errors import (
@@ -124,11 +131,13 @@ class Database:
         temp_store = str(temp_store).upper()
         _require(synchronous in _SYNCHRONOUS, "synchronous", synchronous, "one of " + ", ".join(_SYNCHRONOUS))
         _require(temp_store in _TEMP_STORE, "temp_store", temp_store, "one of " + ", ".join(_TEMP_STORE))
-        _require(_is_int(busy_timeout_ms) and busy_timeout_ms >= 0, "busy_timeout_ms", busy_timeout_ms, "an integer >= 0")
-        _require(_is_int(cache_size_kib) and cache_size_kib > 0, "cache_size_kib", cache_size_kib, "an integer > 0")
-        _require(_is_int(journal_size_limit) and journal_size_limit >= -1, "journal_size_limit", journal_size_limit, "an integer >= -1")
-        _require(_is_int(retries) and retries >= 0, "retries", retries, "an integer >= 0")
-        _require(health_check_interval_s >= 0, "health_check_interval_s", health_check_interval_s, "a number >= 0")
+        _require_int("busy_timeout_ms", busy_timeout_ms, 0, MAX_BUSY_TIMEOUT_MS)
+        _require_int("cache_size_kib", cache_size_kib, 1, MAX_CACHE_SIZE_KIB)
+        _require_int("journal_size_limit", journal_size_limit, -1, MAX_JOURNAL_SIZE_LIMIT)
+        _require_int("retries", retries, 0, MAX_RETRIES)
+        _require_seconds("health_check_interval_s", health_check_interval_s)
+        _require_seconds("retry_base_delay_s", retry_base_delay_s)
+        _require_seconds("retry_max_delay_s", retry_max_delay_s)
         raw_path = os.fspath(path)
         _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
 
@@ -660,6 +669,22 @@ class Database:
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:
         raise DatabaseError(f"{name}={value!r} is not valid: expected {allowed}")
+
+
+def _require_int(name: str, value: object, minimum: int, maximum: int) -> None:
+    # Ranges shared with the MCP_* settings (icn_mcp.config): beyond them SQLite reads a
+    # pragma back as something else, or the retry backoff overflows.
+    ok = _is_int(value) and minimum <= value <= maximum  # type: ignore[operator]
+    _require(ok, name, value, f"an integer from {minimum} to {maximum}")
+
+
+def _require_seconds(name: str, value: object) -> None:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_INTERVAL_S  # also refuses NaN
+    )
+    _require(ok, name, value, f"a number of seconds from 0 to {MAX_INTERVAL_S:g}")
 
 
 def _is_int(value: object) -> bool:
