@@ -30,6 +30,7 @@ from icn_mcp.config import (
     MAX_RETRIES,
 )
 from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
 from icn_mcp.errors import (
     BusyError,
@@ -196,7 +197,7 @@ class Database:
         SQLite gives the -wal and -shm files the permissions of the database file.
         """
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.path.parent)  # 0700 at every level it creates
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
         except OSError as exc:
