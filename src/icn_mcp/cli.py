@@ -114,6 +114,11 @@ def _open(ctx: click.Context, *, migrate: bool) -> Database:
     return Database(ctx.obj["path"], migrate=migrate, **ctx.obj["options"])
 
 
+def _inspect(ctx: click.Context) -> Database:
+    """The database opened read-only: inspection never creates, converts or writes it."""
+    return Database(ctx.obj["path"], migrate=False, read_only=True, **ctx.obj["options"])
+
+
 def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
     """The plan, without creating the database when it does not exist yet."""
     path: Path = ctx.obj["path"]
@@ -124,7 +129,7 @@ def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
             return _migrations.plan(empty, _migrations.discover(migrations_dir)), False
         finally:
             empty.close()
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         return database.migration_plan(), True
 
 
@@ -194,7 +199,7 @@ def verify(ctx: click.Context) -> None:
     path: Path = ctx.obj["path"]
     if not path.exists():
         _fail(f"database {path} does not exist", "run 'icn-mcp db migrate' to create it")
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         current = database.verify_migrations()
         result = database.connection().execute("PRAGMA quick_check").fetchall()
     problems = [row[0] for row in result if row[0] != "ok"]
@@ -372,7 +377,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
     """Show size, tables with row counts and sizes, indexes, migrations, last backup."""
     _require_database(ctx)
     directory, _, _ = _backup_settings(ctx)
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         data = database.get_database_info(backup_dir=directory)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -127,6 +128,7 @@ class Database:
         retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S,
         allow_missing_migrations: bool = False,
         allow_out_of_order_migrations: bool = False,
+        read_only: bool = False,
     ) -> None:
         synchronous = str(synchronous).upper()
         temp_store = str(temp_store).upper()
@@ -158,6 +160,9 @@ class Database:
         self.retry_max_delay_s = retry_max_delay_s
         self.allow_missing_migrations = allow_missing_migrations
         self.allow_out_of_order_migrations = allow_out_of_order_migrations
+        #: Opened for inspection: never creates, converts or writes the file.
+        self.read_only = bool(read_only)
+        self._immutable = False
 
         self._local = threading.local()
         self._registry_lock = threading.Lock()
@@ -179,11 +184,14 @@ class Database:
             "lock_waits": 0,
         }
 
-        self._create_file()
+        if self.read_only:
+            check_database_file(self.path)
+        else:
+            self._create_file()
         _open_databases.add(self)
         try:
             self.connection()
-            if migrate:
+            if migrate and not self.read_only:
                 self.migrate()
         except BaseException:
             self.close()
@@ -203,7 +211,7 @@ class Database:
         except OSError as exc:
             raise DatabaseError(
                 f"cannot create or open database file {self.path}: {exc.strerror}",
-                hint="check that the directory exists and is writable (MCP_DB_DIR / MCP_DB_PATH)",
+                hint=_write_access_hint(self.path),
             ) from None
 
     def _identity(self) -> tuple[int, int]:
@@ -241,15 +249,18 @@ class Database:
         if self._fork_error is not None:
             raise self._fork_error
         identity = self._identity()
-        try:
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,  # autocommit: we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # so close() can close it from any thread
-                timeout=self.busy_timeout_ms / 1000,
-            )
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
+        if self.read_only:
+            conn = self._connect_read_only()
+        else:
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,  # autocommit: we issue BEGIN/COMMIT ourselves
+                    check_same_thread=False,  # so close() can close it from any thread
+                    timeout=self.busy_timeout_ms / 1000,
+                )
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
         try:
             self._with_retry(lambda: self._configure(conn))
         except BaseException:
@@ -269,8 +280,55 @@ class Database:
         self._count("connections_opened")
         return record
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write: ``mode=ro``, and ``query_only`` on top.
+
+        A WAL database needs its ``-shm`` file even to read; when it does not exist and
+        cannot be created (a read-only directory), SQLite refuses ``mode=ro``. With no
+        ``-wal`` beside the file there is nothing but the file to read, so it is then
+        opened ``immutable`` (no lock, no ``-shm``).
+        """
+        from urllib.parse import quote
+
+        uri = "file:" + quote(self._path_str) + "?mode=ro"
+
+        def connect(extra: str) -> sqlite3.Connection:
+            conn = sqlite3.connect(uri + extra, uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            return connect("&immutable=1" if self._immutable else "")
+        except sqlite3.Error as exc:
+            wal = Path(self._path_str + "-wal")
+            cannot_init = getattr(exc, "sqlite_errorname", "") in (
+                "SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN")
+            if not self._immutable and cannot_init and not (wal.exists() and wal.stat().st_size):
+                try:
+                    conn = connect("&immutable=1")
+                except sqlite3.Error:
+                    pass
+                else:
+                    self._immutable = True
+                    return conn
+            raise DatabaseError(
+                f"cannot read database {self.path}: {exc}",
+                hint=_read_access_hint(self.path),
+            ) from None
+
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Apply and read back every pragma; fail loudly on any that did not take."""
+        if self.read_only:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute(f"PRAGMA temp_store = {self.temp_store}")
+            conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
+            return
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -372,6 +430,10 @@ class Database:
 
     # -- transactions ---------------------------------------------------------------
 
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise DatabaseError(f"database {self.path} was opened read-only (for inspection)")
+
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
@@ -379,6 +441,7 @@ class Database:
         Does not retry (a ``with`` block cannot be re-run); use
         :meth:`run_in_transaction` for that.
         """
+        self._refuse_read_only()
         record = self._record()
         conn = record.conn
         _refuse_nested(conn)
@@ -416,6 +479,7 @@ class Database:
         :class:`BusyError`. ``fn`` may run more than once, so it must do nothing but
         database work that the rollback undoes.
         """
+        self._refuse_read_only()
         tries = 0
         while True:
             try:
@@ -665,6 +729,82 @@ class Database:
         import asyncio
 
         return await asyncio.to_thread(self.get_database_info, **options)
+
+
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse, without creating or changing anything, a path that is not an SQLite file.
+
+    SQLite itself treats a 0-byte file as an empty database, and a read-write open
+    turns it into one; an inspection must say what it is instead.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        raise DatabaseError(
+            f"database {path} does not exist",
+            hint="check --db / MCP_DB_PATH, or run 'icn-mcp db migrate' to create it",
+        ) from None
+    except IsADirectoryError:
+        raise DatabaseError(f"database path {path} is a directory, not a database file") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}",
+                            hint=_read_access_hint(path)) from None
+    if header != SQLITE_HEADER:
+        what = "the file is empty (0 bytes)" if not header else "it does not start with the SQLite header"
+        raise DatabaseError(
+            f"{path} is not an SQLite database: {what}",
+            hint="point --db / MCP_DB_PATH at the database, or restore it from a backup "
+            "(icn-mcp db restore); it was left as it is",
+        )
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(st.st_uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {st.st_uid}"
+
+
+def _read_access_hint(path: Path) -> str:
+    """Which part of ``path`` stops this user from reading it."""
+    for level in [path, *path.parents]:
+        try:
+            st = os.stat(level)
+        except OSError:
+            continue
+        if level == path and not os.access(level, os.R_OK):
+            return (f"the file is not readable by this user (mode {stat.filemode(st.st_mode)}, "
+                    f"owner {_owner(st)}); run as its owner")
+        if level != path and not os.access(level, os.X_OK):
+            return f"directory {level} cannot be entered by this user; run as the database's owner"
+    return "check the file's permissions"
+
+
+def _write_access_hint(path: Path) -> str:
+    """What stops this user from creating or writing ``path``: the file or its directory."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return "check the permissions of the file and of every directory above it"
+    if st is not None and not os.access(path, os.W_OK):
+        return (f"the database file is read-only for this user (mode {stat.filemode(st.st_mode)}, "
+                f"owner {_owner(st)}); run as its owner. 'icn-mcp db status', 'db info' and "
+                "'db verify' can inspect it as it is")
+    directory = path.parent
+    if not directory.exists():
+        return f"directory {directory} does not exist and cannot be created here (MCP_DB_DIR / MCP_DB_PATH)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by this user (MCP_DB_DIR / MCP_DB_PATH)"
+    return "check the permissions of the file and of every directory above it"
 
 
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
