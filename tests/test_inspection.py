@@ -123,16 +123,13 @@ def _read_only_database(shared_dir: Path, *, directory_read_only: bool) -> Path:
 def test_a_read_only_database_can_be_inspected_and_is_not_changed(
         shared_dir: Path, directory_read_only: bool) -> None:
     path = _read_only_database(shared_dir, directory_read_only=directory_read_only)
-    before = {k: v for k, v in _fingerprint(path.parent).items()}
+    before = _fingerprint(path.parent)
     env = {"MCP_BACKUP_DIR": str(shared_dir / "backups")}
     for args in INSPECTIONS:
         result = _as_other_user("db", "--db", str(path), *args, env=env)
         assert result.returncode == 0, (args, result.stderr)
     assert "ok:" in _as_other_user("db", "--db", str(path), "verify", env=env).stdout
-    after = _fingerprint(path.parent)
-    assert after[path.name] == before[path.name]  # the database file itself: untouched
-    if directory_read_only:
-        assert after == before
+    assert _fingerprint(path.parent) == before  # untouched, and no -wal/-shm left beside it
 
 
 def test_writing_a_read_only_database_blames_the_file_not_the_directory(shared_dir: Path) -> None:
@@ -154,3 +151,13 @@ def test_a_read_only_database_object_refuses_writes_by_name(tmp_path: Path) -> N
         with pytest.raises(DatabaseError, match="opened read-only"):
             with db.write_transaction():
                 pass
+
+
+def test_inspecting_a_writable_database_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "hq.sqlite"
+    assert run_cli("db", "--db", str(path), "migrate").returncode == 0
+    before = _fingerprint(tmp_path)
+    for args in INSPECTIONS:
+        result = run_cli("db", "--db", str(path), *args, env={"MCP_BACKUP_DIR": str(tmp_path / "b")})
+        assert result.returncode == 0, (args, result.stderr)
+    assert _fingerprint(tmp_path) == before

@@ -133,14 +133,40 @@ def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
         return database.migration_plan(), True
 
 
+def _rehearse(ctx: click.Context) -> list[_migrations.DryRunResult]:
+    """Dry-run the pending migrations on a private scratch copy of the database.
+
+    The copy is SQLite's private temporary database (in memory, spilling to an
+    unlinked temporary file when large), made from a read-only connection: a dry run
+    creates no directory and no file, takes no write lock and changes nothing, even
+    when the database does not exist yet (then the copy is empty).
+    """
+    path: Path = ctx.obj["path"]
+    migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
+    files = _migrations.discover(migrations_dir)
+    scratch = sqlite3.connect("", isolation_level=None)
+    try:
+        if path.exists():
+            with _inspect(ctx) as database:
+                database.connection().backup(scratch)
+        else:
+            click.echo(f"database {path} does not exist yet; 'db migrate' would create it")
+        return _migrations.dry_run(scratch, files)
+    finally:
+        scratch.close()
+
+
 @db.command()
-@click.option("--dry-run", is_flag=True, help="Apply pending migrations in a transaction and roll back.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Rehearse pending migrations on a scratch copy and report; creates and changes nothing.",
+)
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool) -> None:
     """Apply pending migrations (each file in one transaction)."""
     if dry_run:
-        with _open(ctx, migrate=False) as database:
-            results = database.dry_run_migrations()
+        results = _rehearse(ctx)
         if not results:
             click.echo("nothing to apply: the database is up to date")
             return

@@ -162,7 +162,6 @@ class Database:
         self.allow_out_of_order_migrations = allow_out_of_order_migrations
         #: Opened for inspection: never creates, converts or writes the file.
         self.read_only = bool(read_only)
-        self._immutable = False
 
         self._local = threading.local()
         self._registry_lock = threading.Lock()
@@ -250,7 +249,7 @@ class Database:
             raise self._fork_error
         identity = self._identity()
         if self.read_only:
-            conn = self._connect_read_only()
+            conn = self._with_retry(self._connect_read_only)
         else:
             try:
                 conn = sqlite3.connect(
@@ -281,51 +280,48 @@ class Database:
         return record
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """A connection that cannot write: ``mode=ro``, and ``query_only`` on top.
+        """A connection that cannot write (``query_only``) and leaves nothing behind.
 
-        A WAL database needs its ``-shm`` file even to read; when it does not exist and
-        cannot be created (a read-only directory), SQLite refuses ``mode=ro``. With no
-        ``-wal`` beside the file there is nothing but the file to read, so it is then
-        opened ``immutable`` (no lock, no ``-shm``).
+        - File and directory writable: an ordinary connection with ``query_only``. It
+          creates the WAL's ``-wal``/``-shm`` like any reader, and SQLite removes them
+          when the last connection closes, so nothing is left beside the file. (A
+          ``mode=ro`` connection could not remove them.)
+        - Otherwise, with no ``-wal`` beside the file, the file holds everything:
+          ``mode=ro&immutable=1`` reads it without locks and without a ``-shm``, which
+          a read-only directory would not let SQLite create.
+        - Otherwise (a live WAL that someone else writes): ``mode=ro``.
         """
         from urllib.parse import quote
 
-        uri = "file:" + quote(self._path_str) + "?mode=ro"
-
-        def connect(extra: str) -> sqlite3.Connection:
-            conn = sqlite3.connect(uri + extra, uri=True, isolation_level=None,
-                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
-            try:
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
+        path = self._path_str
+        wal = path + "-wal"
+        writable = os.access(path, os.W_OK) and os.access(os.path.dirname(path), os.W_OK | os.X_OK)
+        live_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
+        if writable:
+            target, uri = path, False
+        else:
+            target, uri = "file:" + quote(path) + ("?mode=ro" if live_wal else "?mode=ro&immutable=1"), True
+        conn = None
         try:
-            return connect("&immutable=1" if self._immutable else "")
+            conn = sqlite3.connect(target, uri=uri, isolation_level=None,
+                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            wal = Path(self._path_str + "-wal")
-            cannot_init = getattr(exc, "sqlite_errorname", "") in (
-                "SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_CANTINIT", "SQLITE_CANTOPEN")
-            if not self._immutable and cannot_init and not (wal.exists() and wal.stat().st_size):
-                try:
-                    conn = connect("&immutable=1")
-                except sqlite3.Error:
-                    pass
-                else:
-                    self._immutable = True
-                    return conn
+            if conn is not None:
+                conn.close()
+            if is_busy_error(exc):
+                raise
             raise DatabaseError(
                 f"cannot read database {self.path}: {exc}",
                 hint=_read_access_hint(self.path),
             ) from None
+        return conn
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Apply and read back every pragma; fail loudly on any that did not take."""
         if self.read_only:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA query_only = ON")
             conn.execute(f"PRAGMA temp_store = {self.temp_store}")
             conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
             return

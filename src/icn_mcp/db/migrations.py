@@ -315,20 +315,25 @@ def ensure_history_tables(db: "Database") -> None:
     if _history_ready(db.connection()):
         return
     with db.write_transaction() as conn:
-        conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{HISTORY_TABLE}" ('
-            "version TEXT PRIMARY KEY, applied_at TEXT NOT NULL, checksum TEXT NOT NULL)"
-        )
-        columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
-        for name, decl in _HISTORY_COLUMNS.items():
-            if name not in columns:
-                conn.execute(f'ALTER TABLE "{HISTORY_TABLE}" ADD COLUMN "{name}" {decl}')
-        conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{FAILURES_TABLE}" ('
-            "id INTEGER PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL, "
-            "failed_at TEXT NOT NULL, statement_index INTEGER, line INTEGER, "
-            "statement TEXT, error TEXT NOT NULL, applied_by TEXT)"
-        )
+        _create_history_tables(conn)
+
+
+def _create_history_tables(conn: sqlite3.Connection) -> None:
+    """The statements of :func:`ensure_history_tables`, in the caller's transaction."""
+    conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{HISTORY_TABLE}" ('
+        "version TEXT PRIMARY KEY, applied_at TEXT NOT NULL, checksum TEXT NOT NULL)"
+    )
+    columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
+    for name, decl in _HISTORY_COLUMNS.items():
+        if name not in columns:
+            conn.execute(f'ALTER TABLE "{HISTORY_TABLE}" ADD COLUMN "{name}" {decl}')
+    conn.execute(
+        f'CREATE TABLE IF NOT EXISTS "{FAILURES_TABLE}" ('
+        "id INTEGER PRIMARY KEY, version TEXT NOT NULL, checksum TEXT NOT NULL, "
+        "failed_at TEXT NOT NULL, statement_index INTEGER, line INTEGER, "
+        "statement TEXT, error TEXT NOT NULL, applied_by TEXT)"
+    )
 
 
 def read_history(conn: sqlite3.Connection) -> dict[str, AppliedMigration]:
@@ -740,20 +745,24 @@ class DryRunResult:
     skipped: bool = False
 
 
-def dry_run(db: "Database", files: list[MigrationFile]) -> list[DryRunResult]:
+def dry_run(target: "Database | sqlite3.Connection", files: list[MigrationFile]) -> list[DryRunResult]:
     """Apply the pending migrations inside one transaction and roll it back.
 
+    ``target`` is a database or a connection in autocommit mode (the CLI passes a
+    scratch copy, so a dry run never touches the file). Everything, the history tables
+    included, happens inside the rolled-back transaction: a dry run leaves no trace.
     Stops at the first failure (later files depend on earlier ones). No-transaction
     migrations, and everything after one, cannot be rehearsed and are reported skipped.
     """
-    ensure_history_tables(db)
-    pending = plan(db.connection(), files).pending
+    conn = target if isinstance(target, sqlite3.Connection) else target.connection()
     by_version = {mf.version: mf for mf in files}
     results: list[DryRunResult] = []
-    conn = db.connection()
     with _foreign_keys_off(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if not _history_ready(conn):
+                _create_history_tables(conn)
+            pending = plan(conn, files).pending
             blocked = False
             for item in pending:
                 mf = by_version[item.version]
