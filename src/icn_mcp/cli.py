@@ -210,12 +210,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{item.version:<{width}}  {item.state:<8}  {item.applied_at or '':<27}  {ms}")
         if item.state == "changed":
             click.echo(f"{'':<{width}}    stored {item.stored_checksum}, file {item.file_checksum}")
-        if item.state == "failed" and item.error:
-            click.echo(f"{'':<{width}}    last error: {item.error}")
+        if item.failed_at is not None:
+            edited = "" if item.state == "failed" else " (the file changed since)"
+            click.echo(f"{'':<{width}}    failed at {item.failed_at}{edited}: {item.error}")
     counts = current.to_dict()["counts"]
     click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))  # type: ignore[union-attr]
     for version in current.out_of_order:
         click.echo(f"warning: {version} is new but sorts before the latest applied migration")
+    for item in current.failed_since_applied:
+        click.echo(f"warning: {item.version} failed and has not been applied since ('db verify' fails)")
 
 
 @db.command()

@@ -567,12 +567,14 @@ class Database:
         return _migrations.plan(self.connection(), self.migration_files())
 
     def verify_migrations(self) -> _migrations.MigrationPlan:
-        """The plan, or the first problem that would stop start-up, raised."""
+        """The plan, or its first problem raised: what would stop start-up, then a
+        migration recorded as failed that has not been applied since."""
         current = self.migration_plan()
         problems = current.problems(
             allow_missing=self.allow_missing_migrations,
             allow_out_of_order=self.allow_out_of_order_migrations,
         )
+        problems += current.failure_errors()
         if problems:
             raise problems[0]
         return current

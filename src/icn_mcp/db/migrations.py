@@ -383,6 +383,8 @@ class MigrationState:
     execution_ms: float | None = None
     applied_by: str | None = None
     error: str | None = None
+    #: When the last recorded failure of this version happened (not applied since).
+    failed_at: str | None = None
 
 
 @dataclass
@@ -414,6 +416,27 @@ class MigrationPlan:
     @property
     def failed(self) -> list[MigrationState]:
         return self._by("failed")
+
+    @property
+    def failed_since_applied(self) -> list[MigrationState]:
+        """Versions recorded as failed and not applied since (whether or not the file
+        was edited after the failure: an edited file is pending, still unproven)."""
+        return [item for item in self.items if item.failed_at is not None]
+
+    def failure_errors(self) -> list[MigrationError]:
+        """One error per version in :attr:`failed_since_applied` (for ``db verify``)."""
+        return [
+            MigrationError(
+                f"migration {item.version} failed at {item.failed_at} and has not been "
+                f"applied since: {item.error}",
+                version=item.version,
+                hint="fix the migration and run 'icn-mcp db migrate' "
+                "('icn-mcp db status' shows the error)"
+                if item.state == "failed"
+                else "its file changed since; run 'icn-mcp db migrate' to apply it",
+            )
+            for item in self.failed_since_applied
+        ]
 
     def to_dict(self) -> dict[str, object]:
         """Plain data with stable keys (for ``db status --json``)."""
@@ -494,6 +517,7 @@ def plan(conn: sqlite3.Connection, files: Iterable[MigrationFile]) -> MigrationP
                 state,
                 file_checksum=mf.checksum,
                 error=failure.error if failure is not None else None,
+                failed_at=failure.failed_at if failure is not None else None,
             )
         )
         if latest_applied is not None and mf.version < latest_applied:
