@@ -8,9 +8,11 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from icn_mcp import __version__
-from icn_mcp.config import Settings
+from icn_mcp.config import Settings, parse_host
 from icn_mcp.db import Database, MigrationPlan
 from icn_mcp.db import migrations as _migrations
 from icn_mcp.errors import ConfigError, IcnMcpError
@@ -274,6 +276,16 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     return directory, settings.backup_keep, settings.backup_check.lower()
 
 
+def _backup_file_argument(path: Path) -> None:
+    """The same answer from every command taking a backup PATH (README's exit codes):
+    a directory is bad usage (2), a missing file a failed operation (1)."""
+    if path.is_dir():
+        _fail(f"{path} is a directory, not a backup file", "give the path of a backup file "
+              "(icn-mcp-<UTC time>.sqlite)", code=EXIT_USAGE)
+    if not path.exists():
+        _fail(f"backup {path} does not exist", "check the path; 'icn-mcp db info' shows the last backup")
+
+
 def _require_database(ctx: click.Context) -> None:
     path = Path(ctx.obj["path"])
     if not path.exists():
@@ -365,7 +377,7 @@ def backup(ctx: click.Context, path: Path | None, keep: int | None) -> None:
 
 
 @db.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.pass_context
 def restore(ctx: click.Context, path: Path, yes: bool) -> None:
@@ -375,6 +387,7 @@ def restore(ctx: click.Context, path: Path, yes: bool) -> None:
     beside the others; other processes may keep the database open. Asks for
     confirmation on a terminal; elsewhere refuses (exit status 2) unless --yes.
     """
+    _backup_file_argument(path)
     target = Path(ctx.obj["path"]).absolute()
     if not yes:
         if not _is_terminal(sys.stdin):
@@ -460,6 +473,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
     """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
     from icn_mcp.db.backup import verify_backup
 
+    _backup_file_argument(path)
     migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
     result = verify_backup(path, migrations_dir=migrations_dir)
     if as_json:
@@ -507,6 +521,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -
     from icn_mcp.server.logs import configure_logging
 
     settings = Settings.from_env()
+    if host is not None:
+        host = parse_host("--host", host)  # the rule MCP_HOST follows
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
@@ -516,10 +532,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -
     try:
         serve_http(settings, announce=lambda url: click.echo(f"serving {url} (MCP at {url}/mcp)"))
     except OSError as exc:
-        _fail(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            "choose another port (--port or MCP_PORT) or stop the process using it",
-        )
+        where = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            # The host is wrong for this machine: a bad setting, and nothing about the port.
+            _fail(where, "choose an address of this machine (--host or MCP_HOST), such as "
+                  "127.0.0.1, 0.0.0.0 or a name that resolves to one", code=EXIT_USAGE)
+        if exc.errno == errno.EACCES:
+            _fail(where, "ports below 1024 need privileges; choose a port from 1024 "
+                  "(--port or MCP_PORT)")
+        _fail(where, "choose another port (--port or MCP_PORT) or stop the process using it")
 
 
 if __name__ == "__main__":

@@ -171,10 +171,32 @@ def _maintainer_tokens(name: str, raw: str) -> tuple[str, ...]:
     return tokens
 
 
-def _host(name: str, raw: str) -> str:
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_host(name: str, raw: str) -> str:
+    """An IP address, or a host name of letters, digits and hyphens (RFC 1123).
+
+    A dotted all-digit name must be a valid IPv4 address: ``999.1.1.1`` used to reach
+    the server's URL code and fail there with an internal validation error.
+    """
+    import ipaddress
+
     value = raw.strip()
-    if not value or any(c.isspace() or c in "/@" for c in value):
-        raise ConfigError(name, raw, "a host name or IP address, such as 127.0.0.1")
+    allowed = "a host name or IP address, such as 127.0.0.1, 0.0.0.0 or localhost"
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if (
+        not value
+        or len(value) > 253
+        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()  # not an IP address, so not a name either
+    ):
+        raise ConfigError(name, raw, allowed)
     return value
 
 
@@ -417,7 +439,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("MCP_ADMIN_TOKEN", "admin_token", _admin_token, "a token of at least 16 characters"),
     SettingSpec("MCP_MAINTAINER_TOKENS", "maintainer_tokens", _maintainer_tokens,
                 "comma-separated tokens of at least 16 characters"),
-    SettingSpec("MCP_HOST", "host", _host, "a host name or IP address"),
+    SettingSpec("MCP_HOST", "host", parse_host, "a host name or IP address"),
     SettingSpec("MCP_PORT", "port", _port, "an integer from 0 to 65535 (0: any free port)", 0, 65535, True),
     _int_spec("MCP_MAX_BODY_BYTES", "max_body_bytes", MIN_MAX_BODY_BYTES, MAX_MAX_BODY_BYTES, " (bytes)"),
     _int_spec("MCP_RATE_LIMIT_IP_PER_MIN", "rate_limit_ip_per_min", 0, MAX_RATE_LIMIT_PER_MIN, " (0: no limit)"),
