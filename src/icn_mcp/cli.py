@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from icn_mcp import __version__
-from icn_mcp.config import Settings, parse_host
+from icn_mcp.config import MAX_BACKUP_KEEP, Settings, parse_host
 from icn_mcp.db import Database, MigrationPlan
 from icn_mcp.db import migrations as _migrations
 from icn_mcp.errors import ConfigError, IcnMcpError
@@ -343,7 +343,7 @@ class _ProgressLine:
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--keep",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_BACKUP_KEEP),
     default=None,
     help="After success, delete all but the newest N icn-mcp-*.sqlite backups in the "
     "directory (default: MCP_BACKUP_KEEP; 0 keeps all).",
