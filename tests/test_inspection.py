@@ -161,3 +161,14 @@ def test_inspecting_a_writable_database_leaves_nothing_beside_it(tmp_path: Path)
         result = run_cli("db", "--db", str(path), *args, env={"MCP_BACKUP_DIR": str(tmp_path / "b")})
         assert result.returncode == 0, (args, result.stderr)
     assert _fingerprint(tmp_path) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"hello " * 100], ids=["empty", "text"])
+def test_a_backup_of_a_file_that_is_not_a_database_leaves_it_alone(tmp_path: Path, content: bytes) -> None:
+    """`db backup` only reads the database: it turned a 0-byte file into a 4096-byte one."""
+    path = tmp_path / "hq.sqlite"
+    path.write_bytes(content)
+    before = _fingerprint(tmp_path)
+    result = run_cli("db", "--db", str(path), "backup", str(tmp_path / "b.sqlite"))
+    assert result.returncode == 1 and f"{path} is not an SQLite database" in result.stderr
+    assert _fingerprint(tmp_path) == before

@@ -24,6 +24,7 @@ from icn_mcp import __version__
 from icn_mcp.config import MAX_BACKUP_KEEP, Settings, parse_host
 from icn_mcp.db import Database, MigrationPlan
 from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.database import check_database_file
 from icn_mcp.errors import ConfigError, IcnMcpError
 
 EXIT_FAILED = 1
@@ -357,6 +358,9 @@ def backup(ctx: click.Context, path: Path | None, keep: int | None) -> None:
     path and size; exit status 1 on failure, with nothing left behind.
     """
     _require_database(ctx)
+    # Backing up only reads the database: a 0-byte or foreign file is reported as it
+    # is, not turned into an empty database by the read-write open below.
+    check_database_file(Path(ctx.obj["path"]))
     directory, default_keep, check = _backup_settings(ctx)
     progress = _ProgressLine() if _is_terminal(sys.stderr) else None
     with _open(ctx, migrate=False) as database:
