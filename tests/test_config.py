@@ -253,3 +253,11 @@ def test_stdio_agent_settings_are_checked_like_a_registration() -> None:
         Settings.from_env({"MCP_STDIO_AGENT_NAME": "my agent"})
     assert info.value.variable == "MCP_STDIO_AGENT_NAME"
     assert Settings.from_env({"MCP_AGENT_KINDS": "wizard", "MCP_STDIO_AGENT_KIND": "wizard"}).stdio_agent_kind == "wizard"
+
+
+def test_the_lease_setting_allows_exactly_what_a_claim_may_ask_for() -> None:
+    """MCP_LEASE_S=700000 was accepted, then refused by the store naming 'default_lease_s'."""
+    from icn_mcp.config import MAX_LEASE_S
+    from icn_mcp.store.validation import LEASE_MAX_S
+
+    assert MAX_LEASE_S == LEASE_MAX_S
