@@ -145,6 +145,8 @@ def test_verify_fails_naming_a_migration_recorded_as_failed_until_it_is_applied(
     first = verify.stderr.splitlines()[0]
     assert first.startswith("error: migration 0002_bad failed at ") and "has not been applied since" in first
     assert "no such table: nope" in first and len(verify.stderr.splitlines()) == 2
+    assert "0002_bad at " in run_cli(*args, "info").stdout
+    assert "(not applied since)" in run_cli(*args, "info").stdout
     status = run_cli(*args, "status")
     assert "0002_bad  failed" in status.stdout and "no such table: nope" in status.stdout
     assert "warning: 0002_bad failed and has not been applied since" in status.stdout
@@ -158,3 +160,4 @@ def test_verify_fails_naming_a_migration_recorded_as_failed_until_it_is_applied(
     # applied: verify passes
     assert run_cli(*args, "migrate").returncode == 0
     assert run_cli(*args, "verify").returncode == 0
+    assert "(applied since)" in run_cli(*args, "info").stdout

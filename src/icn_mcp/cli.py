@@ -464,8 +464,11 @@ def info(ctx: click.Context, as_json: bool) -> None:
     for m in data["migrations"]:
         ms = "" if m["execution_ms"] is None else f"{m['execution_ms']:g}"
         click.echo(f"{m['version']:<{vwidth}}  {m['applied_at']:<27}  {ms:>9}  {m['checksum'][:16]}")
+    applied = {m["version"] for m in data["migrations"]}
     for failure in data["failed_migrations"]:
-        click.echo(f"failed     {failure['version']} at {failure['failed_at']}: {failure['error']}")
+        # A failure is history once its version is applied; 'db verify' fails until then.
+        since = " (applied since)" if failure["version"] in applied else " (not applied since)"
+        click.echo(f"failed     {failure['version']} at {failure['failed_at']}{since}: {failure['error']}")
     click.echo(f"(gathered in {data['elapsed_ms']:.0f} ms)")
 
 
