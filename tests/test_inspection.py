@@ -103,6 +103,10 @@ def _as_other_user(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
             pytest.skip("running as root without setpriv: file modes cannot be tested")
         prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         full["HOME"] = "/"
+        probe = subprocess.run([*prefix, sys.executable, "-c", "import icn_mcp"], env=full,
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            pytest.skip(f"uid {NOBODY} cannot run this interpreter: {probe.stderr.strip()[:200]}")
     return subprocess.run([*prefix, sys.executable, "-m", "icn_mcp", *args], env=full,
                           capture_output=True, text=True, timeout=120)
 
