@@ -85,7 +85,7 @@ def test_bad_setting_is_a_usage_error_of_one_line(tmp_path: Path) -> None:
     result = run_cli("db", "status", env={"MCP_DB_BUSY_TIMEOUT_MS": "forever"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer >= 0")
+        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer from 0 to 86400000 (milliseconds)")
 
 
 def test_bad_usage_exits_2() -> None:
@@ -130,3 +130,34 @@ def test_a_reader_closing_the_pipe_early_is_not_reported_as_an_error(tmp_path: P
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "unexpected" not in err and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_verify_fails_naming_a_migration_recorded_as_failed_until_it_is_applied(tmp_path: Path) -> None:
+    """Issue 9 item 17: `db verify` exited 0 while a migration was recorded as failed."""
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    write_migration(migrations, "0001_a.sql", "CREATE TABLE a (x);\n")
+    bad = write_migration(migrations, "0002_bad.sql", "CREATE TABLE b (x);\nINSERT INTO nope VALUES (1);\n")
+    args = ("db", "--db", str(tmp_path / "db.sqlite"), "--migrations-dir", str(migrations))
+    assert run_cli(*args, "migrate").returncode == 1
+    verify = run_cli(*args, "verify")
+    assert verify.returncode == 1
+    first = verify.stderr.splitlines()[0]
+    assert first.startswith("error: migration 0002_bad failed at ") and "has not been applied since" in first
+    assert "no such table: nope" in first and len(verify.stderr.splitlines()) == 2
+    assert "0002_bad at " in run_cli(*args, "info").stdout
+    assert "(not applied since)" in run_cli(*args, "info").stdout
+    status = run_cli(*args, "status")
+    assert "0002_bad  failed" in status.stdout and "no such table: nope" in status.stdout
+    assert "warning: 0002_bad failed and has not been applied since" in status.stdout
+    # edited but not yet applied: still unproven, verify still fails and status says so
+    bad.write_text("CREATE TABLE b (x);\n")
+    again = run_cli(*args, "verify")
+    assert again.returncode == 1 and "0002_bad failed at" in again.stderr
+    assert "(the file changed since)" in run_cli(*args, "status").stdout
+    data = json.loads(run_cli(*args, "status", "--json").stdout)
+    assert [m["failed_at"] is not None for m in data["migrations"]] == [False, True]
+    # applied: verify passes
+    assert run_cli(*args, "migrate").returncode == 0
+    assert run_cli(*args, "verify").returncode == 0
+    assert "(applied since)" in run_cli(*args, "info").stdout

@@ -8,9 +8,11 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,9 +21,10 @@ from typing import Any, NoReturn
 import click
 
 from icn_mcp import __version__
-from icn_mcp.config import Settings
+from icn_mcp.config import MAX_BACKUP_KEEP, Settings, parse_host
 from icn_mcp.db import Database, MigrationPlan
 from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.database import check_database_file
 from icn_mcp.errors import ConfigError, IcnMcpError
 
 EXIT_FAILED = 1
@@ -132,6 +135,11 @@ def _open(ctx: click.Context, *, migrate: bool) -> Database:
     return Database(ctx.obj["path"], migrate=migrate, **ctx.obj["options"])
 
 
+def _inspect(ctx: click.Context) -> Database:
+    """The database opened read-only: inspection never creates, converts or writes it."""
+    return Database(ctx.obj["path"], migrate=False, read_only=True, **ctx.obj["options"])
+
+
 def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
     """The plan, without creating the database when it does not exist yet."""
     path: Path = ctx.obj["path"]
@@ -142,18 +150,44 @@ def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
             return _migrations.plan(empty, _migrations.discover(migrations_dir)), False
         finally:
             empty.close()
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         return database.migration_plan(), True
 
 
+def _rehearse(ctx: click.Context) -> list[_migrations.DryRunResult]:
+    """Dry-run the pending migrations on a private scratch copy of the database.
+
+    The copy is SQLite's private temporary database (in memory, spilling to an
+    unlinked temporary file when large), made from a read-only connection: a dry run
+    creates no directory and no file, takes no write lock and changes nothing, even
+    when the database does not exist yet (then the copy is empty).
+    """
+    path: Path = ctx.obj["path"]
+    migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
+    files = _migrations.discover(migrations_dir)
+    scratch = sqlite3.connect("", isolation_level=None)
+    try:
+        if path.exists():
+            with _inspect(ctx) as database:
+                database.connection().backup(scratch)
+        else:
+            click.echo(f"database {path} does not exist yet; 'db migrate' would create it")
+        return _migrations.dry_run(scratch, files)
+    finally:
+        scratch.close()
+
+
 @db.command()
-@click.option("--dry-run", is_flag=True, help="Apply pending migrations in a transaction and roll back.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Rehearse pending migrations on a scratch copy and report; creates and changes nothing.",
+)
 @click.pass_context
 def migrate(ctx: click.Context, dry_run: bool) -> None:
     """Apply pending migrations (each file in one transaction)."""
     if dry_run:
-        with _open(ctx, migrate=False) as database:
-            results = database.dry_run_migrations()
+        results = _rehearse(ctx)
         if not results:
             click.echo("nothing to apply: the database is up to date")
             return
@@ -197,12 +231,15 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{item.version:<{width}}  {item.state:<8}  {item.applied_at or '':<27}  {ms}")
         if item.state == "changed":
             click.echo(f"{'':<{width}}    stored {item.stored_checksum}, file {item.file_checksum}")
-        if item.state == "failed" and item.error:
-            click.echo(f"{'':<{width}}    last error: {item.error}")
+        if item.failed_at is not None:
+            edited = "" if item.state == "failed" else " (the file changed since)"
+            click.echo(f"{'':<{width}}    failed at {item.failed_at}{edited}: {item.error}")
     counts = current.to_dict()["counts"]
     click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))  # type: ignore[union-attr]
     for version in current.out_of_order:
         click.echo(f"warning: {version} is new but sorts before the latest applied migration")
+    for item in current.failed_since_applied:
+        click.echo(f"warning: {item.version} failed and has not been applied since ('db verify' fails)")
 
 
 @db.command()
@@ -212,7 +249,7 @@ def verify(ctx: click.Context) -> None:
     path: Path = ctx.obj["path"]
     if not path.exists():
         _fail(f"database {path} does not exist", "run 'icn-mcp db migrate' to create it")
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         current = database.verify_migrations()
         result = database.connection().execute("PRAGMA quick_check").fetchall()
     problems = [row[0] for row in result if row[0] != "ok"]
@@ -262,6 +299,16 @@ def _confirm(question: str, refusal: str, verb: str) -> None:
         )
     if not click.confirm(question):
         _fail(f"{verb} cancelled; nothing was changed")
+
+
+def _backup_file_argument(path: Path) -> None:
+    """The same answer from every command taking a backup PATH (README's exit codes):
+    a directory is bad usage (2), a missing file a failed operation (1)."""
+    if path.is_dir():
+        _fail(f"{path} is a directory, not a backup file", "give the path of a backup file "
+              "(icn-mcp-<UTC time>.sqlite)", code=EXIT_USAGE)
+    if not path.exists():
+        _fail(f"backup {path} does not exist", "check the path; 'icn-mcp db info' shows the last backup")
 
 
 def _require_database(ctx: click.Context) -> None:
@@ -322,7 +369,7 @@ class _ProgressLine:
 @click.argument("path", required=False, type=click.Path())
 @click.option(
     "--keep",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_BACKUP_KEEP),
     default=None,
     help="After success, delete all but the newest N icn-mcp-*.sqlite backups in the "
     "directory (default: MCP_BACKUP_KEEP; 0 keeps all).",
@@ -337,6 +384,9 @@ def backup(ctx: click.Context, path: str | None, keep: int | None) -> None:
     size; exit status 1 on failure, with nothing left behind.
     """
     _require_database(ctx)
+    # Backing up only reads the database: a 0-byte or foreign file is reported as it
+    # is, not turned into an empty database by the read-write open below.
+    check_database_file(Path(ctx.obj["path"]))
     directory, default_keep, check = _backup_settings(ctx)
     progress = _ProgressLine() if _is_terminal(sys.stderr) else None
     with _open(ctx, migrate=False) as database:
@@ -357,7 +407,7 @@ def backup(ctx: click.Context, path: str | None, keep: int | None) -> None:
 
 
 @db.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option(
     "--without-manifest",
@@ -376,6 +426,7 @@ def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -
     """
     from icn_mcp.db.backup import restore_new_database
 
+    _backup_file_argument(path)
     target = Path(ctx.obj["path"]).absolute()
     if not yes:
         _confirm(
@@ -431,7 +482,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
     """Show size, tables with row counts and sizes, indexes, migrations, last backup."""
     _require_database(ctx)
     directory, _, _ = _backup_settings(ctx)
-    with _open(ctx, migrate=False) as database:
+    with _inspect(ctx) as database:
         data = database.get_database_info(backup_dir=directory)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -472,8 +523,11 @@ def info(ctx: click.Context, as_json: bool) -> None:
     for m in data["migrations"]:
         ms = "" if m["execution_ms"] is None else f"{m['execution_ms']:g}"
         click.echo(f"{m['version']:<{vwidth}}  {m['applied_at']:<27}  {ms:>9}  {m['checksum'][:16]}")
+    applied = {m["version"] for m in data["migrations"]}
     for failure in data["failed_migrations"]:
-        click.echo(f"failed     {failure['version']} at {failure['failed_at']}: {failure['error']}")
+        # A failure is history once its version is applied; 'db verify' fails until then.
+        since = " (applied since)" if failure["version"] in applied else " (not applied since)"
+        click.echo(f"failed     {failure['version']} at {failure['failed_at']}{since}: {failure['error']}")
     for temp in data["backup_temp_files"]:
         state = {
             "orphan": "orphaned (its backup was killed): the next backup removes it",
@@ -491,6 +545,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
     """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
     from icn_mcp.db.backup import verify_backup
 
+    _backup_file_argument(path)
     migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
     result = verify_backup(path, migrations_dir=migrations_dir)
     if as_json:
@@ -579,6 +634,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -
     from icn_mcp.server.logs import configure_logging
 
     settings = Settings.from_env()
+    if host is not None:
+        host = parse_host("--host", host)  # the rule MCP_HOST follows
     overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
@@ -588,10 +645,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -
     try:
         serve_http(settings, announce=lambda url: click.echo(f"serving {url} (MCP at {url}/mcp)"))
     except OSError as exc:
-        _fail(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
-            "choose another port (--port or MCP_PORT) or stop the process using it",
-        )
+        where = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+        if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            # The host is wrong for this machine: a bad setting, and nothing about the port.
+            _fail(where, "choose an address of this machine (--host or MCP_HOST), such as "
+                  "127.0.0.1, 0.0.0.0 or a name that resolves to one", code=EXIT_USAGE)
+        if exc.errno == errno.EACCES:
+            _fail(where, "ports below 1024 need privileges; choose a port from 1024 "
+                  "(--port or MCP_PORT)")
+        _fail(where, "choose another port (--port or MCP_PORT) or stop the process using it")
 
 
 if __name__ == "__main__":

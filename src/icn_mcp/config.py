@@ -17,6 +17,8 @@ from icn_mcp.errors import ConfigError
 
 __all__ = [
     "Settings",
+    "SETTINGS",
+    "SettingSpec",
     "DEFAULT_DB_DIR",
     "DEFAULT_DB_FILENAME",
     "DEFAULT_BACKUP_KEEP",
@@ -51,6 +53,24 @@ AGENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: Maintainer and admin tokens are guessable when short.
 MIN_MAINTAINER_TOKEN_LENGTH = 16
 
+#: Largest values a setting (or the matching library argument) accepts. Each keeps the
+#: value inside what SQLite stores in its 32-bit pragmas, and every duration far inside
+#: what a timestamp can hold (``datetime`` ends at year 9999): now + TTL + grace must
+#: stay representable, or every registration would fail.
+MAX_BUSY_TIMEOUT_MS = 24 * 60 * 60 * 1000  # one day
+MAX_CACHE_SIZE_KIB = 1 << 30  # 1 TiB; SQLite reads back at most 2**31 - 1
+MAX_JOURNAL_SIZE_LIMIT = 1 << 40  # 1 TiB
+MAX_INTERVAL_S = 24 * 60 * 60.0  # health checks, health cache, shutdown wait
+MAX_RETRIES = 1000  # the backoff doubles per retry: 2**1000 is still a float
+MAX_TOKEN_TTL_S = 10 * 365 * 24 * 60 * 60  # ten years
+MAX_REFRESH_GRACE_S = 10 * 365 * 24 * 60 * 60
+#: The longest lease a claim may ask for (the same limit as ``lease_s`` per request).
+MAX_LEASE_S = 7 * 24 * 60 * 60
+MAX_BACKUP_KEEP = 100_000
+MIN_MAX_BODY_BYTES = 1024
+MAX_MAX_BODY_BYTES = 1 << 30  # 1 GiB
+MAX_RATE_LIMIT_PER_MIN = 1_000_000
+
 #: Accepted spellings of booleans in the environment.
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -73,23 +93,25 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{authority}{slash}{path}"
 
 
-def _int(name: str, raw: str, *, minimum: int) -> int:
+def _int(name: str, raw: str, *, minimum: int, maximum: int, unit: str = "") -> int:
+    allowed = f"an integer from {minimum} to {maximum}{unit}"
     try:
         value = int(raw.strip())
     except ValueError:
-        raise ConfigError(name, raw, f"an integer >= {minimum}") from None
-    if value < minimum:
-        raise ConfigError(name, raw, f"an integer >= {minimum}")
+        raise ConfigError(name, raw, allowed) from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(name, raw, allowed)
     return value
 
 
-def _float(name: str, raw: str, *, minimum: float) -> float:
+def _float(name: str, raw: str, *, minimum: float, maximum: float, unit: str = "") -> float:
+    allowed = f"a number from {minimum:g} to {maximum:g}{unit}"
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ConfigError(name, raw, f"a number >= {minimum:g}") from None
-    if not value >= minimum or value == float("inf"):  # also rejects NaN
-        raise ConfigError(name, raw, f"a finite number >= {minimum:g}")
+        raise ConfigError(name, raw, allowed) from None
+    if not minimum <= value <= maximum:  # also rejects NaN and infinities
+        raise ConfigError(name, raw, allowed)
     return value
 
 
@@ -149,18 +171,37 @@ def _maintainer_tokens(name: str, raw: str) -> tuple[str, ...]:
     return tokens
 
 
-def _host(name: str, raw: str) -> str:
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_host(name: str, raw: str) -> str:
+    """An IP address, or a host name of letters, digits and hyphens (RFC 1123).
+
+    A dotted all-digit name must be a valid IPv4 address: ``999.1.1.1`` used to reach
+    the server's URL code and fail there with an internal validation error.
+    """
+    import ipaddress
+
     value = raw.strip()
-    if not value or any(c.isspace() or c in "/@" for c in value):
-        raise ConfigError(name, raw, "a host name or IP address, such as 127.0.0.1")
+    allowed = "a host name or IP address, such as 127.0.0.1, 0.0.0.0 or localhost"
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if (
+        not value
+        or len(value) > 253
+        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()  # not an IP address, so not a name either
+    ):
+        raise ConfigError(name, raw, allowed)
     return value
 
 
 def _port(name: str, raw: str) -> int:
-    value = _int(name, raw, minimum=0)
-    if value > 65535:
-        raise ConfigError(name, raw, "a TCP port from 0 to 65535 (0: any free port)")
-    return value
+    return _int(name, raw, minimum=0, maximum=65535, unit=" (0: any free port)")
 
 
 def _nonempty(name: str, raw: str) -> str:
@@ -223,25 +264,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Read and validate the settings from ``environ`` (default: ``os.environ``)."""
+        """Read and validate the settings from ``environ`` (default: ``os.environ``).
+
+        Every variable is parsed by its entry in :data:`SETTINGS` and range-checked
+        here, so a value that would fail later (a timestamp overflow, a pragma SQLite
+        cannot hold) stops start-up instead, naming the variable.
+        """
         env = os.environ if environ is None else environ
-
-        def get(name: str, parse: Callable[[str, str], T], default: T) -> T:
-            raw = env.get(name)
-            if raw is None:
-                return default
-            return parse(name, raw)
-
-        def path(name: str, raw: str) -> Path:
-            if not raw.strip():
-                raise ConfigError(name, raw, "a non-empty filesystem path")
-            if "\x00" in raw:
-                raise ConfigError(name, raw, "a path without NUL characters")
-            return Path(raw).expanduser()
-
-        db_dir = get("MCP_DB_DIR", path, Path(DEFAULT_DB_DIR))
-        db_path = get("MCP_DB_PATH", path, db_dir / DEFAULT_DB_FILENAME)
-        migrations_dir = get("MCP_MIGRATIONS_DIR", path, None)
 
         db_url = env.get("MCP_DB_URL") or None
         if db_url is not None:
@@ -258,84 +287,41 @@ class Settings:
                 "the PostgreSQL backend is not available yet",
             )
 
-        values: dict[str, Any] = dict(
-            db_dir=db_dir,
-            db_path=db_path,
-            migrations_dir=migrations_dir,
-            db_url=db_url,
-            busy_timeout_ms=get(
-                "MCP_DB_BUSY_TIMEOUT_MS", lambda n, r: _int(n, r, minimum=0), 30_000
-            ),
-            synchronous=get(
-                "MCP_DB_SYNCHRONOUS",
-                lambda n, r: _choice(n, r, SYNCHRONOUS_MODES),
-                "NORMAL",
-            ),
-            temp_store=get(
-                "MCP_DB_TEMP_STORE", lambda n, r: _choice(n, r, TEMP_STORES), "MEMORY"
-            ),
-            cache_size_kib=get(
-                "MCP_DB_CACHE_SIZE_KIB", lambda n, r: _int(n, r, minimum=1), 8 * 1024
-            ),
-            journal_size_limit=get(
-                "MCP_DB_JOURNAL_SIZE_LIMIT",
-                lambda n, r: _int(n, r, minimum=-1),
-                64 * 1024 * 1024,
-            ),
-            health_check_interval_s=get(
-                "MCP_DB_HEALTH_CHECK_INTERVAL_S",
-                lambda n, r: _float(n, r, minimum=0),
-                30.0,
-            ),
-            retries=get("MCP_DB_RETRIES", lambda n, r: _int(n, r, minimum=0), 8),
-            allow_missing_migrations=get("MCP_MIGRATIONS_ALLOW_MISSING", _bool, False),
-            allow_out_of_order_migrations=get(
-                "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", _bool, False
-            ),
-            extra={k: v for k, v in env.items() if k.startswith("MCP_")},
-            agent_kinds=get("MCP_AGENT_KINDS", _agent_kinds, DEFAULT_AGENT_KINDS),
-            token_ttl_s=get(
-                "MCP_TOKEN_TTL_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_TOKEN_TTL_S
-            ),
-            refresh_grace_s=get(
-                "MCP_REFRESH_GRACE_S",
-                lambda n, r: _int(n, r, minimum=0),
-                DEFAULT_REFRESH_GRACE_S,
-            ),
-            lease_s=get("MCP_LEASE_S", lambda n, r: _int(n, r, minimum=1), DEFAULT_LEASE_S),
-            admin_token=get("MCP_ADMIN_TOKEN", _admin_token, None),
-            maintainer_tokens=get("MCP_MAINTAINER_TOKENS", _maintainer_tokens, ()),
-            backup_dir=get("MCP_BACKUP_DIR", path, None),
-            backup_keep=get(
-                "MCP_BACKUP_KEEP",
-                lambda n, r: _int(n, r, minimum=0),
-                DEFAULT_BACKUP_KEEP,
-            ),
-            backup_check=get(
-                "MCP_BACKUP_CHECK", lambda n, r: _choice(n, r, BACKUP_CHECKS), "FULL"
-            ),
-            host=get("MCP_HOST", _host, DEFAULT_HOST),
-            port=get("MCP_PORT", _port, DEFAULT_PORT),
-            max_body_bytes=get(
-                "MCP_MAX_BODY_BYTES", lambda n, r: _int(n, r, minimum=1024), 1024 * 1024
-            ),
-            rate_limit_ip_per_min=get(
-                "MCP_RATE_LIMIT_IP_PER_MIN", lambda n, r: _int(n, r, minimum=0), 3000
-            ),
-            rate_limit_token_per_min=get(
-                "MCP_RATE_LIMIT_TOKEN_PER_MIN", lambda n, r: _int(n, r, minimum=0), 1200
-            ),
-            stdio_agent_name=get("MCP_STDIO_AGENT_NAME", _nonempty, "local-stdio"),
-            stdio_agent_kind=get("MCP_STDIO_AGENT_KIND", _nonempty, "ops"),
-            log_level=get("MCP_LOG_LEVEL", lambda n, r: _choice(n, r, LOG_LEVELS), "INFO"),
-            shutdown_timeout_s=get(
-                "MCP_SHUTDOWN_TIMEOUT_S", lambda n, r: _float(n, r, minimum=0), 10.0
-            ),
-            health_cache_s=get(
-                "MCP_HEALTH_CACHE_S", lambda n, r: _float(n, r, minimum=0), 2.0
-            ),
-        )
-        return cls(**values)
+        values: dict[str, Any] = {}
+        for spec in SETTINGS:
+            raw = env.get(spec.variable)
+            if raw is not None:
+                values[spec.field] = spec.parse(spec.variable, raw)
+        if "db_path" not in values:
+            values["db_path"] = values.get("db_dir", Path(DEFAULT_DB_DIR)) / DEFAULT_DB_FILENAME
+        values["extra"] = {k: v for k, v in env.items() if k.startswith("MCP_")}
+        settings = cls(**values)
+        settings._check_together(env)
+        return settings
+
+    def _check_together(self, env: Mapping[str, str]) -> None:
+        """Checks that need more than one setting, or the filesystem."""
+        if "MCP_STDIO_AGENT_KIND" in env and self.stdio_agent_kind not in self.agent_kinds:
+            raise ConfigError(
+                "MCP_STDIO_AGENT_KIND",
+                self.stdio_agent_kind,
+                "one of the kinds in MCP_AGENT_KINDS (" + ",".join(self.agent_kinds) + ")",
+            )
+        # A directory where a file belongs (or the reverse) can never work: a bad
+        # setting (exit 2), the same as --db DIR, rather than a failure later.
+        db_path_var = "MCP_DB_PATH" if "MCP_DB_PATH" in env else "MCP_DB_DIR"
+        checks = [
+            ("MCP_DB_DIR", self.db_dir, True),
+            (db_path_var, self.db_path, False),
+            ("MCP_BACKUP_DIR", self.backup_dir, True),
+            ("MCP_MIGRATIONS_DIR", self.migrations_dir, True),
+        ]
+        for variable, value, want_dir in checks:
+            if value is None or variable not in env:
+                continue
+            problem = path_kind_problem(value, want_dir=want_dir)
+            if problem is not None:
+                raise ConfigError(variable, env[variable], problem)
 
     def database_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`icn_mcp.db.Database` from these settings."""
@@ -351,3 +337,117 @@ class Settings:
             allow_missing_migrations=self.allow_missing_migrations,
             allow_out_of_order_migrations=self.allow_out_of_order_migrations,
         )
+
+
+def path_kind_problem(path: Path, *, want_dir: bool) -> str | None:
+    """What is allowed, when ``path`` exists as the wrong kind of thing; else None."""
+    try:
+        is_dir = path.is_dir()
+        exists = path.exists()
+    except OSError:  # e.g. a name too long: the operation that uses it will say so
+        return None
+    if want_dir and exists and not is_dir:
+        return "a directory (this path is a file)"
+    if not want_dir and is_dir:
+        return "a database file path (this path is a directory)"
+    return None
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One ``MCP_*`` variable: the :class:`Settings` field it sets and what it allows.
+
+    ``minimum``/``maximum`` are set for numeric settings (``integer`` says which kind),
+    so tests can probe both sides of every range.
+    """
+
+    variable: str
+    field: str
+    parse: Callable[[str, str], Any]
+    allowed: str
+    minimum: float | None = None
+    maximum: float | None = None
+    integer: bool = False
+
+
+def _int_spec(variable: str, field_name: str, minimum: int, maximum: int, unit: str = "") -> SettingSpec:
+    def parse(name: str, raw: str) -> int:
+        return _int(name, raw, minimum=minimum, maximum=maximum, unit=unit)
+
+    return SettingSpec(variable, field_name, parse, f"an integer from {minimum} to {maximum}{unit}",
+                       minimum, maximum, True)
+
+
+def _float_spec(variable: str, field_name: str, minimum: float, maximum: float, unit: str = "") -> SettingSpec:
+    def parse(name: str, raw: str) -> float:
+        return _float(name, raw, minimum=minimum, maximum=maximum, unit=unit)
+
+    return SettingSpec(variable, field_name, parse, f"a number from {minimum:g} to {maximum:g}{unit}",
+                       minimum, maximum, False)
+
+
+def _choice_spec(variable: str, field_name: str, choices: tuple[str, ...]) -> SettingSpec:
+    return SettingSpec(variable, field_name, lambda n, r: _choice(n, r, choices), "one of " + ", ".join(choices))
+
+
+def _path(name: str, raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(name, raw, "a non-empty filesystem path")
+    if "\x00" in raw:
+        raise ConfigError(name, raw, "a path without NUL characters")
+    return Path(raw).expanduser()
+
+
+def _agent_name(name: str, raw: str) -> str:
+    # The rule registrations follow (icn_mcp.store.validation); imported here because
+    # the store imports this module.
+    from icn_mcp.store.validation import NAME_PATTERN
+
+    if not NAME_PATTERN.fullmatch(raw):
+        raise ConfigError(name, raw, _AGENT_NAME_RULE)
+    return raw
+
+
+_AGENT_NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+_SECONDS = " (seconds)"
+
+#: Every setting icn-mcp reads, in README order. :meth:`Settings.from_env` reads
+#: exactly these (and refuses ``MCP_DB_URL``), so a new setting added here is
+#: range-checked and covered by tests/test_config.py's property tests.
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("MCP_DB_DIR", "db_dir", _path, "a directory path"),
+    SettingSpec("MCP_DB_PATH", "db_path", _path, "a database file path"),
+    SettingSpec("MCP_MIGRATIONS_DIR", "migrations_dir", _path, "a directory path"),
+    _int_spec("MCP_DB_BUSY_TIMEOUT_MS", "busy_timeout_ms", 0, MAX_BUSY_TIMEOUT_MS, " (milliseconds)"),
+    _choice_spec("MCP_DB_SYNCHRONOUS", "synchronous", SYNCHRONOUS_MODES),
+    _choice_spec("MCP_DB_TEMP_STORE", "temp_store", TEMP_STORES),
+    _int_spec("MCP_DB_CACHE_SIZE_KIB", "cache_size_kib", 1, MAX_CACHE_SIZE_KIB, " (KiB)"),
+    _int_spec("MCP_DB_JOURNAL_SIZE_LIMIT", "journal_size_limit", -1, MAX_JOURNAL_SIZE_LIMIT,
+              " (bytes; -1: no limit)"),
+    _float_spec("MCP_DB_HEALTH_CHECK_INTERVAL_S", "health_check_interval_s", 0, MAX_INTERVAL_S, _SECONDS),
+    _int_spec("MCP_DB_RETRIES", "retries", 0, MAX_RETRIES),
+    SettingSpec("MCP_MIGRATIONS_ALLOW_MISSING", "allow_missing_migrations", _bool, "1/0, true/false, yes/no, on/off"),
+    SettingSpec("MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", "allow_out_of_order_migrations", _bool,
+                "1/0, true/false, yes/no, on/off"),
+    SettingSpec("MCP_BACKUP_DIR", "backup_dir", _path, "a directory path"),
+    _int_spec("MCP_BACKUP_KEEP", "backup_keep", 0, MAX_BACKUP_KEEP, " (0: keep all)"),
+    _choice_spec("MCP_BACKUP_CHECK", "backup_check", BACKUP_CHECKS),
+    SettingSpec("MCP_AGENT_KINDS", "agent_kinds", _agent_kinds, "a comma-separated list of kinds"),
+    _int_spec("MCP_TOKEN_TTL_S", "token_ttl_s", 1, MAX_TOKEN_TTL_S, _SECONDS),
+    _int_spec("MCP_REFRESH_GRACE_S", "refresh_grace_s", 0, MAX_REFRESH_GRACE_S, _SECONDS),
+    _int_spec("MCP_LEASE_S", "lease_s", 1, MAX_LEASE_S, _SECONDS),
+    SettingSpec("MCP_ADMIN_TOKEN", "admin_token", _admin_token, "a token of at least 16 characters"),
+    SettingSpec("MCP_MAINTAINER_TOKENS", "maintainer_tokens", _maintainer_tokens,
+                "comma-separated tokens of at least 16 characters"),
+    SettingSpec("MCP_HOST", "host", parse_host, "a host name or IP address"),
+    SettingSpec("MCP_PORT", "port", _port, "an integer from 0 to 65535 (0: any free port)", 0, 65535, True),
+    _int_spec("MCP_MAX_BODY_BYTES", "max_body_bytes", MIN_MAX_BODY_BYTES, MAX_MAX_BODY_BYTES, " (bytes)"),
+    _int_spec("MCP_RATE_LIMIT_IP_PER_MIN", "rate_limit_ip_per_min", 0, MAX_RATE_LIMIT_PER_MIN, " (0: no limit)"),
+    _int_spec("MCP_RATE_LIMIT_TOKEN_PER_MIN", "rate_limit_token_per_min", 0, MAX_RATE_LIMIT_PER_MIN,
+              " (0: no limit)"),
+    SettingSpec("MCP_STDIO_AGENT_NAME", "stdio_agent_name", _agent_name, _AGENT_NAME_RULE),
+    SettingSpec("MCP_STDIO_AGENT_KIND", "stdio_agent_kind", _nonempty, "one of MCP_AGENT_KINDS"),
+    _choice_spec("MCP_LOG_LEVEL", "log_level", LOG_LEVELS),
+    _float_spec("MCP_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", 0, MAX_INTERVAL_S, _SECONDS),
+    _float_spec("MCP_HEALTH_CACHE_S", "health_cache_s", 0, MAX_INTERVAL_S, _SECONDS),
+)

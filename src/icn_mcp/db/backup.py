@@ -64,6 +64,7 @@ from urllib.parse import quote
 
 from icn_mcp.db import migrations as _migrations
 from icn_mcp.db.info import count_rows, quote_identifier
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, IcnMcpError, MigrationError, RestoreError
 
@@ -1002,11 +1003,7 @@ def _final_path(
 def _make_directory(directory: Path, final: Path) -> None:
     """Create the backup directory (0700) if missing; it must be a writable place."""
     try:
-        if not directory.is_dir():
-            directory.mkdir(parents=True, mode=DIR_MODE)
-            os.chmod(directory, DIR_MODE)  # mkdir's mode is reduced by the umask
-    except FileExistsError:
-        pass
+        make_private_dirs(directory)  # every level it creates is 0700, parents too
     except OSError as exc:
         raise BackupError(str(final), f"cannot create directory {directory}: {_cause(exc)}",
                           hint=_hint_for(exc)) from None

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
@@ -22,7 +23,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from icn_mcp.config import (
+    MAX_BUSY_TIMEOUT_MS,
+    MAX_CACHE_SIZE_KIB,
+    MAX_INTERVAL_S,
+    MAX_JOURNAL_SIZE_LIMIT,
+    MAX_RETRIES,
+)
 from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
 from icn_mcp.errors import (
     BusyError,
@@ -119,16 +128,19 @@ class Database:
         retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S,
         allow_missing_migrations: bool = False,
         allow_out_of_order_migrations: bool = False,
+        read_only: bool = False,
     ) -> None:
         synchronous = str(synchronous).upper()
         temp_store = str(temp_store).upper()
         _require(synchronous in _SYNCHRONOUS, "synchronous", synchronous, "one of " + ", ".join(_SYNCHRONOUS))
         _require(temp_store in _TEMP_STORE, "temp_store", temp_store, "one of " + ", ".join(_TEMP_STORE))
-        _require(_is_int(busy_timeout_ms) and busy_timeout_ms >= 0, "busy_timeout_ms", busy_timeout_ms, "an integer >= 0")
-        _require(_is_int(cache_size_kib) and cache_size_kib > 0, "cache_size_kib", cache_size_kib, "an integer > 0")
-        _require(_is_int(journal_size_limit) and journal_size_limit >= -1, "journal_size_limit", journal_size_limit, "an integer >= -1")
-        _require(_is_int(retries) and retries >= 0, "retries", retries, "an integer >= 0")
-        _require(health_check_interval_s >= 0, "health_check_interval_s", health_check_interval_s, "a number >= 0")
+        _require_int("busy_timeout_ms", busy_timeout_ms, 0, MAX_BUSY_TIMEOUT_MS)
+        _require_int("cache_size_kib", cache_size_kib, 1, MAX_CACHE_SIZE_KIB)
+        _require_int("journal_size_limit", journal_size_limit, -1, MAX_JOURNAL_SIZE_LIMIT)
+        _require_int("retries", retries, 0, MAX_RETRIES)
+        _require_seconds("health_check_interval_s", health_check_interval_s)
+        _require_seconds("retry_base_delay_s", retry_base_delay_s)
+        _require_seconds("retry_max_delay_s", retry_max_delay_s)
         raw_path = os.fspath(path)
         _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
 
@@ -148,6 +160,8 @@ class Database:
         self.retry_max_delay_s = retry_max_delay_s
         self.allow_missing_migrations = allow_missing_migrations
         self.allow_out_of_order_migrations = allow_out_of_order_migrations
+        #: Opened for inspection: never creates, converts or writes the file.
+        self.read_only = bool(read_only)
 
         self._local = threading.local()
         self._registry_lock = threading.Lock()
@@ -169,11 +183,14 @@ class Database:
             "lock_waits": 0,
         }
 
-        self._create_file()
+        if self.read_only:
+            check_database_file(self.path)
+        else:
+            self._create_file()
         _open_databases.add(self)
         try:
             self.connection()
-            if migrate:
+            if migrate and not self.read_only:
                 self.migrate()
         except BaseException:
             self.close()
@@ -187,13 +204,13 @@ class Database:
         SQLite gives the -wal and -shm files the permissions of the database file.
         """
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(self.path.parent)  # 0700 at every level it creates
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
         except OSError as exc:
             raise DatabaseError(
                 f"cannot create or open database file {self.path}: {exc.strerror}",
-                hint="check that the directory exists and is writable (MCP_DB_DIR / MCP_DB_PATH)",
+                hint=_write_access_hint(self.path),
             ) from None
 
     def _identity(self) -> tuple[int, int]:
@@ -231,15 +248,18 @@ class Database:
         if self._fork_error is not None:
             raise self._fork_error
         identity = self._identity()
-        try:
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,  # autocommit: we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # so close() can close it from any thread
-                timeout=self.busy_timeout_ms / 1000,
-            )
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
+        if self.read_only:
+            conn = self._with_retry(self._connect_read_only)
+        else:
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,  # autocommit: we issue BEGIN/COMMIT ourselves
+                    check_same_thread=False,  # so close() can close it from any thread
+                    timeout=self.busy_timeout_ms / 1000,
+                )
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot open database {self.path}: {exc}") from None
         try:
             self._with_retry(lambda: self._configure(conn))
         except BaseException:
@@ -259,8 +279,52 @@ class Database:
         self._count("connections_opened")
         return record
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that cannot write (``query_only``) and leaves nothing behind.
+
+        - File and directory writable: an ordinary connection with ``query_only``. It
+          creates the WAL's ``-wal``/``-shm`` like any reader, and SQLite removes them
+          when the last connection closes, so nothing is left beside the file. (A
+          ``mode=ro`` connection could not remove them.)
+        - Otherwise, with no ``-wal`` beside the file, the file holds everything:
+          ``mode=ro&immutable=1`` reads it without locks and without a ``-shm``, which
+          a read-only directory would not let SQLite create.
+        - Otherwise (a live WAL that someone else writes): ``mode=ro``.
+        """
+        from urllib.parse import quote
+
+        path = self._path_str
+        wal = path + "-wal"
+        writable = os.access(path, os.W_OK) and os.access(os.path.dirname(path), os.W_OK | os.X_OK)
+        live_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
+        if writable:
+            target, uri = path, False
+        else:
+            target, uri = "file:" + quote(path) + ("?mode=ro" if live_wal else "?mode=ro&immutable=1"), True
+        conn = None
+        try:
+            conn = sqlite3.connect(target, uri=uri, isolation_level=None,
+                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            if is_busy_error(exc):
+                raise
+            raise DatabaseError(
+                f"cannot read database {self.path}: {exc}",
+                hint=_read_access_hint(self.path),
+            ) from None
+        return conn
+
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Apply and read back every pragma; fail loudly on any that did not take."""
+        if self.read_only:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute(f"PRAGMA temp_store = {self.temp_store}")
+            conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
+            return
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -362,6 +426,10 @@ class Database:
 
     # -- transactions ---------------------------------------------------------------
 
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise DatabaseError(f"database {self.path} was opened read-only (for inspection)")
+
     @contextmanager
     def write_transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises.
@@ -369,6 +437,7 @@ class Database:
         Does not retry (a ``with`` block cannot be re-run); use
         :meth:`run_in_transaction` for that.
         """
+        self._refuse_read_only()
         record = self._record()
         conn = record.conn
         _refuse_nested(conn)
@@ -406,6 +475,7 @@ class Database:
         :class:`BusyError`. ``fn`` may run more than once, so it must do nothing but
         database work that the rollback undoes.
         """
+        self._refuse_read_only()
         tries = 0
         while True:
             try:
@@ -497,12 +567,14 @@ class Database:
         return _migrations.plan(self.connection(), self.migration_files())
 
     def verify_migrations(self) -> _migrations.MigrationPlan:
-        """The plan, or the first problem that would stop start-up, raised."""
+        """The plan, or its first problem raised: what would stop start-up, then a
+        migration recorded as failed that has not been applied since."""
         current = self.migration_plan()
         problems = current.problems(
             allow_missing=self.allow_missing_migrations,
             allow_out_of_order=self.allow_out_of_order_migrations,
         )
+        problems += current.failure_errors()
         if problems:
             raise problems[0]
         return current
@@ -657,9 +729,101 @@ class Database:
         return await asyncio.to_thread(self.get_database_info, **options)
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse, without creating or changing anything, a path that is not an SQLite file.
+
+    SQLite itself treats a 0-byte file as an empty database, and a read-write open
+    turns it into one; an inspection must say what it is instead.
+    """
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        raise DatabaseError(
+            f"database {path} does not exist",
+            hint="check --db / MCP_DB_PATH, or run 'icn-mcp db migrate' to create it",
+        ) from None
+    except IsADirectoryError:
+        raise DatabaseError(f"database path {path} is a directory, not a database file") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}",
+                            hint=_read_access_hint(path)) from None
+    if header != SQLITE_HEADER:
+        what = "the file is empty (0 bytes)" if not header else "it does not start with the SQLite header"
+        raise DatabaseError(
+            f"{path} is not an SQLite database: {what}",
+            hint="point --db / MCP_DB_PATH at the database, or restore it from a backup "
+            "(icn-mcp db restore); it was left as it is",
+        )
+
+
+def _owner(st: os.stat_result) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(st.st_uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {st.st_uid}"
+
+
+def _read_access_hint(path: Path) -> str:
+    """Which part of ``path`` stops this user from reading it."""
+    for level in [path, *path.parents]:
+        try:
+            st = os.stat(level)
+        except OSError:
+            continue
+        if level == path and not os.access(level, os.R_OK):
+            return (f"the file is not readable by this user (mode {stat.filemode(st.st_mode)}, "
+                    f"owner {_owner(st)}); run as its owner")
+        if level != path and not os.access(level, os.X_OK):
+            return f"directory {level} cannot be entered by this user; run as the database's owner"
+    return "check the file's permissions"
+
+
+def _write_access_hint(path: Path) -> str:
+    """What stops this user from creating or writing ``path``: the file or its directory."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        return "check the permissions of the file and of every directory above it"
+    if st is not None and not os.access(path, os.W_OK):
+        return (f"the database file is read-only for this user (mode {stat.filemode(st.st_mode)}, "
+                f"owner {_owner(st)}); run as its owner. 'icn-mcp db status', 'db info' and "
+                "'db verify' can inspect it as it is")
+    directory = path.parent
+    if not directory.exists():
+        return f"directory {directory} does not exist and cannot be created here (MCP_DB_DIR / MCP_DB_PATH)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by this user (MCP_DB_DIR / MCP_DB_PATH)"
+    return "check the permissions of the file and of every directory above it"
+
+
 def _require(ok: bool, name: str, value: object, allowed: str) -> None:
     if not ok:
         raise DatabaseError(f"{name}={value!r} is not valid: expected {allowed}")
+
+
+def _require_int(name: str, value: object, minimum: int, maximum: int) -> None:
+    # Ranges shared with the MCP_* settings (icn_mcp.config): beyond them SQLite reads a
+    # pragma back as something else, or the retry backoff overflows.
+    ok = _is_int(value) and minimum <= value <= maximum  # type: ignore[operator]
+    _require(ok, name, value, f"an integer from {minimum} to {maximum}")
+
+
+def _require_seconds(name: str, value: object) -> None:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_INTERVAL_S  # also refuses NaN
+    )
+    _require(ok, name, value, f"a number of seconds from 0 to {MAX_INTERVAL_S:g}")
 
 
 def _is_int(value: object) -> bool:

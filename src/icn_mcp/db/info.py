@@ -121,7 +121,10 @@ def get_database_info(
     health = db.check_health()
     # Read-only and never created: a deleted database is reported, not recreated
     # empty (and 0644) by a plain connect.
-    conn = _backup._open_live(db, "ro", _missing_database)
+    # A database opened read-only (inspection) already has the right connection, one
+    # that also works where SQLite cannot create the -shm (a read-only directory).
+    own = not getattr(db, "read_only", False)
+    conn = _backup._open_live(db, "ro", _missing_database) if own else db.connection()
     try:
         conn.execute("BEGIN")  # one snapshot for every count and size below
         try:
@@ -139,7 +142,8 @@ def get_database_info(
         finally:
             conn.execute("ROLLBACK")
     finally:
-        conn.close()
+        if own:
+            conn.close()
 
     if sizes is not None:
         size_method = SIZE_METHOD_DBSTAT

@@ -279,6 +279,23 @@ RETURNING owner
 """
 
 
+#: The longest lease and the longest wait an advisory lock accepts: a lease's expiry
+#: must stay a representable timestamp (a ttl of 1e12 s raised OverflowError).
+MAX_ADVISORY_TTL_S = 365 * 24 * 60 * 60.0
+MAX_ADVISORY_WAIT_S = 24 * 60 * 60.0
+
+
+def _check_seconds(name: str, value: object, *, minimum_exclusive: bool, maximum: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        (0 < value <= maximum) if minimum_exclusive else (0 <= value <= maximum)  # NaN fails both
+    )
+    if not ok:
+        allowed = f"above 0 and at most {maximum:.0f}" if minimum_exclusive else f"from 0 to {maximum:.0f}"
+        raise DatabaseError(
+            f"advisory lock {name}={value!r} is not valid: expected a number of seconds {allowed}"
+        )
+
+
 @dataclass
 class AdvisoryLease:
     """A held cross-process lock: its row in ``advisory_locks``.
@@ -308,8 +325,9 @@ class AdvisoryLease:
     ) -> "AdvisoryLease":
         if not isinstance(name, str) or not name:
             raise DatabaseError(f"advisory lock name must be a non-empty string, not {name!r}")
-        if not ttl_s > 0:
-            raise DatabaseError(f"advisory lock ttl_s must be > 0, not {ttl_s!r}")
+        _check_seconds("ttl_s", ttl_s, minimum_exclusive=True, maximum=MAX_ADVISORY_TTL_S)
+        # A NaN wait made the deadline never arrive: waiting forever on a held lock.
+        _check_seconds("wait_s", wait_s, minimum_exclusive=False, maximum=MAX_ADVISORY_WAIT_S)
         owner = owner or default_owner_id()
         deadline = time.monotonic() + max(wait_s, 0.0)
         start = time.monotonic()
@@ -348,6 +366,7 @@ class AdvisoryLease:
     def renew(self, ttl_s: float | None = None) -> str:
         """Extend the lease by ``ttl_s`` (default: the original ttl) from now."""
         ttl = self.ttl_s if ttl_s is None else ttl_s
+        _check_seconds("ttl_s", ttl, minimum_exclusive=True, maximum=MAX_ADVISORY_TTL_S)
         expires_at = format_ts(utc_now(), plus_s=ttl)
 
         def renew(conn: Any) -> int:

@@ -385,6 +385,8 @@ class MigrationState:
     execution_ms: float | None = None
     applied_by: str | None = None
     error: str | None = None
+    #: When the last recorded failure of this version happened (not applied since).
+    failed_at: str | None = None
 
 
 @dataclass
@@ -416,6 +418,27 @@ class MigrationPlan:
     @property
     def failed(self) -> list[MigrationState]:
         return self._by("failed")
+
+    @property
+    def failed_since_applied(self) -> list[MigrationState]:
+        """Versions recorded as failed and not applied since (whether or not the file
+        was edited after the failure: an edited file is pending, still unproven)."""
+        return [item for item in self.items if item.failed_at is not None]
+
+    def failure_errors(self) -> list[MigrationError]:
+        """One error per version in :attr:`failed_since_applied` (for ``db verify``)."""
+        return [
+            MigrationError(
+                f"migration {item.version} failed at {item.failed_at} and has not been "
+                f"applied since: {item.error}",
+                version=item.version,
+                hint="fix the migration and run 'icn-mcp db migrate' "
+                "('icn-mcp db status' shows the error)"
+                if item.state == "failed"
+                else "its file changed since; run 'icn-mcp db migrate' to apply it",
+            )
+            for item in self.failed_since_applied
+        ]
 
     def to_dict(self) -> dict[str, object]:
         """Plain data with stable keys (for ``db status --json``)."""
@@ -496,6 +519,7 @@ def plan(conn: sqlite3.Connection, files: Iterable[MigrationFile]) -> MigrationP
                 state,
                 file_checksum=mf.checksum,
                 error=failure.error if failure is not None else None,
+                failed_at=failure.failed_at if failure is not None else None,
             )
         )
         if latest_applied is not None and mf.version < latest_applied:
@@ -782,20 +806,24 @@ class DryRunResult:
     skipped: bool = False
 
 
-def dry_run(db: "Database", files: list[MigrationFile]) -> list[DryRunResult]:
+def dry_run(target: "Database | sqlite3.Connection", files: list[MigrationFile]) -> list[DryRunResult]:
     """Apply the pending migrations inside one transaction and roll it back.
 
+    ``target`` is a database or a connection in autocommit mode (the CLI passes a
+    scratch copy, so a dry run never touches the file). Everything, the history tables
+    included, happens inside the rolled-back transaction: a dry run leaves no trace.
     Stops at the first failure (later files depend on earlier ones). No-transaction
     migrations, and everything after one, cannot be rehearsed and are reported skipped.
     """
-    ensure_history_tables(db)
-    pending = plan(db.connection(), files).pending
+    conn = target if isinstance(target, sqlite3.Connection) else target.connection()
     by_version = {mf.version: mf for mf in files}
     results: list[DryRunResult] = []
-    conn = db.connection()
     with _foreign_keys_off(conn):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if not _history_ready(conn):
+                create_history_tables(conn)
+            pending = plan(conn, files).pending
             blocked = False
             for item in pending:
                 mf = by_version[item.version]

@@ -13,6 +13,8 @@ from icn_mcp.config import (
     DEFAULT_LEASE_S,
     DEFAULT_REFRESH_GRACE_S,
     DEFAULT_TOKEN_TTL_S,
+    MAX_REFRESH_GRACE_S,
+    MAX_TOKEN_TTL_S,
     MIN_MAINTAINER_TOKEN_LENGTH,
 )
 from icn_mcp.db import Database
@@ -65,10 +67,13 @@ class Store(AgentsMixin, TasksMixin):
         kinds = tuple(agent_kinds) if not isinstance(agent_kinds, str) else ()
         if not kinds or not all(isinstance(k, str) and AGENT_KIND_PATTERN.fullmatch(k) for k in kinds):
             raise ConfigError("agent_kinds", agent_kinds, "a non-empty list of kinds matching [a-z][a-z0-9_-]{0,31}")
-        if not v.is_int(token_ttl_s) or token_ttl_s < 1:
-            raise ConfigError("token_ttl_s", token_ttl_s, "an integer >= 1 (seconds)")
-        if not v.is_int(refresh_grace_s) or refresh_grace_s < 0:
-            raise ConfigError("refresh_grace_s", refresh_grace_s, "an integer >= 0 (seconds)")
+        # Bounded so that now + TTL + grace stays a representable timestamp.
+        if not v.is_int(token_ttl_s) or not 1 <= token_ttl_s <= MAX_TOKEN_TTL_S:
+            raise ConfigError("token_ttl_s", token_ttl_s, f"an integer from 1 to {MAX_TOKEN_TTL_S} (seconds)")
+        if not v.is_int(refresh_grace_s) or not 0 <= refresh_grace_s <= MAX_REFRESH_GRACE_S:
+            raise ConfigError(
+                "refresh_grace_s", refresh_grace_s, f"an integer from 0 to {MAX_REFRESH_GRACE_S} (seconds)"
+            )
         try:
             lease = v.lease_seconds(default_lease_s)
         except v.ValidationError:
