@@ -21,7 +21,7 @@ import click
 from icn_mcp import __version__
 from icn_mcp.config import Settings
 from icn_mcp.db import Database, MigrationPlan
-from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.errors import ConfigError, IcnMcpError
 
 EXIT_FAILED = 1
@@ -227,7 +227,7 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     Without MCP_BACKUP_DIR: ``$MCP_DB_DIR/backups``, or ``backups/`` beside the
     database given with ``--db``.
     """
-    from icn_mcp.db.backup import BACKUP_DIR_NAME
+    from icn_mcp.db.sqlite.backup import BACKUP_DIR_NAME
 
     settings = Settings.from_env()
     db_path = Path(ctx.obj["path"])
@@ -424,7 +424,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None:
     """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
-    from icn_mcp.db.backup import verify_backup
+    from icn_mcp.db.sqlite.backup import verify_backup
 
     migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
     result = verify_backup(path, migrations_dir=migrations_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from icn_mcp.db import Database, close_db, get_db
-from icn_mcp.db import database as database_module
+from icn_mcp.db.sqlite import database as database_module
 from icn_mcp.errors import DatabaseClosed, DatabaseError, DatabaseFileError
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from icn_mcp.db import Database
-from icn_mcp.db import backup as backup_module
-from icn_mcp.db.backup import SAFETY_BACKUP_PREFIX, manifest_path
+from icn_mcp.db.sqlite import backup as backup_module
+from icn_mcp.db.sqlite.backup import SAFETY_BACKUP_PREFIX, manifest_path
 from icn_mcp.errors import RestoreError
 from tests.helpers import shipped_versions
 from tests.db.backup_support import WRITER_SCRIPT, copy_migrations, file_state, make_db

@@ -10,7 +10,7 @@ Knows nothing about agents or tasks. Typical use::
 or, in an application configured from the environment, :func:`get_db`.
 """
 
-from icn_mcp.db.backup import (
+from icn_mcp.db.sqlite.backup import (
     BackupResult,
     BackupVerification,
     RestoreResult,
@@ -21,10 +21,10 @@ from icn_mcp.db.backup import (
     verify_backup,
     verify_backup_async,
 )
-from icn_mcp.db.database import Database, close_db, get_db
-from icn_mcp.db.info import get_database_info, get_database_info_async
-from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, with_lock
-from icn_mcp.db.migrations import (
+from icn_mcp.db.sqlite.database import Database, close_db, get_db
+from icn_mcp.db.sqlite.info import get_database_info, get_database_info_async
+from icn_mcp.db.sqlite.locks import AdvisoryLease, KeyedLocks, with_lock
+from icn_mcp.db.sqlite.migrations import (
     AppliedMigration,
     DryRunResult,
     FailedMigration,

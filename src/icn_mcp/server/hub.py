@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
-from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
+from icn_mcp.db.sqlite.backup import BACKUP_DIR_NAME, latest_backup
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics

@@ -22,11 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.errors import DatabaseError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = ["get_database_info", "get_database_info_async", "quote_identifier", "count_rows"]
 
@@ -109,7 +109,7 @@ def get_database_info(
     ``backup_dir`` is where to look for the last backup (default: ``backups/``
     beside the database, or ``MCP_BACKUP_DIR`` for the process-wide database).
     """
-    from icn_mcp.db import backup as _backup  # backup imports this module
+    from icn_mcp.db.sqlite import backup as _backup  # backup imports this module
 
     if db is None:
         db, defaults = _backup.process_wide()

@@ -30,7 +30,7 @@ from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import DatabaseError, LockLost, LockTimeout
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = ["KeyedLocks", "KeyLock", "AdvisoryLease", "default_owner_id", "with_lock"]
 

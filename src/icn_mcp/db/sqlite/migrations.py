@@ -34,7 +34,7 @@ from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ChecksumMismatch, MigrationError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
     "CHECKSUM_ALGORITHM",

@@ -52,13 +52,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from urllib.parse import quote
 
-from icn_mcp.db import migrations as _migrations
-from icn_mcp.db.info import count_rows, quote_identifier
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.sqlite.info import count_rows, quote_identifier
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, MigrationError, RestoreError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
     "BackupResult",
@@ -214,7 +214,7 @@ class _Defaults(NamedTuple):
 def process_wide() -> tuple["Database", _Defaults]:
     """The process-wide database and the ``MCP_BACKUP_*`` settings."""
     from icn_mcp.config import Settings  # config is read only at the edges
-    from icn_mcp.db.database import get_db
+    from icn_mcp.db.sqlite.database import get_db
 
     settings = Settings.from_env()
     directory = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME

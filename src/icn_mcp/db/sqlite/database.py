@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from icn_mcp.db import migrations as _migrations
-from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.sqlite.locks import AdvisoryLease, KeyedLocks, KeyLock
 from icn_mcp.errors import (
     BusyError,
     DatabaseClosed,
@@ -606,29 +606,29 @@ class Database:
     # -- backup and diagnostics (db/backup.py, db/info.py) ------------------------------
 
     def create_backup(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
-        """A verified snapshot of this database; see :func:`icn_mcp.db.backup.create_backup`.
+        """A verified snapshot of this database; see :func:`icn_mcp.db.sqlite.backup.create_backup`.
 
         Without ``path`` it goes to ``backups/`` beside the database file.
         """
-        from icn_mcp.db import backup
+        from icn_mcp.db.sqlite import backup
 
         return backup.create_backup(path, db=self, **options)
 
     def verify_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """Check a backup against this database's migrations; see :func:`icn_mcp.db.backup.verify_backup`."""
-        from icn_mcp.db import backup
+        """Check a backup against this database's migrations; see :func:`icn_mcp.db.sqlite.backup.verify_backup`."""
+        from icn_mcp.db.sqlite import backup
 
         return backup.verify_backup(path, db=self, **options)
 
     def restore_from_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """Verify, keep a safety copy, restore; see :func:`icn_mcp.db.backup.restore_from_backup`."""
-        from icn_mcp.db import backup
+        """Verify, keep a safety copy, restore; see :func:`icn_mcp.db.sqlite.backup.restore_from_backup`."""
+        from icn_mcp.db.sqlite import backup
 
         return backup.restore_from_backup(path, db=self, **options)
 
     def get_database_info(self, **options: Any) -> dict[str, Any]:
-        """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.info`."""
-        from icn_mcp.db import info
+        """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.sqlite.info`."""
+        from icn_mcp.db.sqlite import info
 
         return info.get_database_info(db=self, **options)
 
