@@ -28,13 +28,13 @@ restored content as one committed change; no file is copied over the database, s
 no stale ``-wal``/``-shm`` can be replayed over it. Afterwards the integrity check
 runs and missing migrations are applied.
 
-Every public function takes ``db=`` (keyword); without it, it works on the
-process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` settings.
+Every public function takes ``db=`` (keyword). The functions of the same names in
+:mod:`icn_mcp.db` work on the process-wide database with the ``MCP_BACKUP_*``
+settings (:mod:`icn_mcp.db.process`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import hashlib
 import json
@@ -49,11 +49,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
 from icn_mcp.db.sqlite import migrations as _migrations
-from icn_mcp.db.sqlite.info import count_rows, quote_identifier
+from icn_mcp.db.sqlite.catalog import count_rows, quote_identifier
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, MigrationError, RestoreError
 
@@ -65,11 +65,8 @@ __all__ = [
     "BackupVerification",
     "RestoreResult",
     "create_backup",
-    "create_backup_async",
     "verify_backup",
-    "verify_backup_async",
     "restore_from_backup",
-    "restore_from_backup_async",
     "prune_backups",
     "list_backups",
     "latest_backup",
@@ -203,22 +200,6 @@ class RestoreResult:
 
 
 # -- paths ----------------------------------------------------------------------------
-
-
-class _Defaults(NamedTuple):
-    backup_dir: Path | None
-    keep: int
-    check: str
-
-
-def process_wide() -> tuple["Database", _Defaults]:
-    """The process-wide database and the ``MCP_BACKUP_*`` settings."""
-    from icn_mcp.config import Settings  # config is read only at the edges
-    from icn_mcp.db.sqlite.database import get_db
-
-    settings = Settings.from_env()
-    directory = settings.backup_dir or settings.db_dir / BACKUP_DIR_NAME
-    return get_db(), _Defaults(directory, settings.backup_keep, settings.backup_check.lower())
 
 
 def default_backup_dir(db: "Database") -> Path:
@@ -541,7 +522,7 @@ class _CopyMonitor:
 def create_backup(
     path: str | os.PathLike[str] | None = None,
     *,
-    db: "Database | None" = None,
+    db: "Database",
     backup_dir: str | os.PathLike[str] | None = None,
     keep: int | None = None,
     check: str | None = None,
@@ -562,11 +543,6 @@ def create_backup(
     Raises :class:`~icn_mcp.errors.BackupError` naming the path and the cause; then
     nothing is left under the final name and no temporary file remains.
     """
-    if db is None:
-        db, defaults = process_wide()
-        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
-        keep = defaults.keep if keep is None else keep
-        check = defaults.check if check is None else check
     check = _check_value(check or DEFAULT_CHECK)
     keep = keep or 0
     if keep < 0:
@@ -848,14 +824,15 @@ def verify_backup(
     integrity_check`` (``check="quick"``: quick_check), that the migration history is
     readable and every applied migration has a file here with the same checksum, and,
     when the manifest exists, its SHA-256, size and row counts. The file is opened
-    read-only and never changed. ``migrations_dir`` defaults to the database's.
+    read-only and never changed. ``migrations_dir`` defaults to the database's
+    (without ``db``: the migrations shipped with icn-mcp).
     """
     check = _check_value(check)
     path = Path(os.path.abspath(os.fspath(path)))
     if migrations_dir is None:
-        if db is None:
-            db, _ = process_wide()
-        migrations_dir = db.migrations_dir
+        migrations_dir = (
+            db.migrations_dir if db is not None else _migrations.default_migrations_dir()
+        )
     problems: list[str] = []
     found: dict[str, Any] = {}
 
@@ -1072,7 +1049,7 @@ def _copy_rows(conn: sqlite3.Connection, table: str) -> None:
 def restore_from_backup(
     path: str | os.PathLike[str],
     *,
-    db: "Database | None" = None,
+    db: "Database",
     backup_dir: str | os.PathLike[str] | None = None,
     check: str = DEFAULT_CHECK,
 ) -> RestoreResult:
@@ -1089,9 +1066,6 @@ def restore_from_backup(
     check and applies the migrations the backup lacks. Other writers wait for the
     lock meanwhile (their busy timeout), for about the time a backup takes.
     """
-    if db is None:
-        db, defaults = process_wide()
-        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
     started = time.perf_counter()
     source_path = Path(os.path.abspath(os.fspath(path)))
     if source_path.exists() and db.path.exists() and os.path.samefile(source_path, db.path):
@@ -1218,21 +1192,3 @@ def restore_from_backup(
 
 def _mtime(path: Path) -> str:
     return format_ts(datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc))
-
-
-# -- async ------------------------------------------------------------------------------
-
-
-async def create_backup_async(path: str | os.PathLike[str] | None = None, **options: Any) -> BackupResult:
-    """:func:`create_backup` in a worker thread: the event loop keeps running."""
-    return await asyncio.to_thread(create_backup, path, **options)
-
-
-async def verify_backup_async(path: str | os.PathLike[str], **options: Any) -> BackupVerification:
-    """:func:`verify_backup` in a worker thread."""
-    return await asyncio.to_thread(verify_backup, path, **options)
-
-
-async def restore_from_backup_async(path: str | os.PathLike[str], **options: Any) -> RestoreResult:
-    """:func:`restore_from_backup` in a worker thread."""
-    return await asyncio.to_thread(restore_from_backup, path, **options)
