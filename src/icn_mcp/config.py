@@ -59,6 +59,20 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: PostgreSQL pool (MCP_DB_POOL_*): defaults and the ranges accepted.
+DEFAULT_POOL_MIN = 1
+DEFAULT_POOL_MAX = 10
+DEFAULT_POOL_MAX_LIFETIME_S = 3600.0
+DEFAULT_POOL_MAX_IDLE_S = 600.0
+DEFAULT_POOL_TIMEOUT_S = 30.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+POOL_MIN_RANGE = (0, 100)
+POOL_MAX_RANGE = (1, 1000)
+POOL_MAX_LIFETIME_RANGE = (60.0, 7 * 24 * 3600.0)
+POOL_MAX_IDLE_RANGE = (10.0, 24 * 3600.0)
+POOL_TIMEOUT_RANGE = (0.1, 3600.0)
+CONNECT_TIMEOUT_RANGE = (1.0, 600.0)
+
 T = TypeVar("T")
 
 
@@ -91,6 +105,38 @@ def _float(name: str, raw: str, *, minimum: float) -> float:
     if not value >= minimum or value == float("inf"):  # also rejects NaN
         raise ConfigError(name, raw, f"a finite number >= {minimum:g}")
     return value
+
+
+def _int_between(name: str, raw: str, bounds: tuple[int, int]) -> int:
+    low, high = bounds
+    allowed = f"an integer from {low} to {high}"
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(name, raw, allowed) from None
+    if not low <= value <= high:
+        raise ConfigError(name, raw, allowed)
+    return value
+
+
+def _float_between(name: str, raw: str, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    allowed = f"a number of seconds from {low:g} to {high:g}"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(name, raw, allowed) from None
+    if not low <= value <= high:  # also rejects NaN
+        raise ConfigError(name, raw, allowed)
+    return value
+
+
+def _db_url(name: str, raw: str) -> str:
+    # The value may carry a password: errors show it redacted, never as given.
+    url = raw.strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(name, redact_url(raw), "unset (SQLite) or a postgresql:// URL")
+    return url
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -178,8 +224,17 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB_DIR) / DEFAULT_DB_FILENAME
     #: None means the migrations shipped inside the package.
     migrations_dir: Path | None = None
-    #: Always None in this version (a set MCP_DB_URL is refused); may hold a password.
+    #: ``postgresql://...`` selects PostgreSQL instead of SQLite; may hold a password,
+    #: so it is never shown (repr, logs, errors show :func:`redact_url` of it).
     db_url: str | None = field(default=None, repr=False)
+    #: PostgreSQL connection pool: size, how long a connection lives and may idle,
+    #: how long a request waits for a free connection, how long connecting may take.
+    pool_min: int = DEFAULT_POOL_MIN
+    pool_max: int = DEFAULT_POOL_MAX
+    pool_max_lifetime_s: float = DEFAULT_POOL_MAX_LIFETIME_S
+    pool_max_idle_s: float = DEFAULT_POOL_MAX_IDLE_S
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     busy_timeout_ms: int = 30_000
     synchronous: str = "NORMAL"
     temp_store: str = "MEMORY"
@@ -243,19 +298,13 @@ class Settings:
         db_path = get("MCP_DB_PATH", path, db_dir / DEFAULT_DB_FILENAME)
         migrations_dir = get("MCP_MIGRATIONS_DIR", path, None)
 
-        db_url = env.get("MCP_DB_URL") or None
-        if db_url is not None:
-            # Refused here, so that no entry point (CLI, serve, get_db) can quietly
-            # acknowledge writes into a local SQLite file while the operator believes
-            # they go to PostgreSQL. The value may carry a password: never echo it.
-            shown = redact_url(db_url)
-            if not db_url.startswith(("postgresql://", "postgres://")):
-                raise ConfigError("MCP_DB_URL", shown, "unset (SQLite) or a postgresql:// URL")
+        db_url = _db_url("MCP_DB_URL", env["MCP_DB_URL"]) if env.get("MCP_DB_URL") else None
+        pool_min = get("MCP_DB_POOL_MIN", lambda n, r: _int_between(n, r, POOL_MIN_RANGE), DEFAULT_POOL_MIN)
+        pool_max = get("MCP_DB_POOL_MAX", lambda n, r: _int_between(n, r, POOL_MAX_RANGE), DEFAULT_POOL_MAX)
+        if pool_max < pool_min:
             raise ConfigError(
-                "MCP_DB_URL",
-                shown,
-                "unset: this version serves SQLite only (MCP_DB_PATH); "
-                "the PostgreSQL backend is not available yet",
+                "MCP_DB_POOL_MAX", env.get("MCP_DB_POOL_MAX", str(pool_max)),
+                f"an integer >= MCP_DB_POOL_MIN ({pool_min})",
             )
 
         values: dict[str, Any] = dict(
@@ -263,6 +312,28 @@ class Settings:
             db_path=db_path,
             migrations_dir=migrations_dir,
             db_url=db_url,
+            pool_min=pool_min,
+            pool_max=pool_max,
+            pool_max_lifetime_s=get(
+                "MCP_DB_POOL_MAX_LIFETIME_S",
+                lambda n, r: _float_between(n, r, POOL_MAX_LIFETIME_RANGE),
+                DEFAULT_POOL_MAX_LIFETIME_S,
+            ),
+            pool_max_idle_s=get(
+                "MCP_DB_POOL_MAX_IDLE_S",
+                lambda n, r: _float_between(n, r, POOL_MAX_IDLE_RANGE),
+                DEFAULT_POOL_MAX_IDLE_S,
+            ),
+            pool_timeout_s=get(
+                "MCP_DB_POOL_TIMEOUT_S",
+                lambda n, r: _float_between(n, r, POOL_TIMEOUT_RANGE),
+                DEFAULT_POOL_TIMEOUT_S,
+            ),
+            connect_timeout_s=get(
+                "MCP_DB_CONNECT_TIMEOUT_S",
+                lambda n, r: _float_between(n, r, CONNECT_TIMEOUT_RANGE),
+                DEFAULT_CONNECT_TIMEOUT_S,
+            ),
             busy_timeout_ms=get(
                 "MCP_DB_BUSY_TIMEOUT_MS", lambda n, r: _int(n, r, minimum=0), 30_000
             ),
@@ -347,6 +418,25 @@ class Settings:
             cache_size_kib=self.cache_size_kib,
             journal_size_limit=self.journal_size_limit,
             health_check_interval_s=self.health_check_interval_s,
+            retries=self.retries,
+            allow_missing_migrations=self.allow_missing_migrations,
+            allow_out_of_order_migrations=self.allow_out_of_order_migrations,
+        )
+
+    def postgres_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`icn_mcp.db.postgres.PostgresDatabase`.
+
+        A migrations tree (``MCP_MIGRATIONS_DIR``) holds the PostgreSQL files in its
+        ``postgres/`` folder, as the package does.
+        """
+        return dict(
+            migrations_dir=None if self.migrations_dir is None else self.migrations_dir / "postgres",
+            pool_min=self.pool_min,
+            pool_max=self.pool_max,
+            pool_max_lifetime_s=self.pool_max_lifetime_s,
+            pool_max_idle_s=self.pool_max_idle_s,
+            pool_timeout_s=self.pool_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
             retries=self.retries,
             allow_missing_migrations=self.allow_missing_migrations,
             allow_out_of_order_migrations=self.allow_out_of_order_migrations,

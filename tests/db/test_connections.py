@@ -249,14 +249,6 @@ def test_get_db_reopens_after_the_file_was_replaced(tmp_path: Path, monkeypatch)
         close_db()
 
 
-def test_get_db_refuses_postgres_url_for_now(monkeypatch) -> None:
-    from icn_mcp.errors import ConfigError
-
-    monkeypatch.setenv("MCP_DB_URL", "postgresql://localhost/test")
-    with pytest.raises(ConfigError, match="MCP_DB_URL"):
-        get_db()
-
-
 def _wait_child(pid: int, timeout_s: float = 30.0) -> int | None:
     """The child's exit code, or None (after killing it) if it hung."""
     import signal
