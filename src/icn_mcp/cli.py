@@ -473,8 +473,12 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
     """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
     from icn_mcp.db.sqlite.backup import verify_backup
 
-    migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
-    result = verify_backup(path, migrations_dir=migrations_dir)
+    if ctx.obj["postgres"]:  # a scratch database on the server does the checking
+        with _open(ctx, migrate=False) as database:
+            result = database.verify_backup(path)
+    else:
+        migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
+        result = verify_backup(path, migrations_dir=migrations_dir)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         if not result.ok:

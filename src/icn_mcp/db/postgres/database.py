@@ -32,13 +32,14 @@ from icn_mcp.config import redact_url
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks
 from icn_mcp.db.leases import AdvisoryLease
+from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import driver
+from icn_mcp.db.postgres import info as _info
 from icn_mcp.db.postgres import migrations as _pg_migrations
 from icn_mcp.db.postgres.locks import PostgresLeaseSQL
 from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import (
-    BackupError,
     BusyError,
     CommitUnknown,
     DatabaseClosed,
@@ -369,30 +370,21 @@ class PostgresDatabase(BaseDatabase):
 
     # -- backup and diagnostics -----------------------------------------------------
 
-    def _no_backup(self, what: str) -> BackupError:
-        return BackupError(
-            self._target,
-            f"{what} of a PostgreSQL database is not part of icn-mcp yet",
-            hint="use pg_dump --format=custom / pg_restore (docs/postgresql.md)",
-        )
-
     def create_backup(self, path: Any = None, **options: Any) -> Any:
-        """Not available on PostgreSQL in this version: raises :class:`BackupError`."""
-        raise self._no_backup("backup")
+        """``pg_dump`` (custom format) + manifest; see :func:`icn_mcp.db.postgres.backup.create_backup`."""
+        return _backup.create_backup(self, path, **options)
 
     def verify_backup(self, path: Any, **options: Any) -> Any:
-        """Not available on PostgreSQL in this version: raises :class:`BackupError`."""
-        raise self._no_backup("verifying a backup")
+        """``pg_restore --list`` and a restore into a scratch database; see :mod:`icn_mcp.db.postgres.backup`."""
+        return _backup.verify_backup(self, path, **options)
 
     def restore_from_backup(self, path: Any, **options: Any) -> Any:
-        """Not available on PostgreSQL in this version: raises :class:`BackupError`."""
-        raise self._no_backup("restore")
+        """Verify, safety dump of a non-empty database, restore in one transaction."""
+        return _backup.restore_from_backup(self, path, **options)
 
     def get_database_info(self, **options: Any) -> dict[str, Any]:
         """Size, tables, indexes, migrations, health and pool, from the catalogs."""
-        from icn_mcp.db.postgres import info
-
-        return info.get_database_info(self)
+        return _info.get_database_info(self, backup_dir=options.get("backup_dir"))
 
     # -- diagnostics and life cycle -------------------------------------------------
 

@@ -11,11 +11,15 @@ Sizes are ``pg_total_relation_size`` (table, TOAST and indexes).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import migrations as _pg_migrations
+from icn_mcp.db.sqlite.backup import manifest_path
 
 if TYPE_CHECKING:
     from icn_mcp.db.postgres.database import PostgresDatabase
@@ -23,8 +27,27 @@ if TYPE_CHECKING:
 __all__ = ["get_database_info"]
 
 
-def get_database_info(db: "PostgresDatabase") -> dict[str, Any]:
-    """Everything an operator wants to know about ``db``; stable keys."""
+def _last_backup(backup_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """``{"path", "created_at", "size_bytes"}`` of the newest dump in ``backup_dir``."""
+    if backup_dir is None:
+        return None
+    for path in reversed(_backup.list_backups(backup_dir)):
+        try:
+            size = path.stat().st_size
+            manifest = json.loads(manifest_path(path).read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # pruned meanwhile, or no manifest: not a published backup
+        return {"path": str(path), "created_at": manifest.get("created_at"), "size_bytes": size}
+    return None
+
+
+def get_database_info(
+    db: "PostgresDatabase", *, backup_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Everything an operator wants to know about ``db``; stable keys.
+
+    ``last_backup`` is the newest dump in ``backup_dir`` (None without one).
+    """
     from psycopg import sql
 
     started = time.perf_counter()
@@ -62,7 +85,7 @@ def get_database_info(db: "PostgresDatabase") -> dict[str, Any]:
         ],
         "migrations": [asdict(m) for m in history.values()],
         "failed_migrations": [asdict(f) for f in failures],
-        "last_backup": None,
+        "last_backup": _last_backup(backup_dir),
         "pool": db.get_stats(),
         "health": {"ok": health["ok"], "latency_ms": health["latency_ms"], "error": health["error"]},
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
