@@ -255,3 +255,63 @@ def test_serve_refuses_postgresql_until_the_store_runs_there(pg_url: str, tmp_pa
     assert result.returncode == 2, result.stderr
     assert "runs on SQLite only" in result.stderr and "S3cret" not in result.stderr
     assert not (tmp_path / "var").exists()
+
+
+# -- migrations: PostgreSQL's own parts -----------------------------------------------
+
+
+def test_a_no_transaction_migration_runs_create_index_concurrently(pg_url: str, migrations_dir) -> None:
+    from icn_mcp.db.postgres import PostgresDatabase
+    from tests.helpers import write_migration
+
+    write_migration(migrations_dir, "0001_things.sql", "CREATE TABLE things (id INTEGER, name TEXT);\n")
+    write_migration(
+        migrations_dir, "0002_index.sql",
+        "-- icn-mcp: no-transaction\nCREATE INDEX CONCURRENTLY things_name ON things (name);\n",
+    )
+    db = PostgresDatabase(pg_url, migrations_dir=migrations_dir, migrate=False)
+    try:
+        results = db.dry_run_migrations()
+        assert [(r.version, r.ok, r.skipped) for r in results] == [
+            ("0001_things", True, False), ("0002_index", False, True)]
+        assert db.migrate() == ["0001_things", "0002_index"]
+        with db.read_transaction() as conn:
+            valid = conn.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = 'things_name'").fetchone()
+        assert valid == (True,)
+        assert [m.version for m in db.migration_history()] == ["0001_things", "0002_index"]
+    finally:
+        db.close()
+
+
+def test_statements_split_at_top_level_semicolons_only() -> None:
+    from icn_mcp.db.postgres.migrations import split_statements
+
+    text = (
+        "-- a comment; not a statement\n"
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$ BEGIN RETURN 1; END $body$;\n"
+        "INSERT INTO t VALUES ('a;b', \"c;d\", $$e;f$$); /* g; h */\n"
+        "\n"
+        "SELECT 'it''s; fine';\n"
+    )
+    statements = split_statements(text)
+    assert [s.line for s in statements] == [2, 3, 5]
+    assert statements[0].sql.endswith("END $body$;") and "'a;b'" in statements[1].sql
+    with pytest.raises(ValueError, match="line 1"):
+        split_statements("SELECT 1")
+
+
+def test_a_migration_run_waits_for_the_lock_and_names_its_holder(pg_url: str) -> None:
+    import psycopg
+
+    from icn_mcp.db.postgres import migrations as pgm
+    from icn_mcp.errors import MigrationError
+
+    with psycopg.connect(pg_url, autocommit=True) as holder, psycopg.connect(pg_url, autocommit=True) as conn:
+        holder.execute("SET application_name = 'other-migrator'")
+        holder.execute("SELECT pg_advisory_lock(%s)", (pgm.MIGRATION_LOCK_KEY,))
+        with pytest.raises(MigrationError, match="other-migrator"):
+            pgm.apply(conn, [], psycopg, lock_wait_s=0.2)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (pgm.MIGRATION_LOCK_KEY,))
+        assert pgm.apply(conn, [], psycopg, lock_wait_s=5) == []
