@@ -315,3 +315,14 @@ def test_a_migration_run_waits_for_the_lock_and_names_its_holder(pg_url: str) ->
             pgm.apply(conn, [], psycopg, lock_wait_s=0.2)
         holder.execute("SELECT pg_advisory_unlock(%s)", (pgm.MIGRATION_LOCK_KEY,))
         assert pgm.apply(conn, [], psycopg, lock_wait_s=5) == []
+
+
+def test_read_committed_is_available_for_statement_level_work_and_bad_levels_are_refused(pgdb: Any) -> None:
+    from icn_mcp.errors import DatabaseError
+
+    level = pgdb.run_in_transaction(
+        lambda c: c.execute("SHOW transaction_isolation").fetchone()[0], isolation="read committed")
+    assert level == "read committed"
+    assert pgdb.run_in_transaction(lambda c: c.execute("SHOW transaction_isolation").fetchone()[0]) == "serializable"
+    with pytest.raises(DatabaseError, match="isolation='chaos' is not valid"):
+        pgdb.run_in_transaction(lambda c: None, isolation="chaos")
