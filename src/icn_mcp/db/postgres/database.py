@@ -281,6 +281,8 @@ class PostgresDatabase(BaseDatabase):
         LOCKED)``: under SERIALIZABLE, concurrent claimers of different rows still
         conflict on the index range they read (bench/bench_pg_transactions.py).
         """
+        if isolation not in ISOLATION_LEVELS:  # before taking a connection
+            self._begin_write(None, isolation)
         tries = 0
         budget = self.retries if retries is None else retries
         while True:
