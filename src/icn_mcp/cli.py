@@ -396,7 +396,10 @@ def restore(ctx: click.Context, path: Path, yes: bool) -> None:
         click.echo(f"applied {version}")
     rows = ", ".join(f"{_printable(n)} {c}" for n, c in result.row_counts.items() if c is not None)
     click.echo(f"rows: {rows}")
-    click.echo(f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}")
+    if result.safety_backup_path is None:  # PostgreSQL: the database held no data
+        click.echo(f"check {result.integrity}; the database held no data, so no safety copy was needed")
+    else:
+        click.echo(f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}")
 
 
 @db.command()

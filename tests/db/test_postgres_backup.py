@@ -117,3 +117,17 @@ def test_cli_backup_and_verify_backup_on_postgresql(source: Any, pg_url: str, tm
     assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
     info = run_cli("db", "info", "--json", env=env)
     assert json.loads(info.stdout)["last_backup"]["path"] == path
+
+
+def test_cli_restore_onto_a_new_empty_database(source: Any, other_url: str, tmp_path: Path) -> None:
+    """The disaster-recovery path: a new server, an empty database, `db restore --yes`."""
+    backup = source.create_backup(backup_dir=tmp_path).path
+    restored = run_cli("db", "restore", backup, "--yes",
+                       env={"MCP_DB_URL": other_url, "MCP_BACKUP_DIR": str(tmp_path)})
+    assert restored.returncode == 0, restored.stderr
+    assert "no safety copy was needed" in restored.stdout and "agents 5" in restored.stdout
+    target = _open(other_url, migrate=False)
+    try:
+        assert _agents(target) == [f"a{i}" for i in range(5)]
+    finally:
+        target.close()
