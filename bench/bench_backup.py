@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from icn_mcp.db import Database
-from icn_mcp.db.backup import _remove_file
-from icn_mcp.db.info import count_rows
+from icn_mcp.db.sqlite.backup import _remove_file
+from icn_mcp.db.sqlite.info import count_rows
 
 ROW_BYTES = 1000
 BATCH_ROWS = 20_000

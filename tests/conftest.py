@@ -1,11 +1,16 @@
-"""Shared fixtures: real SQLite files in tmp_path and a clean MCP_* environment."""
+"""Shared fixtures: real SQLite files in tmp_path, fresh PostgreSQL databases, a clean
+MCP_* environment; with CI=true a skipped PostgreSQL test is a failure."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from typing import Iterator
+
 import pytest
+
+from tests import pg
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +32,30 @@ def migrations_dir(tmp_path: Path) -> Path:
     path = tmp_path / "migrations"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own, dropped afterwards."""
+    admin = pg.admin_url()
+    if admin is None:
+        pytest.skip(pg.SKIP_REASON)
+    url = pg.create_database(admin)
+    try:
+        yield url
+    finally:
+        pg.drop_database(admin, url)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI (CI=true), a PostgreSQL test that was skipped fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get("CI", "").lower() == "true"
+        and item.get_closest_marker("postgres") is not None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"PostgreSQL test skipped in CI (CI=true): {report.longrepr}"

@@ -44,6 +44,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 def shipped_versions() -> list[str]:
     """The versions of the migrations shipped in the package, in order."""
-    from icn_mcp.db.migrations import default_migrations_dir, discover
+    from icn_mcp.db.sqlite.migrations import default_migrations_dir, discover
 
     return [m.version for m in discover(default_migrations_dir())]

@@ -59,23 +59,30 @@ def test_malformed_values_name_variable_value_and_what_is_allowed(name: str, val
     assert info.value.variable == name and info.value.value == value
 
 
-def test_a_database_url_is_refused_without_echoing_its_password() -> None:
-    for url in ("postgresql://app:S3cretPassw0rd@db.internal/hq", "mysql://app:S3cretPassw0rd@db/hq"):
-        with pytest.raises(ConfigError) as info:
-            Settings.from_env({"MCP_DB_URL": url})
-        assert "S3cretPassw0rd" not in str(info.value) and "app:" not in str(info.value)
-        assert "MCP_DB_URL" in str(info.value) and "***@" in str(info.value)
-    assert "S3cret" not in repr(Settings.from_env({}))
+def test_a_malformed_database_url_is_refused_without_echoing_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"MCP_DB_URL": "mysql://app:S3cretPassw0rd@db/hq"})
+    assert "S3cretPassw0rd" not in str(info.value) and "app:" not in str(info.value)
+    assert "MCP_DB_URL" in str(info.value) and "***@" in str(info.value)
+    assert "S3cret" not in repr(Settings.from_env({"MCP_DB_URL": "postgresql://a:S3cret@h/db"}))
 
 
-def test_every_entry_point_refuses_a_postgres_url_instead_of_using_sqlite(tmp_path: Path) -> None:
+def test_an_unreachable_postgres_url_fails_cleanly_and_never_falls_back_to_sqlite(tmp_path: Path) -> None:
     from tests.helpers import run_cli
 
-    env = {"MCP_DB_DIR": str(tmp_path / "var"), "MCP_DB_URL": "postgresql://app:pw@localhost/hq"}
-    for args in (("db", "migrate"), ("db", "status"), ("serve", "--port", "0")):
+    env = {
+        "MCP_DB_DIR": str(tmp_path / "var"),
+        "MCP_DB_URL": "postgresql://app:pw@127.0.0.1:1/hq",  # nothing listens on port 1
+        "MCP_DB_CONNECT_TIMEOUT_S": "1",
+    }
+    for args in (("db", "migrate"), ("db", "status")):
         result = run_cli(*args, env=env)
-        assert result.returncode == 2, (args, result.stderr)
-        assert "PostgreSQL backend is not available" in result.stderr and "pw@" not in result.stderr
+        assert result.returncode == 1, (args, result.stderr)
+        assert "is unavailable" in result.stderr and "pw@" not in result.stderr
+        assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["error", "hint"]
+    served = run_cli("serve", "--port", "0", env=env)
+    assert served.returncode == 2 and "runs on SQLite only" in served.stderr
+    assert "pw@" not in served.stderr
     assert not (tmp_path / "var").exists()  # nothing was written anywhere
 
 

@@ -7,6 +7,8 @@ import icn_mcp.errors
 
 EXPECTED_DB = {
     "Database", "get_db", "close_db", "with_lock", "KeyedLocks", "AdvisoryLease",
+    # the contract and the backend choice (issue 10)
+    "BaseDatabase", "open_database",
     "MigrationPlan", "MigrationState", "AppliedMigration", "FailedMigration", "DryRunResult",
     # backup.py and info.py (issue 3), each with an async variant for servers
     "create_backup", "create_backup_async", "verify_backup", "verify_backup_async",

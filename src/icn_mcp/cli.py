@@ -22,9 +22,9 @@ import click
 
 from icn_mcp import __version__
 from icn_mcp.config import MAX_BACKUP_KEEP, Settings, parse_host
-from icn_mcp.db import Database, MigrationPlan
-from icn_mcp.db import migrations as _migrations
-from icn_mcp.db.database import check_database_file
+from icn_mcp.db import BaseDatabase, Database, MigrationPlan, open_database
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.sqlite.database import check_database_file
 from icn_mcp.errors import ConfigError, IcnMcpError
 
 EXIT_FAILED = 1
@@ -111,6 +111,8 @@ def main(debug: bool, verbose: bool) -> None:
     """
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.CRITICAL
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # psycopg sets its own logger to WARNING on import; follow ours (its DEBUG is a flood).
+    logging.getLogger("psycopg").setLevel(max(level, logging.INFO))
 
 
 @main.group(cls=_Group)
@@ -125,25 +127,52 @@ def main(debug: bool, verbose: bool) -> None:
 def db(ctx: click.Context, db_path: Path | None, migrations_dir: Path | None) -> None:
     """Migrate, inspect and verify the database."""
     settings = Settings.from_env()
+    if settings.db_url is not None and db_path is not None:
+        raise ConfigError("--db", str(db_path), "no --db: MCP_DB_URL selects PostgreSQL")
     options = settings.database_options()
     if migrations_dir is not None:
         options["migrations_dir"] = migrations_dir
-    ctx.obj = {"path": db_path or settings.db_path, "options": options}
+    ctx.obj = {
+        "path": db_path or settings.db_path,
+        "options": options,
+        "settings": settings,
+        # PostgreSQL (MCP_DB_URL) instead of the SQLite file at "path".
+        "postgres": settings.db_url is not None,
+    }
 
 
-def _open(ctx: click.Context, *, migrate: bool) -> Database:
+def _open(ctx: click.Context, *, migrate: bool) -> BaseDatabase:
+    settings: Settings = ctx.obj["settings"]
+    if ctx.obj["postgres"]:
+        custom = ctx.obj["options"]["migrations_dir"]
+        overrides = {} if custom is None else {"migrations_dir": Path(custom) / "postgres"}
+        return open_database(settings, migrate=migrate, **overrides)
     return Database(ctx.obj["path"], migrate=migrate, **ctx.obj["options"])
 
 
-def _inspect(ctx: click.Context) -> Database:
-    """The database opened read-only: inspection never creates, converts or writes it."""
+def _inspect(ctx: click.Context) -> BaseDatabase:
+    """The database opened read-only: inspection never creates, converts or writes it.
+
+    (PostgreSQL: opened without migrating; inspection only reads.)
+    """
+    if ctx.obj["postgres"]:
+        return _open(ctx, migrate=False)
     return Database(ctx.obj["path"], migrate=False, read_only=True, **ctx.obj["options"])
+
+
+def _name(ctx: click.Context) -> str:
+    """The database for messages: the SQLite path as given, or the URL without password."""
+    if ctx.obj["postgres"]:
+        from icn_mcp.config import redact_url
+
+        return redact_url(ctx.obj["settings"].db_url)
+    return str(ctx.obj["path"])
 
 
 def _current_plan(ctx: click.Context) -> tuple[MigrationPlan, bool]:
     """The plan, without creating the database when it does not exist yet."""
     path: Path = ctx.obj["path"]
-    if not path.exists():
+    if not ctx.obj["postgres"] and not path.exists():
         migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
         empty = sqlite3.connect(":memory:")
         try:
@@ -207,7 +236,7 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
     if applied:
         for version in applied:
             click.echo(f"applied {version}")
-    click.echo(f"database {ctx.obj['path']} is up to date ({total} migrations applied)")
+    click.echo(f"database {_name(ctx)} is up to date ({total} migrations applied)")
 
 
 @db.command()
@@ -216,7 +245,7 @@ def migrate(ctx: click.Context, dry_run: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """List applied, pending, changed, missing and failed migrations."""
     current, exists = _current_plan(ctx)
-    path = str(Path(ctx.obj["path"]).absolute())
+    path = _name(ctx) if ctx.obj["postgres"] else str(Path(ctx.obj["path"]).absolute())
     if as_json:
         data = {"database": path, "exists": exists, **current.to_dict()}
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -247,6 +276,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def verify(ctx: click.Context) -> None:
     """Check migration checksums and the database's integrity (exit 1 on any problem)."""
     path: Path = ctx.obj["path"]
+    if ctx.obj["postgres"]:
+        with _open(ctx, migrate=False) as database:
+            current = database.verify_migrations()
+        click.echo(
+            f"ok: {len(current.applied)} migrations applied with matching checksums, "
+            f"{len(current.pending)} pending"
+        )
+        return
     if not path.exists():
         _fail(f"database {path} does not exist", "run 'icn-mcp db migrate' to create it")
     with _inspect(ctx) as database:
@@ -282,7 +319,7 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     Without MCP_BACKUP_DIR: ``backups/`` beside the database, however its path was
     given (MCP_DB_DIR, MCP_DB_PATH or --db), never relative to the current directory.
     """
-    from icn_mcp.db.backup import backup_dir_for
+    from icn_mcp.db.sqlite.backup import backup_dir_for
 
     settings = Settings.from_env()
     directory = settings.backup_dir if settings.backup_dir is not None else backup_dir_for(ctx.obj["path"])
@@ -312,6 +349,8 @@ def _backup_file_argument(path: Path) -> None:
 
 
 def _require_database(ctx: click.Context) -> None:
+    if ctx.obj["postgres"]:
+        return  # the server says whether it exists when we connect
     path = Path(ctx.obj["path"])
     if not path.exists():
         _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH, or run 'icn-mcp db migrate' to create it")
@@ -424,20 +463,23 @@ def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -
     yet (a new machine), it is created from the backup. Asks for confirmation on a
     terminal; elsewhere refuses (exit status 2) unless --yes.
     """
-    from icn_mcp.db.backup import restore_new_database
+    from icn_mcp.db.sqlite.backup import restore_new_database
 
     _backup_file_argument(path)
     target = Path(ctx.obj["path"]).absolute()
+    # SQLite with no database file: a new machine, the database is created from the backup.
+    fresh = not ctx.obj["postgres"] and not target.exists()
     if not yes:
         _confirm(
-            f"Replace the contents of {target} with {path}? (a safety backup is made first)"
-            if target.exists()
+            f"Replace the contents of {_name(ctx) if ctx.obj['postgres'] else target} with {path}? "
+            "(a safety backup is made first)"
+            if not fresh
             else f"Create {target} from {path}?",
             f"not restoring {target}",
             "restore",
         )
     directory, _, check = _backup_settings(ctx)
-    if not target.exists():
+    if fresh:
         # A machine without a database: opening one would create an empty file (and
         # directories) that a failed restore would leave behind.
         result = restore_new_database(
@@ -467,7 +509,7 @@ def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -
     if result.database_created:
         click.echo(f"integrity_check {result.integrity}; the database did not exist: no safety backup was needed")
     elif result.safety_backup_path is None:
-        click.echo(f"integrity_check {result.integrity}; the database was empty: no safety backup was needed")
+        click.echo(f"check {result.integrity}; the database held no data: no safety backup was needed")
     else:
         click.echo(
             f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}"
@@ -489,11 +531,16 @@ def info(ctx: click.Context, as_json: bool) -> None:
         return
     health = data["health"]
     click.echo(f"database   {data['path']}")
-    click.echo(
-        f"size       {_human(data['size_bytes'])} + WAL {_human(data['wal_size_bytes'])}; "
-        f"{data['page_count']} pages of {data['page_size']} bytes, {data['freelist_count']} free"
-    )
-    click.echo(f"journal    {data['journal_mode']}; SQLite {data['sqlite_version']}")
+    if ctx.obj["postgres"]:
+        pool = data["pool"]
+        click.echo(f"size       {_human(data['size_bytes'])}; PostgreSQL {data['server_version']}")
+        click.echo(
+            f"pool       {pool['open_connections']} open, {pool['pool_available']} idle, "
+            f"max {pool['pool_max']}; {pool['reconnects']} reconnects"
+        )
+        data = {**data, "size_method": "dbstat"}  # sizes are exact on PostgreSQL
+    else:
+        _print_sqlite_summary(data)
     click.echo(
         f"health     {'ok' if health['ok'] else 'FAILING: ' + str(health['error'])} "
         f"({health['latency_ms']} ms probe)"
@@ -537,17 +584,29 @@ def info(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"(gathered in {data['elapsed_ms']:.0f} ms)")
 
 
+def _print_sqlite_summary(data: dict[str, Any]) -> None:
+    click.echo(
+        f"size       {_human(data['size_bytes'])} + WAL {_human(data['wal_size_bytes'])}; "
+        f"{data['page_count']} pages of {data['page_size']} bytes, {data['freelist_count']} free"
+    )
+    click.echo(f"journal    {data['journal_mode']}; SQLite {data['sqlite_version']}")
+
+
 @db.command("verify-backup")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None:
     """Check a backup: header, integrity_check, migrations, manifest (exit 1 if bad)."""
-    from icn_mcp.db.backup import verify_backup
+    from icn_mcp.db.sqlite.backup import verify_backup
 
     _backup_file_argument(path)
-    migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
-    result = verify_backup(path, migrations_dir=migrations_dir)
+    if ctx.obj["postgres"]:  # a scratch database on the server does the checking
+        with _open(ctx, migrate=False) as database:
+            result = database.verify_backup(path)
+    else:
+        migrations_dir = ctx.obj["options"]["migrations_dir"] or _migrations.default_migrations_dir()
+        result = verify_backup(path, migrations_dir=migrations_dir)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
         if not result.ok:

@@ -79,6 +79,20 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 TEMP_STORES = ("DEFAULT", "FILE", "MEMORY")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: PostgreSQL pool (MCP_DB_POOL_*): defaults and the ranges accepted.
+DEFAULT_POOL_MIN = 1
+DEFAULT_POOL_MAX = 10
+DEFAULT_POOL_MAX_LIFETIME_S = 3600.0
+DEFAULT_POOL_MAX_IDLE_S = 600.0
+DEFAULT_POOL_TIMEOUT_S = 30.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+POOL_MIN_RANGE = (0, 100)
+POOL_MAX_RANGE = (1, 1000)
+POOL_MAX_LIFETIME_RANGE = (60.0, 7 * 24 * 3600.0)
+POOL_MAX_IDLE_RANGE = (10.0, 24 * 3600.0)
+POOL_TIMEOUT_RANGE = (0.1, 3600.0)
+CONNECT_TIMEOUT_RANGE = (1.0, 600.0)
+
 T = TypeVar("T")
 
 
@@ -113,6 +127,14 @@ def _float(name: str, raw: str, *, minimum: float, maximum: float, unit: str = "
     if not minimum <= value <= maximum:  # also rejects NaN and infinities
         raise ConfigError(name, raw, allowed)
     return value
+
+
+def _db_url(name: str, raw: str) -> str:
+    # The value may carry a password: errors show it redacted, never as given.
+    url = raw.strip()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(name, redact_url(raw), "unset (SQLite) or a postgresql:// URL")
+    return url
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -219,8 +241,17 @@ class Settings:
     db_path: Path = Path(DEFAULT_DB_DIR) / DEFAULT_DB_FILENAME
     #: None means the migrations shipped inside the package.
     migrations_dir: Path | None = None
-    #: Always None in this version (a set MCP_DB_URL is refused); may hold a password.
+    #: ``postgresql://...`` selects PostgreSQL instead of SQLite; may hold a password,
+    #: so it is never shown (repr, logs, errors show :func:`redact_url` of it).
     db_url: str | None = field(default=None, repr=False)
+    #: PostgreSQL connection pool: size, how long a connection lives and may idle,
+    #: how long a request waits for a free connection, how long connecting may take.
+    pool_min: int = DEFAULT_POOL_MIN
+    pool_max: int = DEFAULT_POOL_MAX
+    pool_max_lifetime_s: float = DEFAULT_POOL_MAX_LIFETIME_S
+    pool_max_idle_s: float = DEFAULT_POOL_MAX_IDLE_S
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     busy_timeout_ms: int = 30_000
     synchronous: str = "NORMAL"
     temp_store: str = "MEMORY"
@@ -272,22 +303,10 @@ class Settings:
         """
         env = os.environ if environ is None else environ
 
-        db_url = env.get("MCP_DB_URL") or None
-        if db_url is not None:
-            # Refused here, so that no entry point (CLI, serve, get_db) can quietly
-            # acknowledge writes into a local SQLite file while the operator believes
-            # they go to PostgreSQL. The value may carry a password: never echo it.
-            shown = redact_url(db_url)
-            if not db_url.startswith(("postgresql://", "postgres://")):
-                raise ConfigError("MCP_DB_URL", shown, "unset (SQLite) or a postgresql:// URL")
-            raise ConfigError(
-                "MCP_DB_URL",
-                shown,
-                "unset: this version serves SQLite only (MCP_DB_PATH); "
-                "the PostgreSQL backend is not available yet",
-            )
-
         values: dict[str, Any] = {}
+        if env.get("MCP_DB_URL"):
+            # Selects PostgreSQL; a secret (it may hold a password): never echoed.
+            values["db_url"] = _db_url("MCP_DB_URL", env["MCP_DB_URL"])
         for spec in SETTINGS:
             raw = env.get(spec.variable)
             if raw is not None:
@@ -301,6 +320,11 @@ class Settings:
 
     def _check_together(self, env: Mapping[str, str]) -> None:
         """Checks that need more than one setting, or the filesystem."""
+        if self.pool_max < self.pool_min:
+            raise ConfigError(
+                "MCP_DB_POOL_MAX", env.get("MCP_DB_POOL_MAX", str(self.pool_max)),
+                f"an integer >= MCP_DB_POOL_MIN ({self.pool_min})",
+            )
         if "MCP_STDIO_AGENT_KIND" in env and self.stdio_agent_kind not in self.agent_kinds:
             raise ConfigError(
                 "MCP_STDIO_AGENT_KIND",
@@ -333,6 +357,25 @@ class Settings:
             cache_size_kib=self.cache_size_kib,
             journal_size_limit=self.journal_size_limit,
             health_check_interval_s=self.health_check_interval_s,
+            retries=self.retries,
+            allow_missing_migrations=self.allow_missing_migrations,
+            allow_out_of_order_migrations=self.allow_out_of_order_migrations,
+        )
+
+    def postgres_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`icn_mcp.db.postgres.PostgresDatabase`.
+
+        A migrations tree (``MCP_MIGRATIONS_DIR``) holds the PostgreSQL files in its
+        ``postgres/`` folder, as the package does.
+        """
+        return dict(
+            migrations_dir=None if self.migrations_dir is None else self.migrations_dir / "postgres",
+            pool_min=self.pool_min,
+            pool_max=self.pool_max,
+            pool_max_lifetime_s=self.pool_max_lifetime_s,
+            pool_max_idle_s=self.pool_max_idle_s,
+            pool_timeout_s=self.pool_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
             retries=self.retries,
             allow_missing_migrations=self.allow_missing_migrations,
             allow_out_of_order_migrations=self.allow_out_of_order_migrations,
@@ -412,12 +455,18 @@ _AGENT_NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting 
 _SECONDS = " (seconds)"
 
 #: Every setting icn-mcp reads, in README order. :meth:`Settings.from_env` reads
-#: exactly these (and refuses ``MCP_DB_URL``), so a new setting added here is
+#: exactly these (and ``MCP_DB_URL``, a secret), so a new setting added here is
 #: range-checked and covered by tests/test_config.py's property tests.
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("MCP_DB_DIR", "db_dir", _path, "a directory path"),
     SettingSpec("MCP_DB_PATH", "db_path", _path, "a database file path"),
     SettingSpec("MCP_MIGRATIONS_DIR", "migrations_dir", _path, "a directory path"),
+    _int_spec("MCP_DB_POOL_MIN", "pool_min", *POOL_MIN_RANGE),
+    _int_spec("MCP_DB_POOL_MAX", "pool_max", *POOL_MAX_RANGE),
+    _float_spec("MCP_DB_POOL_MAX_LIFETIME_S", "pool_max_lifetime_s", *POOL_MAX_LIFETIME_RANGE, _SECONDS),
+    _float_spec("MCP_DB_POOL_MAX_IDLE_S", "pool_max_idle_s", *POOL_MAX_IDLE_RANGE, _SECONDS),
+    _float_spec("MCP_DB_POOL_TIMEOUT_S", "pool_timeout_s", *POOL_TIMEOUT_RANGE, _SECONDS),
+    _float_spec("MCP_DB_CONNECT_TIMEOUT_S", "connect_timeout_s", *CONNECT_TIMEOUT_RANGE, _SECONDS),
     _int_spec("MCP_DB_BUSY_TIMEOUT_MS", "busy_timeout_ms", 0, MAX_BUSY_TIMEOUT_MS, " (milliseconds)"),
     _choice_spec("MCP_DB_SYNCHRONOUS", "synchronous", SYNCHRONOUS_MODES),
     _choice_spec("MCP_DB_TEMP_STORE", "temp_store", TEMP_STORES),

@@ -10,6 +10,9 @@ Errors carry their data as attributes, not only inside the message::
     │   ├── DatabaseClosed          the Database was closed
     │   ├── DatabaseFileError       the file vanished or was replaced underneath us
     │   ├── BusyError               busy/locked after the whole retry budget
+    │   ├── DatabaseUnavailable     the database server cannot be reached (PostgreSQL)
+    │   ├── CommitUnknown           the connection was lost during COMMIT: the
+    │   │                           transaction may or may not have committed
     │   ├── MigrationError          a migration failed or the history is inconsistent
     │   │   └── ChecksumMismatch    an applied migration's file changed
     │   ├── LockTimeout             a keyed or advisory lock was not acquired in time
@@ -35,6 +38,8 @@ __all__ = [
     "DatabaseClosed",
     "DatabaseFileError",
     "BusyError",
+    "DatabaseUnavailable",
+    "CommitUnknown",
     "MigrationError",
     "ChecksumMismatch",
     "LockTimeout",
@@ -105,6 +110,37 @@ class BusyError(DatabaseError):
             f"database stayed busy after {attempts} attempts: {cause}",
             hint="another process holds the write lock for a long time; "
             "raise MCP_DB_BUSY_TIMEOUT_MS or find the long transaction",
+        )
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database server could not be reached (PostgreSQL: no connection in time)."""
+
+    def __init__(self, target: str, cause: object, *, hint: str | None = None) -> None:
+        self.target = target
+        self.cause = cause
+        super().__init__(
+            f"database {target} is unavailable: {cause}",
+            hint=hint or "check that PostgreSQL is running and reachable (MCP_DB_URL)",
+        )
+
+
+class CommitUnknown(DatabaseError):
+    """The connection broke while COMMIT was in flight: the outcome is unknown.
+
+    The server may have committed the transaction before the connection died, or
+    not. It is never retried automatically, since running it again could apply it
+    twice; the caller must look at the data (or use an idempotency key) to decide.
+    """
+
+    def __init__(self, target: str, cause: object) -> None:
+        self.target = target
+        self.cause = cause
+        super().__init__(
+            f"the connection to {target} was lost during COMMIT ({cause}); "
+            "the transaction may or may not have been committed",
+            hint="check whether the change is there before repeating it "
+            "(requests with an idempotency key are safe to repeat)",
         )
 
 

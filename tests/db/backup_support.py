@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from icn_mcp.db import Database
-from icn_mcp.db.migrations import default_migrations_dir
+from icn_mcp.db.sqlite.migrations import default_migrations_dir
 
 SQLITE3_CLI = shutil.which("sqlite3")
 

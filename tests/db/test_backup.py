@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from icn_mcp.db import backup as backup_module
-from icn_mcp.db.backup import BACKUP_NAME, manifest_path, prune_backups
+from icn_mcp.db.sqlite import backup as backup_module
+from icn_mcp.db.sqlite.backup import BACKUP_NAME, manifest_path, prune_backups
 from icn_mcp.errors import BackupError
 from tests.helpers import shipped_versions
 from tests.db.backup_support import SQLITE3_CLI, WRITER_SCRIPT, file_state, make_db

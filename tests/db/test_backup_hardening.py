@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from icn_mcp.db import Database
-from icn_mcp.db import backup as backup_module
-from icn_mcp.db.backup import BACKUP_NAME, list_backups
+from icn_mcp.db.sqlite import backup as backup_module
+from icn_mcp.db.sqlite.backup import BACKUP_NAME, list_backups
 from tests.db.backup_support import make_db
 from tests.helpers import run_cli
 

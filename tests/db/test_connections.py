@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from icn_mcp.db import Database, close_db, get_db
-from icn_mcp.db import database as database_module
+from icn_mcp.db.sqlite import database as database_module
 from icn_mcp.errors import DatabaseClosed, DatabaseError, DatabaseFileError
 
 
@@ -247,14 +247,6 @@ def test_get_db_reopens_after_the_file_was_replaced(tmp_path: Path, monkeypatch)
             "SELECT count(*) FROM sqlite_master WHERE name = 'marker'").fetchone()[0] == 0
     finally:
         close_db()
-
-
-def test_get_db_refuses_postgres_url_for_now(monkeypatch) -> None:
-    from icn_mcp.errors import ConfigError
-
-    monkeypatch.setenv("MCP_DB_URL", "postgresql://localhost/test")
-    with pytest.raises(ConfigError, match="MCP_DB_URL"):
-        get_db()
 
 
 def _wait_child(pid: int, timeout_s: float = 30.0) -> int | None:

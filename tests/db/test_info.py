@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from icn_mcp.db import info as info_module
-from icn_mcp.db.info import quote_identifier
+from icn_mcp.db.sqlite import info as info_module
+from icn_mcp.db.sqlite.info import quote_identifier
 from tests.helpers import shipped_versions
 from tests.db.backup_support import copy_migrations, make_db
 from tests.helpers import run_cli

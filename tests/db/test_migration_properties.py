@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icn_mcp.db.migrations import checksum, discover, split_statements
+from icn_mcp.db.sqlite.migrations import checksum, discover, split_statements
 
 lines = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30), max_size=8)
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import run_worker, write_migration
 from icn_mcp.db import Database
-from icn_mcp.db.migrations import discover, plan
+from icn_mcp.db.sqlite.migrations import discover, plan
 from icn_mcp.errors import ChecksumMismatch, MigrationError
 
 FAILING_THIRD = """\
@@ -304,7 +304,7 @@ def test_failed_no_transaction_migration_keeps_no_history_row(db_path: Path, mig
 def test_unfinished_no_transaction_migration_of_another_process_is_waited_for(
     db_path: Path, migrations_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from icn_mcp.db import migrations as migrations_module
+    from icn_mcp.db.sqlite import migrations as migrations_module
 
     write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
     Database(db_path, migrations_dir=migrations_dir).close()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from icn_mcp.db import Database
-from icn_mcp.db import backup as backup_module
-from icn_mcp.db.backup import SAFETY_BACKUP_PREFIX, manifest_path
+from icn_mcp.db.sqlite import backup as backup_module
+from icn_mcp.db.sqlite.backup import SAFETY_BACKUP_PREFIX, manifest_path
 from icn_mcp.errors import RestoreError
 from tests.helpers import shipped_versions
 from tests.db.backup_support import WRITER_SCRIPT, copy_migrations, file_state, make_db
@@ -672,7 +672,7 @@ def test_revoke_tokens_after_a_restore_brings_refreshed_away_tokens_back(tmp_pat
 def test_a_no_transaction_migration_the_backup_lacks_is_applied_right_after_the_commit(tmp_path):
     """It cannot run inside the restore's transaction: the ones before it do, it and
     the ones after it run right after the commit, as 'db migrate' would."""
-    from icn_mcp.db.migrations import NO_TRANSACTION_MARKER
+    from icn_mcp.db.sqlite.migrations import NO_TRANSACTION_MARKER
 
     migrations = copy_migrations(tmp_path / "migrations")
     with make_db(tmp_path / "old.sqlite", rows=10, migrations_dir=migrations) as old:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import run_worker
 from icn_mcp.db import Database
-from icn_mcp.db.database import is_busy_error
+from icn_mcp.db.sqlite.database import is_busy_error
 from icn_mcp.errors import BusyError, DatabaseError
 
 SQLITE_BUSY_SNAPSHOT = 517

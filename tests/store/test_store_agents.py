@@ -149,7 +149,7 @@ def test_raw_tokens_are_absent_from_database_wal_and_backup(
     raw_tokens = [first.token, second.token, refreshed.token, ADMIN_TOKEN, MAINTAINER_TOKEN]
     assert first.token not in repr(first)
 
-    # icn_mcp.db.backup is not part of this tree yet: a plain sqlite3 online backup
+    # icn_mcp.db.sqlite.backup is not part of this tree yet: a plain sqlite3 online backup
     # is the copy an operator would get.
     backup_path = tmp_path / "backup.sqlite"
     with sqlite3.connect(backup_path) as target:

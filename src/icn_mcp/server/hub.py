@@ -18,13 +18,14 @@ from typing import Any, Callable, TypeVar
 
 import anyio.to_thread
 
-from icn_mcp.config import Settings
-from icn_mcp.db import Database
-from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
+from icn_mcp.config import Settings, redact_url
+from icn_mcp.db import Database, open_database
+from icn_mcp.db.sqlite.backup import BACKUP_DIR_NAME, latest_backup
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics
 from icn_mcp.store import Store
+from icn_mcp.store.store import store_backend_refused
 
 __all__ = ["Hub"]
 
@@ -42,8 +43,11 @@ class Hub:
 
     def __init__(self, settings: Settings, *, db: Database | None = None) -> None:
         self.settings = settings
+        if db is None and settings.db_url is not None:
+            # Refused before connecting: the store does not run on PostgreSQL yet.
+            raise store_backend_refused(redact_url(settings.db_url))
         self._owns_db = db is None
-        self.db = db if db is not None else Database(settings.db_path, **settings.database_options())
+        self.db = db if db is not None else open_database(settings)
         try:
             self.store = Store.from_settings(self.db, settings)
         except BaseException:

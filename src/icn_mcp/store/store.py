@@ -43,6 +43,16 @@ STATS_KEYS = (
 )
 
 
+def store_backend_refused(target: str) -> ConfigError:
+    """The store's SQL is SQLite's in this version: PostgreSQL serves the db commands only."""
+    return ConfigError(
+        "MCP_DB_URL",
+        target,
+        "unset for the agent HQ (serve, MCP, the store): it runs on SQLite only in this "
+        "version; on PostgreSQL, 'icn-mcp db migrate|status|verify|info' work",
+    )
+
+
 class Store(AgentsMixin, TasksMixin):
     """Agents, tokens, tasks, claims, runs and artifacts on one database.
 
@@ -64,6 +74,8 @@ class Store(AgentsMixin, TasksMixin):
         maintainer_tokens: Sequence[str] = (),
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        if getattr(db, "backend", "sqlite") != "sqlite":
+            raise store_backend_refused(getattr(db, "target", "?"))
         kinds = tuple(agent_kinds) if not isinstance(agent_kinds, str) else ()
         if not kinds or not all(isinstance(k, str) and AGENT_KIND_PATTERN.fullmatch(k) for k in kinds):
             raise ConfigError("agent_kinds", agent_kinds, "a non-empty list of kinds matching [a-z][a-z0-9_-]{0,31}")

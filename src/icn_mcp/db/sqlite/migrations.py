@@ -34,7 +34,7 @@ from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ChecksumMismatch, MigrationError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
     "CHECKSUM_ALGORITHM",
@@ -485,10 +485,18 @@ class MigrationPlan:
 
 def plan(conn: sqlite3.Connection, files: Iterable[MigrationFile]) -> MigrationPlan:
     """Compare ``files`` with the history in ``conn``; touches nothing."""
+    return plan_from(read_history(conn), read_failures(conn), files)
+
+
+def plan_from(
+    history: dict[str, AppliedMigration],
+    failures: list[FailedMigration],
+    files: Iterable[MigrationFile],
+) -> MigrationPlan:
+    """Compare ``files`` with a history and failures read from any backend."""
     files = list(files)
-    history = read_history(conn)
     latest_failure: dict[str, FailedMigration] = {}
-    for failure in read_failures(conn):
+    for failure in failures:
         latest_failure[failure.version] = failure
     result = MigrationPlan()
     known = set()

@@ -22,51 +22,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icn_mcp.db import migrations as _migrations
+from icn_mcp.db.sqlite import backup as _backup
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.sqlite.catalog import count_rows, quote_identifier, user_tables
 from icn_mcp.errors import DatabaseError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
-__all__ = ["get_database_info", "get_database_info_async", "quote_identifier", "count_rows"]
+__all__ = ["get_database_info", "quote_identifier", "count_rows", "user_tables"]
 
 log = logging.getLogger("icn_mcp.db.info")
 
 SIZE_METHOD_DBSTAT = "dbstat"
 SIZE_METHOD_ESTIMATE = "estimate"
-
-
-def quote_identifier(name: str) -> str:
-    """``name`` as an SQL identifier: in double quotes, inner quotes doubled.
-
-    Safe for any table name, including ones with quotes, spaces, brackets or
-    newlines; a NUL character cannot appear in an SQLite identifier.
-    """
-    return '"' + name.replace('"', '""') + '"'
-
-
-def user_tables(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
-    """``(name, is_virtual)`` of every table but SQLite's own ``sqlite_*`` ones."""
-    rows = conn.execute(
-        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
-        "AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
-    ).fetchall()
-    return [(name, (sql or "").lstrip().upper().startswith("CREATE VIRTUAL")) for name, sql in rows]
-
-
-def count_rows(conn: sqlite3.Connection) -> dict[str, int | None]:
-    """Exact row count of every table by name (None for virtual tables).
-
-    Virtual tables are skipped because counting them may call into a module that
-    is not loaded here, or scan an external source.
-    """
-    counts: dict[str, int | None] = {}
-    for name, virtual in user_tables(conn):
-        if virtual:
-            counts[name] = None
-            continue
-        counts[name] = conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0]
-    return counts
 
 
 def _dbstat_sizes(conn: sqlite3.Connection) -> dict[str, int] | None:
@@ -91,11 +60,11 @@ def _missing_database(path: str, cause: str, *, hint: str | None = None) -> Data
 
 
 def get_database_info(
-    *, db: "Database | None" = None, backup_dir: str | os.PathLike[str] | None = None
+    *, db: "Database", backup_dir: str | os.PathLike[str] | None = None
 ) -> dict[str, Any]:
     """Everything an operator wants to know about ``db``, as plain data.
 
-    ``db`` defaults to the process-wide database (:func:`icn_mcp.db.get_db`).
+    :func:`icn_mcp.db.get_database_info` calls this for the process-wide database.
 
     Keys (stable): ``path``, ``size_bytes``, ``wal_size_bytes``, ``page_size``,
     ``page_count``, ``freelist_count``, ``journal_mode``, ``sqlite_version``,
@@ -109,14 +78,8 @@ def get_database_info(
     ``elapsed_ms`` (how long gathering this took).
 
     ``backup_dir`` is where to look for the last backup (default: ``backups/``
-    beside the database, or ``MCP_BACKUP_DIR`` for the process-wide database).
+    beside the database).
     """
-    from icn_mcp.db import backup as _backup  # backup imports this module
-
-    if db is None:
-        db, defaults = _backup.process_wide()
-        if backup_dir is None:
-            backup_dir = defaults.backup_dir
     started = time.perf_counter()
     health = db.check_health()
     # Read-only and never created: a deleted database is reported, not recreated
@@ -192,10 +155,3 @@ def get_database_info(
         },
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-
-
-async def get_database_info_async(**options: Any) -> dict[str, Any]:
-    """:func:`get_database_info` in a worker thread, so the event loop keeps running."""
-    import asyncio
-
-    return await asyncio.to_thread(get_database_info, **options)

@@ -1,4 +1,4 @@
-"""Keyed in-process locks and cross-process advisory locks (leases).
+"""Keyed in-process locks for threads and asyncio, shared by both backends.
 
 :class:`KeyedLocks` serialises work on one key inside one process. The same lock is
 usable from threads (``with locks("k"):``) and from asyncio (``async with
@@ -6,39 +6,19 @@ locks("k"):``): waiting threads block on an Event, waiting coroutines await a fu
 and a release hands the lock to the oldest waiter (FIFO), whichever kind it is. An
 asyncio waiter never occupies a thread. Keys are forgotten once nobody holds or waits
 for them, so a stream of distinct keys does not leak memory.
-
-:class:`AdvisoryLease` is a lock shared by every process using the database: one row
-in ``advisory_locks`` with an owner and an expiry. It is taken inside ``BEGIN
-IMMEDIATE``; an expired lease may be taken over, so a holder killed with -9 loses the
-lock when its lease ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
-import os
-import socket
 import threading
 import time
-import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Deque
+from typing import Deque
 
-from icn_mcp.db.timestamps import format_ts, utc_now
-from icn_mcp.errors import DatabaseError, LockLost, LockTimeout
+from icn_mcp.errors import DatabaseError, LockTimeout
 
-if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
-
-__all__ = ["KeyedLocks", "KeyLock", "AdvisoryLease", "default_owner_id", "with_lock"]
-
-log = logging.getLogger("icn_mcp.db.locks")
-
-#: How often a waiting advisory lock polls the table, at first and at most.
-ADVISORY_POLL_MIN_S = 0.01
-ADVISORY_POLL_MAX_S = 0.25
+__all__ = ["KeyedLocks", "KeyLock", "with_lock"]
 
 
 class _Waiter:
@@ -256,150 +236,3 @@ _process_locks = KeyedLocks()
 def with_lock(key: str, *, timeout: float | None = None) -> KeyLock:
     """The process-wide keyed lock on ``key``: ``with with_lock("k"):`` or ``async with``."""
     return _process_locks(key, timeout=timeout)
-
-
-# -- advisory locks ----------------------------------------------------------------
-
-
-def default_owner_id() -> str:
-    """``host:pid:random``: unique per acquisition, readable by an operator."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-_ACQUIRE_SQL = """
-INSERT INTO advisory_locks (name, owner, acquired_at, expires_at)
-VALUES (?, ?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET
-    owner = excluded.owner,
-    acquired_at = excluded.acquired_at,
-    expires_at = excluded.expires_at
-WHERE advisory_locks.expires_at <= excluded.acquired_at
-   OR advisory_locks.owner = excluded.owner
-RETURNING owner
-"""
-
-
-#: The longest lease and the longest wait an advisory lock accepts: a lease's expiry
-#: must stay a representable timestamp (a ttl of 1e12 s raised OverflowError).
-MAX_ADVISORY_TTL_S = 365 * 24 * 60 * 60.0
-MAX_ADVISORY_WAIT_S = 24 * 60 * 60.0
-
-
-def _check_seconds(name: str, value: object, *, minimum_exclusive: bool, maximum: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        (0 < value <= maximum) if minimum_exclusive else (0 <= value <= maximum)  # NaN fails both
-    )
-    if not ok:
-        allowed = f"above 0 and at most {maximum:.0f}" if minimum_exclusive else f"from 0 to {maximum:.0f}"
-        raise DatabaseError(
-            f"advisory lock {name}={value!r} is not valid: expected a number of seconds {allowed}"
-        )
-
-
-@dataclass
-class AdvisoryLease:
-    """A held cross-process lock: its row in ``advisory_locks``.
-
-    Use as a context manager (released on exit), or call :meth:`release`.
-    :meth:`renew` extends the lease; it raises :class:`LockLost` once the lease has
-    expired (whether or not another process took the lock since) or was released.
-    """
-
-    db: "Database"
-    name: str
-    owner: str
-    ttl_s: float
-    acquired_at: str
-    expires_at: str
-    released: bool = False
-
-    @classmethod
-    def acquire(
-        cls,
-        db: "Database",
-        name: str,
-        *,
-        ttl_s: float,
-        wait_s: float = 0.0,
-        owner: str | None = None,
-    ) -> "AdvisoryLease":
-        if not isinstance(name, str) or not name:
-            raise DatabaseError(f"advisory lock name must be a non-empty string, not {name!r}")
-        _check_seconds("ttl_s", ttl_s, minimum_exclusive=True, maximum=MAX_ADVISORY_TTL_S)
-        # A NaN wait made the deadline never arrive: waiting forever on a held lock.
-        _check_seconds("wait_s", wait_s, minimum_exclusive=False, maximum=MAX_ADVISORY_WAIT_S)
-        owner = owner or default_owner_id()
-        deadline = time.monotonic() + max(wait_s, 0.0)
-        start = time.monotonic()
-        delay = ADVISORY_POLL_MIN_S
-        while True:
-            now = utc_now()
-            acquired_at = format_ts(now)
-            expires_at = format_ts(now, plus_s=ttl_s)
-
-            def attempt(conn: Any) -> tuple[bool, Any]:
-                row = conn.execute(
-                    _ACQUIRE_SQL, (name, owner, acquired_at, expires_at)
-                ).fetchone()
-                if row is not None:
-                    return True, None
-                held = conn.execute(
-                    "SELECT owner, expires_at FROM advisory_locks WHERE name = ?", (name,)
-                ).fetchone()
-                return False, held
-
-            ok, held = db.run_in_transaction(attempt)
-            if ok:
-                log.debug("advisory lock %r acquired by %s until %s", name, owner, expires_at)
-                return cls(db, name, owner, ttl_s, acquired_at, expires_at)
-            if time.monotonic() >= deadline:
-                db._count("lock_waits")
-                raise LockTimeout(
-                    name,
-                    time.monotonic() - start,
-                    owner=held[0] if held else None,
-                    expires_at=held[1] if held else None,
-                )
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-            delay = min(delay * 2, ADVISORY_POLL_MAX_S)
-
-    def renew(self, ttl_s: float | None = None) -> str:
-        """Extend the lease by ``ttl_s`` (default: the original ttl) from now."""
-        ttl = self.ttl_s if ttl_s is None else ttl_s
-        _check_seconds("ttl_s", ttl, minimum_exclusive=True, maximum=MAX_ADVISORY_TTL_S)
-        expires_at = format_ts(utc_now(), plus_s=ttl)
-
-        def renew(conn: Any) -> int:
-            return conn.execute(
-                "UPDATE advisory_locks SET expires_at = ? "
-                "WHERE name = ? AND owner = ? AND expires_at > ?",
-                (expires_at, self.name, self.owner, format_ts(utc_now())),
-            ).rowcount
-
-        if self.released or self.db.run_in_transaction(renew) != 1:
-            raise LockLost(self.name, self.owner)
-        self.expires_at = expires_at
-        return expires_at
-
-    def release(self) -> bool:
-        """Release the lock if we still own it; False if it was no longer ours."""
-        if self.released:
-            return False
-        self.released = True
-
-        def delete(conn: Any) -> int:
-            return conn.execute(
-                "DELETE FROM advisory_locks WHERE name = ? AND owner = ?",
-                (self.name, self.owner),
-            ).rowcount
-
-        removed = self.db.run_in_transaction(delete) == 1
-        if not removed:
-            log.warning("advisory lock %r was no longer held by %s at release", self.name, self.owner)
-        return removed
-
-    def __enter__(self) -> "AdvisoryLease":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

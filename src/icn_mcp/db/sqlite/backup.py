@@ -35,13 +35,13 @@ beside them. Concurrent backups prune under an flock on the directory and never
 delete a newer backup or one whose maker has not returned; killed backups' temporary
 files carry their host, pid and process start time and are removed by the next one.
 
-Every public function takes ``db=`` (keyword); without it, it works on the
-process-wide database (:func:`icn_mcp.db.get_db`) with the ``MCP_BACKUP_*`` settings.
+Every public function takes ``db=`` (keyword). The functions of the same names in
+:mod:`icn_mcp.db` work on the process-wide database with the ``MCP_BACKUP_*``
+settings (:mod:`icn_mcp.db.process`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -59,28 +59,25 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
 
-from icn_mcp.db import migrations as _migrations
-from icn_mcp.db.info import count_rows, quote_identifier
 from icn_mcp.db.files import make_private_dirs
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.sqlite.catalog import count_rows, quote_identifier
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, IcnMcpError, MigrationError, RestoreError
 
 if TYPE_CHECKING:
-    from icn_mcp.db.database import Database
+    from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
     "BackupResult",
     "BackupVerification",
     "RestoreResult",
     "create_backup",
-    "create_backup_async",
     "verify_backup",
-    "verify_backup_async",
     "restore_from_backup",
-    "restore_from_backup_async",
     "restore_new_database",
     "prune_backups",
     "list_temp_files",
@@ -226,22 +223,6 @@ class RestoreResult:
 
 
 # -- paths ----------------------------------------------------------------------------
-
-
-class _Defaults(NamedTuple):
-    backup_dir: Path | None
-    keep: int
-    check: str
-
-
-def process_wide() -> tuple["Database", _Defaults]:
-    """The process-wide database and the ``MCP_BACKUP_*`` settings."""
-    from icn_mcp.config import Settings  # config is read only at the edges
-    from icn_mcp.db.database import get_db
-
-    settings = Settings.from_env()
-    directory = settings.backup_dir or backup_dir_for(settings.db_path)
-    return get_db(), _Defaults(directory, settings.backup_keep, settings.backup_check.lower())
 
 
 def backup_dir_for(db_path: str | os.PathLike[str]) -> Path:
@@ -747,7 +728,7 @@ class _CopyMonitor:
 def create_backup(
     path: str | os.PathLike[str] | None = None,
     *,
-    db: "Database | None" = None,
+    db: "Database",
     backup_dir: str | os.PathLike[str] | None = None,
     keep: int | None = None,
     check: str | None = None,
@@ -768,11 +749,6 @@ def create_backup(
     Raises :class:`~icn_mcp.errors.BackupError` naming the path and the cause; then
     nothing is left under the final name and no temporary file remains.
     """
-    if db is None:
-        db, defaults = process_wide()
-        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
-        keep = defaults.keep if keep is None else keep
-        check = defaults.check if check is None else check
     check = _check_value(check or DEFAULT_CHECK)
     keep = keep or 0
     if keep < 0:
@@ -1072,14 +1048,15 @@ def verify_backup(
     integrity_check`` (``check="quick"``: quick_check), that the migration history is
     readable and every applied migration has a file here with the same checksum, and,
     when the manifest exists, its SHA-256, size and row counts. The file is opened
-    read-only and never changed. ``migrations_dir`` defaults to the database's.
+    read-only and never changed. ``migrations_dir`` defaults to the database's
+    (without ``db``: the migrations shipped with icn-mcp).
     """
     check = _check_value(check)
     path = Path(os.path.abspath(os.fspath(path)))
     if migrations_dir is None:
-        if db is None:
-            db, _ = process_wide()
-        migrations_dir = db.migrations_dir
+        migrations_dir = (
+            db.migrations_dir if db is not None else _migrations.default_migrations_dir()
+        )
     problems: list[str] = []
     found: dict[str, Any] = {}
 
@@ -1347,7 +1324,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 def restore_from_backup(
     path: str | os.PathLike[str],
     *,
-    db: "Database | None" = None,
+    db: "Database",
     backup_dir: str | os.PathLike[str] | None = None,
     check: str = DEFAULT_CHECK,
     without_manifest: bool = False,
@@ -1369,19 +1346,6 @@ def restore_from_backup(
     When the database file does not exist (a fresh machine), it is created from the
     backup by :func:`restore_new_database`; there is nothing to keep a safety copy of.
     """
-    if db is None:
-        from icn_mcp.config import Settings  # config is read only at the edges
-
-        settings = Settings.from_env()
-        if not settings.db_path.exists():
-            # get_db() would first create (and migrate) an empty database, only to
-            # keep a safety copy of it: create the database from the backup instead.
-            return restore_new_database(
-                path, settings.db_path, migrations_dir=settings.migrations_dir, check=check,
-                without_manifest=without_manifest,
-            )
-        db, defaults = process_wide()
-        backup_dir = defaults.backup_dir if backup_dir is None else backup_dir
     started = time.perf_counter()
     source_path = Path(os.path.abspath(os.fspath(path)))
     if source_path.exists() and db.path.exists() and os.path.samefile(source_path, db.path):
@@ -1589,24 +1553,6 @@ def restore_new_database(
     return _restore_new(source_path, target, migrations, verification, started)
 
 
-def _make_directories(directory: Path) -> list[Path]:
-    """Create ``directory`` and missing parents, each 0700; the ones created, outermost first."""
-    missing: list[Path] = []
-    for candidate in [directory, *directory.parents]:
-        if candidate.exists():
-            break
-        missing.append(candidate)
-    created: list[Path] = []
-    for candidate in reversed(missing):
-        try:
-            candidate.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(candidate, DIR_MODE)  # mkdir's mode is reduced by the umask
-        created.append(candidate)
-    return created
-
-
 def _restore_new(
     source_path: Path,
     target: Path,
@@ -1617,7 +1563,7 @@ def _restore_new(
     allow_missing: bool = False,
     allow_out_of_order: bool = False,
 ) -> RestoreResult:
-    from icn_mcp.db.database import Database  # database imports this module lazily too
+    from icn_mcp.db.sqlite.database import Database  # it imports this module at its top
 
     nothing = "nothing was created"
     if target.exists():
@@ -1625,7 +1571,7 @@ def _restore_new(
     created: list[Path] = []
     tmp: Path | None = None
     try:
-        created = _make_directories(target.parent)
+        created = make_private_dirs(target.parent)
         # Named like a backup's temp file (this process, its start time), so the next
         # restore here removes it if this one is killed.
         remove_orphan_temp_files(target.parent)
@@ -1708,21 +1654,3 @@ def _restore_new(
 
 def _mtime(path: Path) -> str:
     return format_ts(datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc))
-
-
-# -- async ------------------------------------------------------------------------------
-
-
-async def create_backup_async(path: str | os.PathLike[str] | None = None, **options: Any) -> BackupResult:
-    """:func:`create_backup` in a worker thread: the event loop keeps running."""
-    return await asyncio.to_thread(create_backup, path, **options)
-
-
-async def verify_backup_async(path: str | os.PathLike[str], **options: Any) -> BackupVerification:
-    """:func:`verify_backup` in a worker thread."""
-    return await asyncio.to_thread(verify_backup, path, **options)
-
-
-async def restore_from_backup_async(path: str | os.PathLike[str], **options: Any) -> RestoreResult:
-    """:func:`restore_from_backup` in a worker thread."""
-    return await asyncio.to_thread(restore_from_backup, path, **options)

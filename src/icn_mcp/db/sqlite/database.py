@@ -30,9 +30,14 @@ from icn_mcp.config import (
     MAX_JOURNAL_SIZE_LIMIT,
     MAX_RETRIES,
 )
-from icn_mcp.db import migrations as _migrations
 from icn_mcp.db.files import make_private_dirs
-from icn_mcp.db.locks import AdvisoryLease, KeyedLocks, KeyLock
+from icn_mcp.db.base import BaseDatabase
+from icn_mcp.db.keyed_locks import KeyedLocks
+from icn_mcp.db.sqlite import backup as _backup
+from icn_mcp.db.sqlite import info as _info
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.leases import AdvisoryLease
+from icn_mcp.db.sqlite.locks import SQLiteLeaseSQL
 from icn_mcp.errors import (
     BusyError,
     DatabaseClosed,
@@ -42,8 +47,6 @@ from icn_mcp.errors import (
 
 __all__ = [
     "Database",
-    "get_db",
-    "close_db",
     "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_HEALTH_CHECK_INTERVAL_S",
     "DEFAULT_RETRIES",
@@ -103,13 +106,17 @@ _inherited_after_fork: list[sqlite3.Connection] = []
 _open_databases: "weakref.WeakSet[Database]" = weakref.WeakSet()
 
 
-class Database:
+class Database(BaseDatabase):
     """One SQLite database file, its connections, migrations and transactions.
 
     Opening applies pending migrations (``migrate=False`` skips that). Use it as a
     context manager, or call :meth:`close`. All arguments but ``path`` are keyword-only
     and validated; defaults are the production settings documented in DESIGN.md.
     """
+
+    backend = "sqlite"
+    #: The statements of advisory locks on this backend (see icn_mcp.db.leases).
+    lease_sql = SQLiteLeaseSQL()
 
     def __init__(
         self,
@@ -195,6 +202,11 @@ class Database:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def target(self) -> str:
+        """The database file's absolute path."""
+        return str(self.path)
 
     # -- files and connections ------------------------------------------------------
 
@@ -534,10 +546,6 @@ class Database:
 
     # -- locks ----------------------------------------------------------------------
 
-    def lock(self, key: str, *, timeout: float | None = None) -> KeyLock:
-        """An in-process keyed lock of this database (``with`` or ``async with``)."""
-        return self._locks(key, timeout=timeout)
-
     def advisory_lock(
         self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0, owner: str | None = None
     ) -> AdvisoryLease:
@@ -546,7 +554,7 @@ class Database:
         Waits up to ``wait_s`` for the current holder, then raises
         :class:`~icn_mcp.errors.LockTimeout` naming the owner and the expiry.
         """
-        return AdvisoryLease.acquire(self, name, ttl_s=ttl_s, wait_s=wait_s, owner=owner)
+        return AdvisoryLease.acquire(self, self.lease_sql, name, ttl_s=ttl_s, wait_s=wait_s, owner=owner)
 
     # -- migrations -----------------------------------------------------------------
 
@@ -666,67 +674,29 @@ class Database:
         self._locks = KeyedLocks()
         self._pid = os.getpid()
 
-    def __enter__(self) -> "Database":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<Database {str(self.path)!r}{' closed' if self._closed else ''}>"
 
-    # -- backup and diagnostics (db/backup.py, db/info.py) ------------------------------
+    # -- backup and diagnostics (sqlite/backup.py, sqlite/info.py) -----------------------
 
     def create_backup(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
-        """A verified snapshot of this database; see :func:`icn_mcp.db.backup.create_backup`.
+        """A verified snapshot of this database; see :func:`icn_mcp.db.sqlite.backup.create_backup`.
 
         Without ``path`` it goes to ``backups/`` beside the database file.
         """
-        from icn_mcp.db import backup
-
-        return backup.create_backup(path, db=self, **options)
+        return _backup.create_backup(path, db=self, **options)
 
     def verify_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """Check a backup against this database's migrations; see :func:`icn_mcp.db.backup.verify_backup`."""
-        from icn_mcp.db import backup
-
-        return backup.verify_backup(path, db=self, **options)
+        """Check a backup against this database's migrations; see :func:`icn_mcp.db.sqlite.backup.verify_backup`."""
+        return _backup.verify_backup(path, db=self, **options)
 
     def restore_from_backup(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """Verify, keep a safety copy, restore; see :func:`icn_mcp.db.backup.restore_from_backup`."""
-        from icn_mcp.db import backup
-
-        return backup.restore_from_backup(path, db=self, **options)
+        """Verify, keep a safety copy, restore; see :func:`icn_mcp.db.sqlite.backup.restore_from_backup`."""
+        return _backup.restore_from_backup(path, db=self, **options)
 
     def get_database_info(self, **options: Any) -> dict[str, Any]:
-        """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.info`."""
-        from icn_mcp.db import info
-
-        return info.get_database_info(db=self, **options)
-
-    async def create_backup_async(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
-        """:meth:`create_backup` in a worker thread, so the event loop keeps running."""
-        import asyncio
-
-        return await asyncio.to_thread(self.create_backup, path, **options)
-
-    async def verify_backup_async(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """:meth:`verify_backup` in a worker thread."""
-        import asyncio
-
-        return await asyncio.to_thread(self.verify_backup, path, **options)
-
-    async def restore_from_backup_async(self, path: str | os.PathLike[str], **options: Any) -> Any:
-        """:meth:`restore_from_backup` in a worker thread."""
-        import asyncio
-
-        return await asyncio.to_thread(self.restore_from_backup, path, **options)
-
-    async def get_database_info_async(self, **options: Any) -> dict[str, Any]:
-        """:meth:`get_database_info` in a worker thread."""
-        import asyncio
-
-        return await asyncio.to_thread(self.get_database_info, **options)
+        """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.sqlite.info`."""
+        return _info.get_database_info(db=self, **options)
 
 
 #: The first 16 bytes of every SQLite 3 database file.
@@ -872,8 +842,6 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
 def _after_fork_in_child() -> None:
     for db in list(_open_databases):
         db._forget_after_fork()
-    global _global_lock
-    _global_lock = threading.Lock()
 
 
 def _close_all_at_exit() -> None:
@@ -884,51 +852,3 @@ def _close_all_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_all_at_exit)
-
-
-# -- the process-wide database -----------------------------------------------------
-
-_global_lock = threading.Lock()
-_global_db: Database | None = None
-_global_checked_at = 0.0
-
-
-def get_db() -> Database:
-    """The process-wide database from the environment (``MCP_DB_*``).
-
-    Opened and migrated on first use; health-checked at most every
-    ``MCP_DB_HEALTH_CHECK_INTERVAL_S`` (30 s); closed and reopened when the check
-    fails, for instance after the file was replaced by another.
-    """
-    global _global_db, _global_checked_at
-    db = _global_db
-    if db is not None and not db.closed and db._pid == os.getpid():
-        if time.monotonic() - _global_checked_at < db.health_check_interval_s:
-            return db
-    with _global_lock:
-        db = _global_db
-        if db is not None and not db.closed and db._pid == os.getpid():
-            health = db.check_health()
-            _global_checked_at = time.monotonic()
-            if health["ok"]:
-                return db
-            if not db.path.exists():
-                # Recreating an empty database silently would hide the loss.
-                raise db._file_error or DatabaseFileError(str(db.path), "was deleted")
-            log.warning("reopening database %s: %s", db.path, health["error"])
-            db.close()
-        from icn_mcp.config import Settings  # config is read only at the edges
-
-        settings = Settings.from_env()  # refuses MCP_DB_URL in this version
-        _global_db = Database(settings.db_path, **settings.database_options())
-        _global_checked_at = time.monotonic()
-        return _global_db
-
-
-def close_db() -> None:
-    """Close the process-wide database (checkpointing its WAL); safe to call twice."""
-    global _global_db
-    with _global_lock:
-        if _global_db is not None:
-            _global_db.close()
-            _global_db = None

@@ -1,0 +1,454 @@
+"""PostgresDatabase: a psycopg_pool of checked connections, transactions and retry.
+
+Connections come from a :class:`psycopg_pool.ConnectionPool` in autocommit mode
+(this module issues ``BEGIN``/``COMMIT``), each checked before it is handed out
+(``ConnectionPool.check_connection``), so a server restart or
+``pg_terminate_backend`` costs no request: dead connections are dropped and
+replaced. Sizes and lifetimes come from ``MCP_DB_POOL_*``.
+
+Write transactions are ``SERIALIZABLE`` (the same guarantee as SQLite's single
+writer: code written for one behaves the same on the other). ``run_in_transaction``
+retries the whole call with exponential backoff and jitter on
+``serialization_failure`` (40001), ``deadlock_detected`` (40P01) and on a connection
+lost before COMMIT was sent (nothing was committed, so running it again is safe). A
+connection lost while COMMIT was in flight is ambiguous: the server may have
+committed. That raises :class:`~icn_mcp.errors.CommitUnknown` and is never retried.
+
+Timestamps (``TIMESTAMPTZ``) are read back as the same fixed-width UTC text the
+SQLite backend stores (``2026-01-01T00:00:00.000000Z``), so callers see one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from icn_mcp.config import redact_url
+from icn_mcp.db.base import BaseDatabase
+from icn_mcp.db.keyed_locks import KeyedLocks
+from icn_mcp.db.leases import AdvisoryLease
+from icn_mcp.db.postgres import backup as _backup
+from icn_mcp.db.postgres import driver
+from icn_mcp.db.postgres import info as _info
+from icn_mcp.db.postgres import migrations as _pg_migrations
+from icn_mcp.db.postgres.locks import PostgresLeaseSQL
+from icn_mcp.db.sqlite import migrations as _migrations
+from icn_mcp.db.timestamps import format_ts
+from icn_mcp.errors import (
+    BusyError,
+    CommitUnknown,
+    DatabaseClosed,
+    DatabaseError,
+    DatabaseUnavailable,
+)
+
+__all__ = ["PostgresDatabase", "RETRY_SQLSTATES"]
+
+log = logging.getLogger("icn_mcp.db")
+
+T = TypeVar("T")
+
+#: serialization_failure, deadlock_detected: the server rolled back; safe to re-run.
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+
+#: Isolation levels a write transaction may ask for; SERIALIZABLE is the default.
+ISOLATION_LEVELS = {
+    "serializable": "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    "repeatable read": "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    "read committed": "BEGIN ISOLATION LEVEL READ COMMITTED",
+}
+
+DEFAULT_RETRIES = 8
+DEFAULT_RETRY_BASE_DELAY_S = 0.01
+DEFAULT_RETRY_MAX_DELAY_S = 2.0
+
+
+class _ConnectionLost(Exception):
+    """The connection died before COMMIT was sent: nothing was committed."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _make_loader(psycopg: Any) -> Any:
+    from psycopg.types.datetime import TimestamptzLoader
+
+    class UtcTextLoader(TimestamptzLoader):  # type: ignore[misc]
+        """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps)."""
+
+        def load(self, data: Any) -> str:
+            return format_ts(super().load(data))
+
+    return UtcTextLoader
+
+
+class PostgresDatabase(BaseDatabase):
+    """One PostgreSQL database shared by any number of processes and hosts.
+
+    ``url`` is a ``postgresql://`` connection string (its password is never shown:
+    :attr:`target` is the URL without it). Opening applies pending migrations
+    (``migrate=False`` skips that). All other arguments are keyword-only.
+    """
+
+    backend = "postgresql"
+    #: The statements of advisory locks on this backend (see icn_mcp.db.leases).
+    lease_sql = PostgresLeaseSQL()
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrations_dir: str | Path | None = None,
+        migrate: bool = True,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        pool_max_lifetime_s: float = 3600.0,
+        pool_max_idle_s: float = 600.0,
+        pool_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        retries: int = DEFAULT_RETRIES,
+        retry_base_delay_s: float = DEFAULT_RETRY_BASE_DELAY_S,
+        retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S,
+        allow_missing_migrations: bool = False,
+        allow_out_of_order_migrations: bool = False,
+        application_name: str = "icn-mcp",
+    ) -> None:
+        self._psycopg, pool_class = driver.load()
+        if not 0 <= pool_min <= pool_max or pool_max < 1:
+            raise DatabaseError(
+                f"pool_min={pool_min!r}, pool_max={pool_max!r} are not valid: "
+                "expected 0 <= pool_min <= pool_max and pool_max >= 1"
+            )
+        self.url = url
+        self._target = redact_url(url)
+        self.migrations_dir = (
+            Path(migrations_dir)
+            if migrations_dir is not None
+            else _pg_migrations.migrations_dir_for(_migrations.default_migrations_dir())
+        )
+        self.pool_timeout_s = pool_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retries = retries
+        self.retry_base_delay_s = retry_base_delay_s
+        self.retry_max_delay_s = retry_max_delay_s
+        self.allow_missing_migrations = allow_missing_migrations
+        self.allow_out_of_order_migrations = allow_out_of_order_migrations
+        self.application_name = application_name
+        self._loader = _make_loader(self._psycopg)
+        self._closed = False
+        self._locks = KeyedLocks()
+        self._stats_lock = threading.Lock()
+        self._stats = {
+            "transactions": 0,
+            "busy_retries": 0,
+            "busy_exhausted": 0,
+            "connections_opened": 0,
+            "reconnects": 0,
+            "health_checks": 0,
+            "health_check_failures": 0,
+            "lock_waits": 0,
+            "connection_retries": 0,
+            "commit_unknown": 0,
+        }
+        self._pool = pool_class(
+            url,
+            min_size=pool_min,
+            max_size=pool_max,
+            max_lifetime=pool_max_lifetime_s,
+            max_idle=pool_max_idle_s,
+            timeout=pool_timeout_s,
+            kwargs=self._connect_kwargs(),
+            configure=self._configure,
+            check=pool_class.check_connection,
+            name="icn-mcp",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=pool_min > 0, timeout=connect_timeout_s)
+        except Exception as exc:
+            self._pool.close(timeout=0)
+            self._closed = True
+            raise DatabaseUnavailable(self._target, f"no connection within {connect_timeout_s:g} s ({exc})") from None
+        try:
+            if migrate:
+                self.migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections ----------------------------------------------------------------
+
+    @property
+    def target(self) -> str:
+        """The connection URL without its password."""
+        return self._target
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, int(self.connect_timeout_s)),
+            "application_name": self.application_name,
+        }
+
+    def _configure(self, conn: Any) -> None:
+        """Run once on every new connection the pool opens."""
+        conn.adapters.register_loader("timestamptz", self._loader)
+        self._count("connections_opened")
+
+    def _direct_connection(self) -> Any:
+        """A connection of its own, outside the pool (session-level locks need one)."""
+        try:
+            conn = self._psycopg.connect(self.url, **self._connect_kwargs())
+        except self._psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(self._target, str(exc).strip().splitlines()[0] if str(exc).strip() else exc) from None
+        self._configure(conn)
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection in autocommit mode, returned to the pool afterwards."""
+        if self._closed:
+            raise DatabaseClosed(f"database {self._target} is closed")
+        from psycopg_pool import PoolTimeout
+
+        try:
+            cm = self._pool.connection(timeout=self.pool_timeout_s)
+            conn = cm.__enter__()
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(self._target, f"no connection within {self.pool_timeout_s:g} s ({exc})") from None
+        try:
+            yield conn
+        except BaseException as exc:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        cm.__exit__(None, None, None)
+
+    # -- transactions ---------------------------------------------------------------
+
+    def _begin_write(self, conn: Any, isolation: str) -> None:
+        if isolation not in ISOLATION_LEVELS:
+            raise DatabaseError(
+                f"isolation={isolation!r} is not valid: expected one of {', '.join(ISOLATION_LEVELS)}"
+            )
+        conn.execute(ISOLATION_LEVELS[isolation])
+
+    @contextmanager
+    def write_transaction(self, *, isolation: str = "serializable") -> Iterator[Any]:
+        """``BEGIN ISOLATION LEVEL SERIALIZABLE`` ... ``COMMIT``; rolled back on error.
+
+        Not retried (a ``with`` block cannot be re-run): use :meth:`run_in_transaction`.
+        A connection lost during COMMIT raises :class:`CommitUnknown`.
+        """
+        with self.connection() as conn:
+            try:
+                self._begin_write(conn, isolation)
+                yield conn
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[Any]:
+        """A consistent, read-only snapshot (``REPEATABLE READ READ ONLY``)."""
+        with self.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                self._rollback(conn)
+
+    def run_in_transaction(
+        self, fn: Callable[[Any], T], *, retries: int | None = None, isolation: str = "serializable"
+    ) -> T:
+        """``fn(conn)`` in a serializable transaction, re-run on transient failures.
+
+        Re-run (with backoff and jitter, at most ``retries`` times) on
+        serialization_failure, deadlock_detected, and a connection lost before COMMIT
+        was sent; then :class:`BusyError` (conflicts) or :class:`DatabaseUnavailable`
+        (connections). Never re-run after a connection was lost during COMMIT:
+        :class:`CommitUnknown`. ``fn`` may run more than once, so it must do nothing
+        but database work that the rollback undoes.
+
+        ``isolation="read committed"`` is for work that is correct statement by
+        statement, such as one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP
+        LOCKED)``: under SERIALIZABLE, concurrent claimers of different rows still
+        conflict on the index range they read (bench/bench_pg_transactions.py).
+        """
+        if isolation not in ISOLATION_LEVELS:  # before taking a connection
+            self._begin_write(None, isolation)
+        tries = 0
+        budget = self.retries if retries is None else retries
+        while True:
+            try:
+                return self._transaction_once(fn, isolation)
+            except _ConnectionLost as lost:
+                if tries >= budget:
+                    raise DatabaseUnavailable(self._target, lost.cause) from lost.cause
+                self._count("connection_retries")
+                log.warning("connection to %s lost before COMMIT (%s); retrying", self._target, lost.cause)
+                tries = self._sleep(tries, budget, lost.cause)
+            except self._psycopg.Error as exc:
+                if exc.sqlstate not in RETRY_SQLSTATES:
+                    raise
+                if tries >= budget:
+                    self._count("busy_exhausted")
+                    raise BusyError(tries + 1, exc) from exc
+                self._count("busy_retries")
+                tries = self._sleep(tries, budget, exc)
+
+    def _sleep(self, tries: int, budget: int, cause: BaseException) -> int:
+        tries += 1
+        delay = min(self.retry_max_delay_s, self.retry_base_delay_s * (2 ** (tries - 1)))
+        log.debug("transaction failed (%s); retry %d/%d in %.3fs", cause, tries, budget, delay)
+        time.sleep(delay / 2 + random.uniform(0, delay / 2))
+        return tries
+
+    def _transaction_once(self, fn: Callable[[Any], T], isolation: str) -> T:
+        with self.connection() as conn:
+            try:
+                self._begin_write(conn, isolation)
+                result = fn(conn)
+            except Exception as exc:
+                if conn.broken:
+                    raise _ConnectionLost(exc) from exc
+                self._rollback(conn)
+                raise
+            except BaseException:
+                self._rollback(conn)
+                raise
+            self._commit(conn)
+            return result
+
+    def _commit(self, conn: Any) -> None:
+        try:
+            conn.execute("COMMIT")
+        except self._psycopg.Error as exc:
+            if conn.broken:
+                # COMMIT was sent (or half sent) and no answer came back: the server
+                # may have committed. Re-running could apply it twice.
+                self._count("commit_unknown")
+                raise CommitUnknown(self._target, exc) from exc
+            self._rollback(conn)
+            raise
+        self._count("transactions")
+
+    def _rollback(self, conn: Any) -> None:
+        if conn.broken or conn.closed:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except self._psycopg.Error as exc:  # the original error matters more
+            log.warning("rollback failed: %s", exc)
+
+    # -- locks ----------------------------------------------------------------------
+
+    def advisory_lock(
+        self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0, owner: str | None = None
+    ) -> AdvisoryLease:
+        """A lease shared by every process and host, timed by the server's ``now()``."""
+        return AdvisoryLease.acquire(self, self.lease_sql, name, ttl_s=ttl_s, wait_s=wait_s, owner=owner)
+
+    # -- migrations -----------------------------------------------------------------
+
+    def migration_files(self) -> list[_migrations.MigrationFile]:
+        return _migrations.discover(self.migrations_dir)
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations under the migration lock; the versions applied."""
+        files = self.migration_files()
+        conn = self._direct_connection()
+        try:
+            return _pg_migrations.apply(
+                conn,
+                files,
+                self._psycopg,
+                allow_missing=self.allow_missing_migrations,
+                allow_out_of_order=self.allow_out_of_order_migrations,
+            )
+        finally:
+            conn.close()  # ends the session, and any advisory lock with it
+
+    def migration_plan(self) -> _migrations.MigrationPlan:
+        with self.connection() as conn:
+            return _pg_migrations.plan(conn, self.migration_files())
+
+    def dry_run_migrations(self) -> list[_migrations.DryRunResult]:
+        files = self.migration_files()
+        with self.connection() as conn:
+            return _pg_migrations.dry_run(conn, files, self._psycopg)
+
+    def migration_history(self) -> list[_migrations.AppliedMigration]:
+        with self.connection() as conn:
+            return list(_pg_migrations.read_history(conn).values())
+
+    # -- backup and diagnostics -----------------------------------------------------
+
+    def create_backup(self, path: Any = None, **options: Any) -> Any:
+        """``pg_dump`` (custom format) + manifest; see :func:`icn_mcp.db.postgres.backup.create_backup`."""
+        return _backup.create_backup(self, path, **options)
+
+    def verify_backup(self, path: Any, **options: Any) -> Any:
+        """``pg_restore --list`` and a restore into a scratch database; see :mod:`icn_mcp.db.postgres.backup`."""
+        return _backup.verify_backup(self, path, **options)
+
+    def restore_from_backup(self, path: Any, **options: Any) -> Any:
+        """Verify, safety dump of a non-empty database, restore in one transaction."""
+        return _backup.restore_from_backup(self, path, **options)
+
+    def get_database_info(self, **options: Any) -> dict[str, Any]:
+        """Size, tables, indexes, migrations, health and pool, from the catalogs."""
+        return _info.get_database_info(self, backup_dir=options.get("backup_dir"))
+
+    # -- diagnostics and life cycle -------------------------------------------------
+
+    def check_health(self) -> dict[str, Any]:
+        """``SELECT 1`` on a pooled connection: ``{"ok", "latency_ms", "error"}``."""
+        started = time.perf_counter()
+        self._count("health_checks")
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
+        except (self._psycopg.Error, DatabaseError) as exc:
+            self._count("health_check_failures")
+            return {"ok": False, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": str(exc)}
+        return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": None}
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self._stats[name] += 1
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters since opening plus the pool's gauges, with constant keys."""
+        with self._stats_lock:
+            stats = dict(self._stats)
+        stats["lock_waits"] += self._locks.waits
+        pool = self._pool.get_stats()
+        # Connections found dead by the pre-use check (and replaced): after a server
+        # restart or pg_terminate_backend, one per connection that was in the pool.
+        stats["reconnects"] = int(pool.get("connections_lost", 0))
+        stats["open_connections"] = int(pool.get("pool_size", 0))
+        stats["pool_available"] = int(pool.get("pool_available", 0))
+        stats["pool_requests_waiting"] = int(pool.get("requests_waiting", 0))
+        stats["pool_max"] = int(pool.get("pool_max", 0))
+        return stats
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the pool and every connection in it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"<PostgresDatabase {self._target!r}{' closed' if self._closed else ''}>"

@@ -1,0 +1,1 @@
+"""The SQLite backend of :mod:`icn_mcp.db`: the embedded default."""

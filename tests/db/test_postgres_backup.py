@@ -1,0 +1,133 @@
+"""PostgreSQL backups: pg_dump + manifest, verify in a scratch database, restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from icn_mcp.errors import RestoreError
+from tests import pg
+from tests.helpers import run_cli
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def _open(url: str, **options: Any) -> Any:
+    from icn_mcp.db.postgres import PostgresDatabase
+
+    return PostgresDatabase(url, pool_min=1, pool_max=3, **options)
+
+
+@pytest.fixture
+def source(pg_url: str) -> Iterator[Any]:
+    db = _open(pg_url)
+    db.run_in_transaction(lambda c: c.cursor().executemany(
+        "INSERT INTO agents (id, name, kind, created_at) VALUES (%s, %s, 'ops', now())",
+        [(f"a{i}", f"agent {i}") for i in range(5)],
+    ))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def other_url() -> Iterator[str]:
+    admin = pg.admin_url()
+    assert admin is not None
+    url = pg.create_database(admin)
+    try:
+        yield url
+    finally:
+        pg.drop_database(admin, url)
+
+
+def _agents(db: Any) -> list[str]:
+    with db.read_transaction() as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM agents ORDER BY id").fetchall()]
+
+
+def test_backup_verify_and_restore_into_an_empty_database(source: Any, other_url: str, tmp_path: Path) -> None:
+    result = source.create_backup(backup_dir=tmp_path / "backups")
+    backup = Path(result.path)
+    assert backup.name.startswith("icn-mcp-") and backup.suffix == ".pgdump"
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    manifest = json.loads(Path(result.manifest_path).read_text())
+    assert manifest["row_counts"]["agents"] == 5 and manifest["latest_migration"] == "0003_local_agents"
+    assert manifest["sha256"] == result.sha256 and manifest["server_version"]
+    assert [p.name for p in backup.parent.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+    verification = source.verify_backup(backup)
+    assert verification.ok, verification.problems
+    assert verification.row_counts["agents"] == 5 and verification.migrations_ok
+
+    target = _open(other_url, migrate=False)  # the disaster-recovery case: nothing there
+    try:
+        restored = target.restore_from_backup(backup, backup_dir=tmp_path / "backups")
+        assert restored.safety_backup_path is None and restored.migrations_applied == []
+        assert _agents(target) == [f"a{i}" for i in range(5)]
+        assert target.verify_migrations().to_dict()["counts"]["applied"] == 3
+    finally:
+        target.close()
+    info = source.get_database_info(backup_dir=tmp_path / "backups")
+    assert info["last_backup"]["path"] == str(backup)
+
+
+def test_a_truncated_dump_fails_verification_and_is_never_restored(source: Any, tmp_path: Path) -> None:
+    backup = Path(source.create_backup(backup_dir=tmp_path).path)
+    data = backup.read_bytes()
+    broken = tmp_path / "broken.pgdump"
+    broken.write_bytes(data[: len(data) // 2])
+    verification = source.verify_backup(broken)
+    assert not verification.ok and "pg_restore" in verification.problems[0]
+    # Without its manifest the damage is found by pg_restore; with it, by the checksum.
+    os.link(backup, tmp_path / "copy.pgdump")
+    Path(tmp_path / "copy.pgdump.json").write_text(Path(f"{backup}.json").read_text())
+    with open(tmp_path / "copy.pgdump", "r+b") as f:
+        f.truncate(len(data) - 100)
+    assert not source.verify_backup(tmp_path / "copy.pgdump").ok
+    before = _agents(source)
+    with pytest.raises(RestoreError, match="failed verification"):
+        source.restore_from_backup(broken, backup_dir=tmp_path)
+    assert _agents(source) == before
+
+
+def test_restore_over_data_keeps_a_safety_dump_first(source: Any, tmp_path: Path) -> None:
+    backup = source.create_backup(backup_dir=tmp_path).path
+    source.run_in_transaction(lambda c: c.execute(
+        "INSERT INTO agents (id, name, kind, created_at) VALUES ('late', 'late', 'ops', now())"))
+    restored = source.restore_from_backup(backup, backup_dir=tmp_path)
+    assert "late" not in _agents(source) and len(_agents(source)) == 5
+    safety = Path(restored.safety_backup_path)
+    assert safety.name.startswith("icn-mcp-pre-restore-") and safety.exists()
+    assert source.verify_backup(safety).row_counts["agents"] == 6  # the replaced content
+
+
+def test_cli_backup_and_verify_backup_on_postgresql(source: Any, pg_url: str, tmp_path: Path) -> None:
+    env = {"MCP_DB_URL": pg_url, "MCP_BACKUP_DIR": str(tmp_path / "b")}
+    made = run_cli("db", "backup", env=env)
+    assert made.returncode == 0, made.stderr
+    path = made.stdout.split()[3]  # "backed up to PATH (size)"
+    checked = run_cli("db", "verify-backup", path, env=env)
+    assert checked.returncode == 0 and checked.stdout.startswith("ok:"), checked.stderr
+    info = run_cli("db", "info", "--json", env=env)
+    assert json.loads(info.stdout)["last_backup"]["path"] == path
+
+
+def test_cli_restore_onto_a_new_empty_database(source: Any, other_url: str, tmp_path: Path) -> None:
+    """The disaster-recovery path: a new server, an empty database, `db restore --yes`."""
+    backup = source.create_backup(backup_dir=tmp_path).path
+    restored = run_cli("db", "restore", backup, "--yes",
+                       env={"MCP_DB_URL": other_url, "MCP_BACKUP_DIR": str(tmp_path)})
+    assert restored.returncode == 0, restored.stderr
+    assert "no safety copy was needed" in restored.stdout and "agents 5" in restored.stdout
+    target = _open(other_url, migrate=False)
+    try:
+        assert _agents(target) == [f"a{i}" for i in range(5)]
+    finally:
+        target.close()
