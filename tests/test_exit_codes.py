@@ -42,6 +42,7 @@ COMMANDS: dict[tuple[str, ...], tuple[tuple[str, ...], int | None]] = {
     ("db", "verify"): ((), 1),
     ("db", "verify-backup"): (("BACKUP",), None),
     ("serve",): (("--port", "0"), None),
+    ("agent", "revoke-tokens"): (("--all", "--yes"), 1),
 }
 DB_COMMANDS = [c for c in COMMANDS if c[0] == "db"]
 

@@ -425,7 +425,8 @@ def backup(ctx: click.Context, path: str | None, keep: int | None) -> None:
     _require_database(ctx)
     # Backing up only reads the database: a 0-byte or foreign file is reported as it
     # is, not turned into an empty database by the read-write open below.
-    check_database_file(Path(ctx.obj["path"]))
+    if not ctx.obj["postgres"]:
+        check_database_file(Path(ctx.obj["path"]))
     directory, default_keep, check = _backup_settings(ctx)
     progress = _ProgressLine() if _is_terminal(sys.stderr) else None
     with _open(ctx, migrate=False) as database:
@@ -509,7 +510,7 @@ def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -
     if result.database_created:
         click.echo(f"integrity_check {result.integrity}; the database did not exist: no safety backup was needed")
     elif result.safety_backup_path is None:
-        click.echo(f"check {result.integrity}; the database held no data: no safety backup was needed")
+        click.echo(f"check {result.integrity}; the database held no data, so no safety copy was needed")
     else:
         click.echo(
             f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}"
@@ -575,7 +576,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
         # A failure is history once its version is applied; 'db verify' fails until then.
         since = " (applied since)" if failure["version"] in applied else " (not applied since)"
         click.echo(f"failed     {failure['version']} at {failure['failed_at']}{since}: {failure['error']}")
-    for temp in data["backup_temp_files"]:
+    for temp in data.get("backup_temp_files", []):
         state = {
             "orphan": "orphaned (its backup was killed): the next backup removes it",
             "in_progress": "a backup in progress",

@@ -311,6 +311,9 @@ class Settings:
             raw = env.get(spec.variable)
             if raw is not None:
                 values[spec.field] = spec.parse(spec.variable, raw)
+        if "pool_max" not in values and values.get("pool_min", DEFAULT_POOL_MIN) > DEFAULT_POOL_MAX:
+            # Only the minimum was raised: the pool may grow to it.
+            values["pool_max"] = values["pool_min"]
         if "db_path" not in values:
             values["db_path"] = values.get("db_dir", Path(DEFAULT_DB_DIR)) / DEFAULT_DB_FILENAME
         values["extra"] = {k: v for k, v in env.items() if k.startswith("MCP_")}
@@ -438,7 +441,10 @@ def _path(name: str, raw: str) -> Path:
         raise ConfigError(name, raw, "a non-empty filesystem path")
     if "\x00" in raw:
         raise ConfigError(name, raw, "a path without NUL characters")
-    return Path(raw).expanduser()
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # "~someone" naming no user, or no home directory
+        raise ConfigError(name, raw, "a filesystem path (a leading ~ must name a home directory)") from None
 
 
 def _agent_name(name: str, raw: str) -> str:

@@ -44,6 +44,7 @@ from icn_mcp.db.sqlite.backup import (
     RestoreResult,
     manifest_path,
 )
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, RestoreError
 
@@ -223,7 +224,7 @@ def create_backup(
     final = Path(os.path.abspath(final))
     if final.exists() or manifest_path(final).exists():
         raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
-    final.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    make_private_dirs(final.parent)
     conninfo, env = _tool_env(db)
     fd, tmp_name = tempfile.mkstemp(prefix=".icn-mcp-backup-", suffix=".tmp", dir=final.parent)
     os.close(fd)
@@ -395,14 +396,23 @@ def restore_from_backup(
     path: str | os.PathLike[str],
     *,
     backup_dir: str | os.PathLike[str] | None = None,
+    without_manifest: bool = False,
     **_ignored: Any,
 ) -> RestoreResult:
-    """Verify ``path``, keep a safety dump of a non-empty database, restore in one transaction."""
+    """Verify ``path``, keep a safety dump of a non-empty database, restore in one transaction.
+
+    A dump whose manifest is missing is refused, as on SQLite, unless ``without_manifest``.
+    """
     started = time.perf_counter()
     path = Path(os.path.abspath(os.fspath(path)))
     verification = verify_backup(db, path)
     if not verification.ok:
         raise RestoreError(str(path), f"the backup failed verification: {verification.problems[0]}")
+    if verification.manifest_path is None and not without_manifest:
+        raise RestoreError(
+            str(path), f"its manifest {manifest_path(path)} is missing: the dump's SHA-256 cannot be checked",
+            hint="restore it on purpose with --without-manifest, or use a backup that has its manifest",
+        )
     with db.connection() as conn:
         tables = [r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()]
@@ -431,11 +441,14 @@ def restore_from_backup(
     return RestoreResult(
         database=db.target,
         backup_path=str(path),
-        safety_backup_path=safety,  # type: ignore[arg-type]  # None: the database was empty
+        safety_backup_path=safety,  # None: the database held no data
         backup_created_at=verification.created_at,
+        backup_latest_migration=verification.latest_migration,
         latest_migration=latest,
         migrations_applied=applied,
         row_counts=counts,
         integrity="ok",
+        without_manifest=verification.manifest_path is None,
+        database_created=False,
         elapsed_s=round(time.perf_counter() - started, 3),
     )
