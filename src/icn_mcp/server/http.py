@@ -146,14 +146,14 @@ async def register(request: Request, hub: Hub) -> Response:
 async def refresh(request: Request, hub: Hub) -> Response:
     token = _bearer(request, required=True)
     # The original SDK retries a refused refresh forever (docs/server.md, "Clients"):
-    # a token refused too often is answered 429 without touching the database.
-    client = request.client.host if request.client else "unknown"
-    hub.refused_refreshes.check(token, client)
+    # a token refused too often is answered 429 without touching the database, and
+    # the SDK's 429 handling ends its loop.
+    hub.refused_refreshes.check(token)
     parse_body(EmptyRequest, await request.body())
     try:
         agent = await hub.call("refresh_token", hub.store.refresh_token, token)
     except Unauthorized:
-        hub.refused_refreshes.refused(token, client)
+        hub.refused_refreshes.refused(token)
         raise
     request_info(request.scope).agent_id = agent.id
     return _ok({"ok": True, "token": agent.token})

@@ -58,7 +58,7 @@ class Hub:
             db_path=self.db.path,
             last_backup_at=self.last_backup_at,
         )
-        #: Refused token refreshes per token and per address (429 past the limit).
+        #: Refused token refreshes per token (429 past the limit).
         self.refused_refreshes = RefusalLimiter()
         computations = self.metrics.health_cache_computations
         #: The ``database`` object of /healthz/db (counts every table: expensive).

@@ -14,14 +14,12 @@ from typing import Callable
 
 from icn_mcp.server.errors import ApiError
 
-__all__ = ["RateLimiter", "RefusalLimiter", "REFUSED_REFRESH_PER_TOKEN_PER_MIN", "REFUSED_REFRESH_PER_IP_PER_MIN"]
+__all__ = ["RateLimiter", "RefusalLimiter", "REFUSED_REFRESH_PER_TOKEN_PER_MIN"]
 
 #: Buckets are pruned when there are more than this many keys.
 PRUNE_ABOVE_KEYS = 10_000
 #: Refused refreshes one token may have per minute before it is answered 429.
 REFUSED_REFRESH_PER_TOKEN_PER_MIN = 6
-#: Refused refreshes one client address may have per minute (any tokens) before 429.
-REFUSED_REFRESH_PER_IP_PER_MIN = 60
 
 
 class RateLimiter:
@@ -76,40 +74,36 @@ class RateLimiter:
 
 
 class RefusalLimiter:
-    """Limits refusals, not requests: after too many refused attempts by one token
-    or one client address, further attempts are answered 429 (with Retry-After)
-    before any work is done. Used for ``POST /api/agent/refresh``, which the original
-    agent SDK repeats without end when it is refused (docs/server.md, "Clients")."""
+    """Limits refusals, not requests: after too many refused attempts with one
+    token, further attempts with it are answered 429 (with Retry-After) before any
+    work is done. Used for ``POST /api/agent/refresh``, which the original agent SDK
+    repeats without end when it is refused (docs/server.md, "Clients"); its 429
+    handling then ends the loop. Keyed by token only: refusals of other tokens from
+    the same address (say, behind one NAT) must not block a good token's refresh,
+    and a refusal is a cheap read, bounded per address by the ordinary rate limit.
+    """
 
     def __init__(
-        self,
-        *,
-        per_token_per_min: int = REFUSED_REFRESH_PER_TOKEN_PER_MIN,
-        per_ip_per_min: int = REFUSED_REFRESH_PER_IP_PER_MIN,
-        clock: Callable[[], float] = time.monotonic,
+        self, per_min: int = REFUSED_REFRESH_PER_TOKEN_PER_MIN, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        self.per_token = RateLimiter(per_token_per_min, clock=clock)
-        self.per_ip = RateLimiter(per_ip_per_min, clock=clock)
+        self.limiter = RateLimiter(per_min, clock=clock)
 
     @staticmethod
-    def _keys(token: str, client: str) -> tuple[str, str]:
-        # Keyed by a hash: the limiter never holds a usable token.
-        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32], client
+    def _key(token: str) -> str:
+        # A hash: the limiter never holds a usable token.
+        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
-    def check(self, token: str, client: str) -> None:
-        """ApiError 429 when this token or this address has used up its refusals."""
-        token_key, ip_key = self._keys(token, client)
-        wait = max(self.per_token.wait_s(token_key), self.per_ip.wait_s(ip_key))
+    def check(self, token: str) -> None:
+        """ApiError 429 when this token has used up its refusals."""
+        wait = self.limiter.wait_s(self._key(token))
         if wait:
             retry_after = RateLimiter.retry_after(wait)
             raise ApiError(
                 429, "rate_limited",
-                {"retry_after_s": retry_after, "reason": "too many refused refreshes"},
+                {"retry_after_s": retry_after, "reason": "too many refused refreshes of this token"},
                 {"Retry-After": str(retry_after)},
             )
 
-    def refused(self, token: str, client: str) -> None:
-        """Count one refusal against this token and this address."""
-        token_key, ip_key = self._keys(token, client)
-        self.per_token.acquire(token_key)
-        self.per_ip.acquire(ip_key)
+    def refused(self, token: str) -> None:
+        """Count one refusal against this token."""
+        self.limiter.acquire(self._key(token))
