@@ -18,7 +18,6 @@ import pydantic
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from icn_mcp.server.ratelimit import REFUSED_REFRESH_PER_TOKEN_PER_MIN
 from tests.server.serverproc import ServerProcess, bearer
 
 
@@ -54,6 +53,10 @@ class TaskRunResponse(_Zod):
     ok: bool
 
 
+#: Refused refreshes a token gets per minute before 429 (the server's
+#: REFUSED_REFRESH_PER_TOKEN_PER_MIN; a test below checks that they agree).
+REFUSED_REFRESH_PER_TOKEN_PER_MIN = 6
+
 #: What the SDK's fetch sends with every request (its HttpClient.request).
 SDK_HEADERS = {"Content-Type": "application/json"}
 
@@ -62,6 +65,12 @@ def _sdk(client: httpx.Client, method: str, path: str, token: str | None, body: 
     headers = {**SDK_HEADERS, **(bearer(token) if token else {})}
     content = None if body is None else pydantic.TypeAdapter(Any).dump_json(body)
     return client.request(method, path, headers=headers, content=content)
+
+
+def test_the_refusal_allowance_is_the_servers() -> None:
+    from icn_mcp.server import ratelimit
+
+    assert getattr(ratelimit, "REFUSED_REFRESH_PER_TOKEN_PER_MIN", None) == REFUSED_REFRESH_PER_TOKEN_PER_MIN
 
 
 def test_the_models_are_as_strict_as_the_sdks_zod_schemas() -> None:
