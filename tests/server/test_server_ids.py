@@ -5,10 +5,12 @@ parameters) held to the strict rule (the parser itself: tests/store/test_ids.py)
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from icn_mcp.server.openapi import document
+from tests.helpers import run_cli
 from tests.server.serverproc import ServerProcess, bearer
 
 #: The largest id (signed 64-bit), icn_mcp.store.validation.ID_MAX.
@@ -123,3 +125,39 @@ def test_every_id_in_every_response_is_a_string(seeded: tuple[ServerProcess, str
         assert conflict["error"] == "conflict" and conflict["task_id"] == ids[2]
         missing = client.get("/api/task/status", params={"task_id": "999999"}).json()
         assert missing == {"ok": False, "error": "not_found", "kind": "task", "id": "999999"}
+
+
+def test_ids_survive_backup_and_restore(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    """The wire id is the stored key as text: a backup restored gives every task,
+    dependency and artifact the same string ids, and new ids continue after them."""
+    db_dir = tmp_path / "var"
+    env = {"MCP_DB_DIR": str(db_dir)}
+    server = server_factory(db_dir).start()
+    with server.client() as client:
+        token = client.post("/api/agent/register", json={"name": "b", "kind": "ops"}).json()["token"]
+        chain: list[str] = []
+        for n in range(3):
+            body = {"title": f"c{n}", "depends_on": chain[-1:]}
+            chain.append(client.post("/api/task/create", json=body, headers=bearer(token)).json()["id"])
+        before = client.get("/api/task/list").json()
+    server.stop()
+    backup = tmp_path / "b.sqlite"
+    assert run_cli("db", "backup", str(backup), env=env).returncode == 0
+
+    server = server_factory(db_dir).start()
+    with server.client() as client:  # written after the backup: gone after the restore
+        client.post("/api/task/create", json={"title": "later"}, headers=bearer(token))
+    server.stop()
+    restored = run_cli("db", "restore", str(backup), "--yes", env=env)
+    assert restored.returncode == 0, restored.stderr
+
+    server = server_factory(db_dir).start()
+    with server.client() as client:
+        after = client.get("/api/task/list").json()
+        assert after == before and [t["depends_on"] for t in after] == [[], chain[:1], chain[1:2]]
+        status = client.get("/api/task/status", params={"task_id": chain[2]}).json()
+        assert status["id"] == chain[2]
+        new = client.post("/api/task/create", json={"title": "new", "depends_on": [chain[2]]},
+                          headers=bearer(token)).json()["id"]
+        assert int(new) > int(chain[2])
+    server.stop()
