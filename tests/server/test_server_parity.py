@@ -300,3 +300,18 @@ def test_artifacts_record_who_added_them(world: dict[str, Any]) -> None:
     assert holder_result.structured_content["attempt"] == world["attempt"]
     assert maintainer_result.structured_content["added_by"] == "maintainer:maintainer"
     assert isinstance(maintainer_result.structured_content["id"], str)
+
+
+def test_mcp_tools_publish_the_http_request_models_as_input_schemas(world: dict[str, Any]) -> None:
+    from icn_mcp.server.mcp import TOOL_MODELS
+
+    async def run() -> dict[str, Any]:
+        async with httpx2.AsyncClient(headers=bearer(world["holder"]), timeout=30) as http_client:
+            async with Client(streamable_http_client(f"{world['server'].url}/mcp", http_client=http_client)) as client:
+                return {tool.name: tool.input_schema for tool in (await client.list_tools()).tools}
+
+    published = anyio.run(run)
+    assert published == {name: model.model_json_schema() for name, model in TOOL_MODELS.items()}
+    task_id = published["report_run"]["properties"]["task_id"]["anyOf"]
+    assert task_id[0]["type"] == "string" and task_id[-1] == {"type": "null"}
+    assert published["create_task"]["properties"]["depends_on"]["items"]["anyOf"][0]["type"] == "string"
