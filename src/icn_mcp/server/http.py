@@ -22,8 +22,8 @@ from starlette.routing import Route
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.errors import Unauthorized
-from icn_mcp.server import openapi
-from icn_mcp.server.auth import Principal, artifact_author, authorize, resolve
+from icn_mcp.server import openapi, operations
+from icn_mcp.server.auth import Principal, authorize, resolve
 from icn_mcp.server.errors import to_api_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.mcp import build_mcp_server
@@ -165,20 +165,7 @@ async def refresh(request: Request, hub: Hub) -> Response:
 async def create_task(request: Request, hub: Hub) -> Response:
     principal = _principal(hub, request, "create_task")
     body = parse_body(CreateTaskRequest, await request.body())
-
-    def create() -> Any:
-        author = principal().name
-        return hub.store.create_task(
-            body.title,
-            body.description,
-            created_by=body.created_by if body.created_by is not None else author,
-            depends_on=body.depends_on,
-            priority=body.priority,
-            max_attempts=body.max_attempts,
-            idempotency_key=body.idempotency_key,
-        )
-
-    task = await hub.call("create_task", create)
+    task = await hub.call("create_task", lambda: operations.create_task(hub, principal(), body))
     return _ok({"ok": True, "id": format_id(task.id)})
 
 
@@ -194,43 +181,21 @@ async def list_tasks(request: Request, hub: Hub) -> Response:
 async def claim_task(request: Request, hub: Hub) -> Response:
     principal = _principal(hub, request, "claim_task")
     body = parse_body(ClaimRequest, await request.body())
-
-    def claim() -> Any:
-        return hub.store.claim_next_task(principal().agent_id, body.lease_s)
-
-    claimed = await hub.call("claim_next_task", claim)
-    if claimed is None:
-        hub.metrics.claims.labels("empty").inc()
-        return _ok({"error": "no_available_tasks"})
-    hub.metrics.claims.labels("claimed").inc()
-    if claimed.attempt > 1:
-        hub.metrics.reclaims.inc()
-    return _ok(claim_shape(claimed))
+    claimed = await hub.call("claim_next_task", lambda: operations.claim_task(hub, principal(), body))
+    return _ok(claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"})
 
 
 async def report_run(request: Request, hub: Hub) -> Response:
     principal = _principal(hub, request, "report_run")
     body = parse_body(RunRequest, await request.body())
-
-    def report() -> Any:
-        return hub.store.report_run(body.task_id, principal().agent_id, body.status, body.notes, attempt=body.attempt)
-
-    await hub.call("report_run", report)
-    hub.metrics.reports.labels(body.status).inc()
+    await hub.call("report_run", lambda: operations.report_run(hub, principal(), body))
     return _ok({"ok": True})
 
 
 async def add_artifact(request: Request, hub: Hub) -> Response:
     principal = _principal(hub, request, "add_artifact")
     body = parse_body(AddArtifactRequest, await request.body())
-
-    def add() -> Any:
-        return hub.store.add_artifact(
-            body.task_id, body.kind, body.path, body.meta,  # type: ignore[arg-type]
-            attempt=body.attempt, **artifact_author(principal()),
-        )
-
-    artifact = artifact_shape(await hub.call("add_artifact", add))
+    artifact = artifact_shape(await hub.call("add_artifact", lambda: operations.add_artifact(hub, principal(), body)))
     return _ok({"ok": True, "id": artifact["id"], "artifact": artifact})
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
@@ -33,7 +33,8 @@ from icn_mcp import __version__
 from icn_mcp.config import Settings
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.errors import Unauthorized
-from icn_mcp.server.auth import Principal, artifact_author, authorize, resolve
+from icn_mcp.server import operations
+from icn_mcp.server.auth import Principal, authorize, resolve
 from icn_mcp.server.errors import ApiError, to_api_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.schemas import (
@@ -227,31 +228,14 @@ def _register_tools(server: _Server) -> None:
     store = hub.store
 
     def create_task(principal: Principal, request: CreateTaskRequest) -> dict[str, Any]:
-        task = store.create_task(
-            request.title,
-            request.description,
-            created_by=request.created_by if request.created_by is not None else principal.name,
-            depends_on=request.depends_on,
-            priority=request.priority,
-            max_attempts=request.max_attempts,
-            idempotency_key=request.idempotency_key,
-        )
-        return task_shape(task)
+        return task_shape(operations.create_task(hub, principal, request))
 
     def claim_task(principal: Principal, request: ClaimRequest) -> dict[str, Any]:
-        claimed = store.claim_next_task(principal.agent_id, request.lease_s)  # type: ignore[arg-type]
-        if claimed is None:
-            hub.metrics.claims.labels("empty").inc()
-            return {"error": "no_available_tasks"}
-        hub.metrics.claims.labels("claimed").inc()
-        if claimed.attempt > 1:
-            hub.metrics.reclaims.inc()
-        return claim_shape(claimed)
+        claimed = operations.claim_task(hub, principal, request)
+        return claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"}
 
     def report_run(principal: Principal, request: RunRequest) -> dict[str, Any]:
-        store.report_run(request.task_id, principal.agent_id, request.status,  # type: ignore[arg-type]
-                         request.notes, attempt=request.attempt)
-        hub.metrics.reports.labels(request.status).inc()
+        operations.report_run(hub, principal, request)
         return {"ok": True}
 
     def task_status(principal: Principal, request: TaskStatusRequest) -> dict[str, Any]:
@@ -262,11 +246,7 @@ def _register_tools(server: _Server) -> None:
         return {"tasks": [task_shape(task) for task in page.tasks], "next_cursor": page.next_cursor}
 
     def add_artifact(principal: Principal, request: AddArtifactRequest) -> dict[str, Any]:
-        artifact = store.add_artifact(
-            request.task_id, request.kind, request.path, request.meta,  # type: ignore[arg-type]
-            attempt=request.attempt, **artifact_author(principal),
-        )
-        return artifact_shape(artifact)
+        return artifact_shape(operations.add_artifact(hub, principal, request))
 
     def db_info(principal: Principal, request: EmptyRequest) -> dict[str, Any]:
         return hub.database_info()
