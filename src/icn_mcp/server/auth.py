@@ -70,6 +70,8 @@ class Principal:
     agent_id: str | None = None
     #: ``admin``, ``maintainer``, or ``local`` (the stdio process); None for agents.
     maintainer_role: str | None = None
+    #: When the agent's bearer token expires (None for maintainers and stdio).
+    token_expires_at: str | None = None
 
     @property
     def is_maintainer(self) -> bool:
@@ -97,7 +99,8 @@ def resolve(store: "Store", token: str | None) -> Principal:
     role = store.maintainer_role(token)
     if role is not None:
         return Principal(maintainer_role=role)
-    return Principal(agent_id=store.authenticate(token).id)
+    agent = store.authenticate(token)
+    return Principal(agent_id=agent.id, token_expires_at=agent.token_expires_at)
 
 
 def authorize(principal: Principal | None, action: str) -> Principal | None:

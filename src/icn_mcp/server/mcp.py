@@ -92,11 +92,10 @@ class StoreTokenVerifier:
         if principal.agent_id is None:
             role = principal.maintainer_role or ""
             return AccessToken(token=token, client_id=principal.name, scopes=[MAINTAINER_SCOPE, role])
-        agent = self.hub.store.authenticate(token)
-        expires = parse_ts(agent.token_expires_at).timestamp() if agent.token_expires_at else None
+        expires = parse_ts(principal.token_expires_at).timestamp() if principal.token_expires_at else None
         return AccessToken(
             token=token,
-            client_id=agent.id,
+            client_id=principal.agent_id,
             scopes=[AGENT_SCOPE],
             expires_at=int(expires) if expires is not None else None,
         )
