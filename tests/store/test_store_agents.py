@@ -185,3 +185,22 @@ def test_racing_refreshes_of_one_token_yield_one_new_token(store: Store) -> None
         outcomes = list(pool.map(refresh, range(4)))
     winners = [o for o in outcomes if o not in ("token revoked",)]
     assert len(winners) == 1 and store.authenticate(winners[0]).id == agent.id
+
+
+def test_a_refused_refresh_never_takes_the_write_lock(store: Store, db_path: Path) -> None:
+    """The original agent SDK repeats a refused refresh without end (issue 8): each
+    refusal must be a plain read, so a refresh loop cannot queue up behind writers
+    or hold them up. Another connection holds the write lock throughout."""
+    agent = store.register_agent("looper", "ops")
+    store.refresh_token(agent.token)  # agent.token is now refreshed away
+    with Database(db_path, busy_timeout_ms=50, retries=1) as quick:
+        quick_store = Store(quick)
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            for token in (agent.token, "never-issued-" + "x" * 30):
+                with pytest.raises(Unauthorized):  # not BusyError: no write lock was asked for
+                    quick_store.refresh_token(token)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()

@@ -198,7 +198,7 @@ def test_everything_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> 
         store.report_run(done.id, agent.id, "completed", notes="ok", attempt=claim.attempt)  # type: ignore[union-attr]
         claim = store.claim_next_task(agent.id, lease_s=600)
         store.report_run(held.id, agent.id, "in_progress", attempt=claim.attempt)  # type: ignore[union-attr]
-        store.add_artifact(done.id, "file", "out.txt", {"lines": 3})
+        store.add_artifact(done.id, "file", "out.txt", {"lines": 3}, added_by="maintainer:admin")
         before = (store.list_tasks().to_dict(), store.task_status(held.id).to_dict(),
                   store.list_artifacts(done.id), store.stats())
 

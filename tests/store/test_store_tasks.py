@@ -257,19 +257,49 @@ def test_get_task_and_status_of_unknown_tasks(store: Store) -> None:
         store.get_task("1")  # type: ignore[arg-type]
 
 
-def test_artifacts_are_recorded_per_task(store: Store) -> None:
+def test_artifacts_are_recorded_per_task(store: Store, agents: list[RegisteredAgent]) -> None:
     task = store.create_task("build")
-    first = store.add_artifact(task.id, "file", "out/app.whl", {"size": 1024, "sha": "ab"})
-    store.add_artifact(task.id, "log", "logs/build.txt")
+    first = store.add_artifact(task.id, "file", "out/app.whl", {"size": 1024, "sha": "ab"},
+                               added_by="maintainer:admin")
+    claim = store.claim_next_task(agents[0].id)
+    assert claim is not None
+    second = store.add_artifact(task.id, "log", "logs/build.txt", agent_id=agents[0].id, attempt=claim.attempt)
     listed = store.list_artifacts(task.id)
     assert [a.kind for a in listed] == ["file", "log"]
     assert listed[0] == first and first.meta == {"sha": "ab", "size": 1024}
+    # Who added each is recorded: a maintainer without an attempt, the claim holder with its attempt.
+    assert (first.added_by, first.attempt) == ("maintainer:admin", None)
+    assert (second.added_by, second.attempt) == (agents[0].id, claim.attempt)
     with pytest.raises(NotFound):
-        store.add_artifact(999, "file", "x")
+        store.add_artifact(999, "file", "x", added_by="maintainer:admin")
     with pytest.raises(ValidationError) as info:
         store.add_artifact(task.id, "", "", {"x": object()})
-    assert set(info.value.fields) == {"kind", "path", "meta"}
+    assert set(info.value.fields) == {"kind", "path", "meta", "added_by"}
+    with pytest.raises(ValidationError) as info:
+        store.add_artifact(task.id, "log", "x", agent_id=agents[0].id, added_by="maintainer:admin")
+    assert set(info.value.fields) == {"added_by"}
     assert store.stats()["artifacts_total"] == 2
+
+
+def test_an_agent_adds_artifacts_only_under_the_current_claim(
+    store: Store, clock: FakeClock, agents: list[RegisteredAgent]
+) -> None:
+    holder, other = agents[0].id, agents[1].id
+    task = store.create_task("build")
+    with pytest.raises(Conflict, match="not claimed"):
+        store.add_artifact(task.id, "log", "a", agent_id=holder)
+    claim = store.claim_next_task(holder, 10)
+    assert claim is not None
+    with pytest.raises(Conflict, match="another agent") as foreign:
+        store.add_artifact(task.id, "log", "a", agent_id=other)
+    assert foreign.value.data["task_id"] == task.id
+    with pytest.raises(Conflict, match="stale"):
+        store.add_artifact(task.id, "log", "a", agent_id=holder, attempt=claim.attempt + 1)
+    clock.advance(11)
+    with pytest.raises(Conflict, match="expired"):
+        store.add_artifact(task.id, "log", "a", agent_id=holder, attempt=claim.attempt)
+    # Nothing refused was written.
+    assert store.list_artifacts(task.id) == [] and store.stats()["artifacts_total"] == 0
 
 
 def test_stats_have_constant_keys(store: Store, agents: list[RegisteredAgent]) -> None:

@@ -22,6 +22,7 @@ from icn_mcp.errors import (
     Unauthorized,
     ValidationError,
 )
+from icn_mcp.server.shapes import wire_ids
 
 __all__ = ["ApiError", "to_api_error", "task_id_required", "validation_error"]
 
@@ -70,10 +71,10 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(403, "forbidden", {"reason": str(getattr(exc, "reason", "") or exc)})
     if isinstance(exc, NotFound):
         data: dict[str, Any] = {"kind": getattr(exc, "kind", None), "id": getattr(exc, "id", None)}
-        return ApiError(404, "not_found", _jsonable({k: v for k, v in data.items() if v is not None}))
+        return ApiError(404, "not_found", _jsonable(wire_ids({k: v for k, v in data.items() if v is not None})))
     if isinstance(exc, Conflict):
         extra = dict(getattr(exc, "data", {}) or {})
-        return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(extra)})
+        return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(wire_ids(extra))})
     if isinstance(exc, (BusyError, DatabaseClosed)):
         # The database is busy beyond the retry budget, or shutting down: try again.
         log.warning("database unavailable: %s", exc)

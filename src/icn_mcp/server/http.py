@@ -21,9 +21,10 @@ from starlette.routing import Route
 
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
-from icn_mcp.errors import Forbidden, Unauthorized
-from icn_mcp.server import openapi
-from icn_mcp.server.errors import task_id_required, to_api_error
+from icn_mcp.errors import Unauthorized
+from icn_mcp.server import openapi, operations
+from icn_mcp.server.auth import Principal, authorize, resolve
+from icn_mcp.server.errors import to_api_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.mcp import build_mcp_server
 from icn_mcp.server.metrics import CONTENT_TYPE
@@ -36,23 +37,23 @@ from icn_mcp.server.middleware import (
 )
 from icn_mcp.server.ratelimit import RateLimiter
 from icn_mcp.server.schemas import (
+    AddArtifactRequest,
     ClaimRequest,
     CreateTaskRequest,
     EmptyRequest,
+    ListTasksRequest,
     RegisterRequest,
     RunRequest,
+    TaskStatusRequest,
     parse_body,
-    query_int,
+    parse_query,
 )
-from icn_mcp.server.shapes import claim_shape, status_shape
-from icn_mcp.store.validation import LIST_LIMIT_MAX
+from icn_mcp.server.shapes import artifact_shape, claim_shape, status_shape, task_shape
+from icn_mcp.store.validation import format_id
 
 __all__ = ["create_app", "API_ROUTES"]
 
 log = logging.getLogger("icn_mcp.server")
-
-#: Page size of GET /api/task/list when the client gives none.
-DEFAULT_LIST_LIMIT = 50
 
 Handler = Callable[[Request, Hub], Awaitable[Response]]
 
@@ -86,17 +87,20 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
-def _authenticated(hub: Hub, request: Request, token: str | None) -> Callable[[], Any]:
-    """A function (for a worker thread) that authenticates ``token`` and notes the agent."""
+def _principal(hub: Hub, request: Request, action: str) -> Callable[[], Principal]:
+    """A function (for a worker thread) that resolves the bearer token, applies the
+    one authorization rule (:mod:`icn_mcp.server.auth`) and notes the agent."""
+    token = _bearer(request, required=False)
+    if token is None:
+        authorize(None, action)  # 401 before the body is even read
 
-    def authenticate() -> Any:
-        if token is None:
-            raise Unauthorized("missing bearer token")
-        agent = hub.store.authenticate(token)
-        request_info(request.scope).agent_id = agent.id
-        return agent
+    def check() -> Principal:
+        principal = authorize(resolve(hub.store, token) if token is not None else None, action)
+        assert principal is not None  # every HTTP route with a token needs one
+        request_info(request.scope).agent_id = principal.name
+        return principal
 
-    return authenticate
+    return check
 
 
 # -- health and metrics --------------------------------------------------------------
@@ -141,8 +145,16 @@ async def register(request: Request, hub: Hub) -> Response:
 
 async def refresh(request: Request, hub: Hub) -> Response:
     token = _bearer(request, required=True)
+    # The original SDK retries a refused refresh forever (docs/server.md, "Clients"):
+    # a token refused too often is answered 429 without touching the database, and
+    # the SDK's 429 handling ends its loop.
+    hub.refused_refreshes.check(token)
     parse_body(EmptyRequest, await request.body())
-    agent = await hub.call("refresh_token", hub.store.refresh_token, token)
+    try:
+        agent = await hub.call("refresh_token", hub.store.refresh_token, token)
+    except Unauthorized:
+        hub.refused_refreshes.refused(token)
+        raise
     request_info(request.scope).agent_id = agent.id
     return _ok({"ok": True, "token": agent.token})
 
@@ -151,107 +163,57 @@ async def refresh(request: Request, hub: Hub) -> Response:
 
 
 async def create_task(request: Request, hub: Hub) -> Response:
-    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    principal = _principal(hub, request, "create_task")
     body = parse_body(CreateTaskRequest, await request.body())
-
-    def create() -> Any:
-        agent = authenticate()
-        return hub.store.create_task(
-            body.title,
-            body.description,
-            created_by=body.created_by if body.created_by is not None else agent.id,
-            depends_on=body.depends_on,
-            priority=body.priority,
-            max_attempts=body.max_attempts,
-            idempotency_key=body.idempotency_key,
-        )
-
-    task = await hub.call("create_task", create)
-    return _ok({"ok": True, "id": task.id})
+    task = await hub.call("create_task", lambda: operations.create_task(hub, principal(), body))
+    return _ok({"ok": True, "id": format_id(task.id)})
 
 
 async def list_tasks(request: Request, hub: Hub) -> Response:
-    params = request.query_params
-    limit = query_int("limit", params.get("limit"), minimum=1, maximum=LIST_LIMIT_MAX)
+    query = parse_query(ListTasksRequest, request.query_params, integers=("limit",))
     page = await hub.call(
-        "list_tasks",
-        hub.store.list_tasks,
-        status=params.get("status") or None,
-        limit=limit or DEFAULT_LIST_LIMIT,
-        cursor=params.get("cursor") or None,
+        "list_tasks", hub.store.list_tasks, status=query.status, limit=query.limit, cursor=query.cursor
     )
     headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else None
-    return _ok([task.to_dict() for task in page.tasks], headers=headers)
+    return _ok([task_shape(task) for task in page.tasks], headers=headers)
 
 
 async def claim_task(request: Request, hub: Hub) -> Response:
-    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    principal = _principal(hub, request, "claim_task")
     body = parse_body(ClaimRequest, await request.body())
-
-    def claim() -> Any:
-        return hub.store.claim_next_task(authenticate().id, body.lease_s)
-
-    claimed = await hub.call("claim_next_task", claim)
-    if claimed is None:
-        hub.metrics.claims.labels("empty").inc()
-        return _ok({"error": "no_available_tasks"})
-    hub.metrics.claims.labels("claimed").inc()
-    if claimed.attempt > 1:
-        hub.metrics.reclaims.inc()
-    return _ok(claim_shape(claimed))
+    claimed = await hub.call("claim_next_task", lambda: operations.claim_task(hub, principal(), body))
+    return _ok(claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"})
 
 
 async def report_run(request: Request, hub: Hub) -> Response:
-    authenticate = _authenticated(hub, request, _bearer(request, required=True))
+    principal = _principal(hub, request, "report_run")
     body = parse_body(RunRequest, await request.body())
-    if body.task_id is None:
-        raise task_id_required()
-    task_id = body.task_id
-
-    def report() -> Any:
-        return hub.store.report_run(task_id, authenticate().id, body.status, body.notes, attempt=body.attempt)
-
-    await hub.call("report_run", report)
-    hub.metrics.reports.labels(body.status).inc()
+    await hub.call("report_run", lambda: operations.report_run(hub, principal(), body))
     return _ok({"ok": True})
 
 
+async def add_artifact(request: Request, hub: Hub) -> Response:
+    principal = _principal(hub, request, "add_artifact")
+    body = parse_body(AddArtifactRequest, await request.body())
+    artifact = artifact_shape(await hub.call("add_artifact", lambda: operations.add_artifact(hub, principal(), body)))
+    return _ok({"ok": True, "id": artifact["id"], "artifact": artifact})
+
+
 async def task_status(request: Request, hub: Hub) -> Response:
-    raw = request.query_params.get("task_id")
-    if raw is None or not raw.strip():
-        raise task_id_required()
-    task_id = query_int("task_id", raw, minimum=1)
-    status = await hub.call("task_status", hub.store.task_status, task_id)
-    return _ok(status_shape(status.to_dict()))
+    query = parse_query(TaskStatusRequest, request.query_params)
+    status = await hub.call("task_status", hub.store.task_status, query.task_id)
+    return _ok(status_shape(status))
 
 
 # -- maintainers ---------------------------------------------------------------------
 
 
-def _maintainer(hub: Hub, token: str | None) -> Callable[[], str]:
-    """A function (for a worker thread) that returns the maintainer role or raises.
-
-    No token, or one nobody knows: 401. A valid agent token: 403.
-    """
-
-    def check() -> str:
-        if token is None:
-            raise Unauthorized("missing bearer token")
-        role = hub.store.maintainer_role(token)
-        if role is not None:
-            return role
-        hub.store.authenticate(token)  # raises Unauthorized for an unknown token
-        raise Forbidden("a maintainer token is required for admin routes")
-
-    return check
-
-
 async def cleanup_agents(request: Request, hub: Hub) -> Response:
-    check = _maintainer(hub, _bearer(request, required=True))
+    principal = _principal(hub, request, "cleanup_agents")
     parse_body(EmptyRequest, await request.body())
 
     def cleanup() -> int:
-        check()
+        principal()
         return hub.store.cleanup_expired()
 
     deleted = await hub.call("cleanup_expired", cleanup)
@@ -259,10 +221,10 @@ async def cleanup_agents(request: Request, hub: Hub) -> Response:
 
 
 async def admin_stats(request: Request, hub: Hub) -> Response:
-    check = _maintainer(hub, _bearer(request, required=True))
+    principal = _principal(hub, request, "admin_stats")
 
     def stats() -> dict[str, Any]:
-        check()
+        principal()
         return hub.store.stats()
 
     return _ok({"ok": True, "stats": await hub.call("stats", stats)})
@@ -280,6 +242,7 @@ API_ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/api/task/list", list_tasks),
     ("POST", "/api/task/claim", claim_task),
     ("POST", "/api/task/run", report_run),
+    ("POST", "/api/task/artifact", add_artifact),
     ("GET", "/api/task/status", task_status),
     ("POST", "/api/admin/agents/cleanup", cleanup_agents),
     ("GET", "/api/admin/stats", admin_stats),

@@ -24,6 +24,7 @@ from icn_mcp.db.sqlite.backup import BACKUP_DIR_NAME, latest_backup
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics
+from icn_mcp.server.ratelimit import RefusalLimiter
 from icn_mcp.store import Store
 from icn_mcp.store.store import store_backend_refused
 
@@ -61,6 +62,8 @@ class Hub:
             db_path=self.db.path,
             last_backup_at=self.last_backup_at,
         )
+        #: Refused token refreshes per token (429 past the limit).
+        self.refused_refreshes = RefusalLimiter()
         computations = self.metrics.health_cache_computations
         #: The ``database`` object of /healthz/db (counts every table: expensive).
         self.health_database: SharedValue[dict[str, Any]] = SharedValue(

@@ -20,60 +20,63 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, TextContent
-import pydantic
-from pydantic import Field
+from pydantic import BaseModel
 
 from icn_mcp import __version__
 from icn_mcp.config import Settings
 from icn_mcp.db.timestamps import parse_ts
-from icn_mcp.errors import Forbidden, Unauthorized
-from icn_mcp.server.errors import ApiError, to_api_error, validation_error
+from icn_mcp.errors import Unauthorized
+from icn_mcp.server import operations
+from icn_mcp.server.auth import Principal, authorize, resolve
+from icn_mcp.server.errors import ApiError, to_api_error
 from icn_mcp.server.hub import Hub
-from icn_mcp.server.shapes import claim_shape, status_shape
-from icn_mcp.store.validation import LIST_LIMIT_MAX
-from icn_mcp.server.schemas import MAX_SQL_INT, Id, LeaseSeconds, MaxAttempts, Priority, pydantic_fields
+from icn_mcp.server.schemas import (
+    AddArtifactRequest,
+    ClaimRequest,
+    CreateTaskRequest,
+    EmptyRequest,
+    ListTasksRequest,
+    RunRequest,
+    TaskStatusRequest,
+    parse_arguments,
+)
+from icn_mcp.server.shapes import artifact_shape, claim_shape, status_shape, task_shape
 
-__all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES"]
+__all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES", "TOOL_MODELS"]
 
 log = logging.getLogger("icn_mcp.server.mcp")
 
-TOOL_NAMES = (
-    "create_task",
-    "claim_task",
-    "report_run",
-    "task_status",
-    "list_tasks",
-    "add_artifact",
-    "db_info",
-    "create_backup",
-)
+#: Each tool's arguments: the HTTP API's request model of the same operation, so
+#: both transports give the same input the same verdict (issue 8).
+TOOL_MODELS: dict[str, type[BaseModel]] = {
+    "create_task": CreateTaskRequest,
+    "claim_task": ClaimRequest,
+    "report_run": RunRequest,
+    "task_status": TaskStatusRequest,
+    "list_tasks": ListTasksRequest,
+    "add_artifact": AddArtifactRequest,
+    "db_info": EmptyRequest,
+    "create_backup": EmptyRequest,
+}
+TOOL_NAMES = tuple(TOOL_MODELS)
 
 AGENT_SCOPE = "agent"
 MAINTAINER_SCOPE = "maintainer"
 
-TaskId = Annotated[Id, Field(description="The task's id")]
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who a tool call acts for: an agent, a maintainer, or both (stdio)."""
-
-    agent_id: str | None
-    maintainer: bool
-    #: For the log and ``created_by`` when there is no agent: ``maintainer:<role>``.
-    name: str | None = None
+#: Who a tool call acts for (the stdio agent is an agent and a maintainer).
+Actor = Principal
 
 
 class StoreTokenVerifier:
-    """The SDK's ``TokenVerifier``: agent tokens via the store, then maintainer tokens."""
+    """The SDK's ``TokenVerifier``: the bearer token resolved by the shared rule
+    (:func:`icn_mcp.server.auth.resolve`), as the SDK's ``AccessToken``."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -83,48 +86,29 @@ class StoreTokenVerifier:
 
     def _verify(self, token: str) -> AccessToken | None:
         try:
-            agent = self.hub.store.authenticate(token)
+            principal = resolve(self.hub.store, token)
         except Unauthorized:
-            role = self.hub.store.maintainer_role(token)
-            if role is None:
-                return None
-            return AccessToken(token=token, client_id=f"maintainer:{role}", scopes=[MAINTAINER_SCOPE, role])
-        expires = parse_ts(agent.token_expires_at).timestamp() if agent.token_expires_at else None
+            return None
+        if principal.agent_id is None:
+            role = principal.maintainer_role or ""
+            return AccessToken(token=token, client_id=principal.name, scopes=[MAINTAINER_SCOPE, role])
+        expires = parse_ts(principal.token_expires_at).timestamp() if principal.token_expires_at else None
         return AccessToken(
             token=token,
-            client_id=agent.id,
+            client_id=principal.agent_id,
             scopes=[AGENT_SCOPE],
             expires_at=int(expires) if expires is not None else None,
         )
 
 
-class _Tools:
-    """The tool bodies: find the actor, make one store call, shape the result."""
-
-    def __init__(self, hub: Hub, actor: Callable[[], Actor]) -> None:
-        self.hub = hub
-        self.actor = actor
-
-    def _agent(self) -> str:
-        actor = self.actor()
-        if actor.agent_id is None:
-            raise Forbidden("this tool needs an agent token, not a maintainer token")
-        return actor.agent_id
-
-    def _operator(self) -> None:
-        if not self.actor().maintainer:
-            raise Forbidden("this tool needs a maintainer token (MCP_ADMIN_TOKEN or MCP_MAINTAINER_TOKENS)")
-
-    async def run(self, tool: str, fn: Callable[[], Any]) -> Any:
-        """``fn()`` in a worker thread; its dict, or an MCP tool error with our code."""
-        try:
-            result = await self.hub.call(tool, fn)
-        except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
-            error = to_api_error(exc)
-            self.hub.metrics.tool_calls.labels(tool, error.code).inc()
-            return tool_error(error)
-        self.hub.metrics.tool_calls.labels(tool, "ok").inc()
-        return result
+def _http_principal() -> Principal:
+    token = get_access_token()
+    if token is None:  # the SDK's middleware refuses such requests first
+        raise Unauthorized("missing bearer token")
+    if AGENT_SCOPE in token.scopes:
+        return Principal(agent_id=token.client_id)
+    role = token.client_id.removeprefix("maintainer:")
+    return Principal(maintainer_role=role)
 
 
 def tool_error(error: ApiError) -> CallToolResult:
@@ -137,33 +121,76 @@ def tool_error(error: ApiError) -> CallToolResult:
     )
 
 
+def tool_result(result: dict[str, Any]) -> CallToolResult:
+    """A successful tool call: the dict as structured content and as JSON text."""
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(result))], structured_content=result)
+
+
+#: A tool body: (principal, parsed arguments) -> result, run in a worker thread.
+Body = Callable[[Principal, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Tool:
+    model: type[BaseModel]
+    body: Body
+
+
 class _Server(MCPServer):
-    """``MCPServer`` whose argument-validation failures use our ``validation_error``."""
+    """``MCPServer`` whose tools parse their arguments with the shared request models.
+
+    The SDK would validate arguments against a model of the function's signature in
+    lax mode (``"5"`` -> 5, ``true`` -> 1, ``1.0`` -> 1) and first JSON-decode any
+    string given for a non-string field; our tools bypass that: ``call_tool`` parses
+    with :func:`icn_mcp.server.schemas.parse_arguments`, the HTTP API's parser, and
+    the published input schemas are those models' schemas.
+    """
+
+    def __init__(self, *args: Any, hub: Hub, principal: Callable[[], Principal], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub = hub
+        self.principal = principal
+        self._tools: dict[str, _Tool] = {}
+
+    def add_model_tool(self, name: str, description: str, body: Body) -> None:
+        model = TOOL_MODELS[name]
+
+        def listed() -> dict[str, Any]:  # pragma: no cover - never called, see call_tool
+            raise NotImplementedError
+
+        self.add_tool(listed, name=name, description=description, structured_output=True)
+        tool = self._tool_manager.get_tool(name)
+        assert tool is not None
+        tool.parameters = model.model_json_schema()
+        self._tools[name] = _Tool(model, body)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        try:
+        tool = self._tools.get(name)
+        if tool is None:
             return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            # The SDK validates arguments against the tool's schema before the tool
-            # runs; report that like the HTTP API does, naming the fields.
-            if isinstance(exc, UnexpectedToolError) or not isinstance(exc.__cause__, pydantic.ValidationError):
-                raise
-            return tool_error(validation_error(pydantic_fields(exc.__cause__)))
+
+        def run() -> dict[str, Any]:
+            principal = self.principal()
+            authorize(principal, name)
+            return tool.body(principal, parse_arguments(tool.model, arguments))
+
+        try:
+            result = await self.hub.call(name, run)
+        except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
+            error = to_api_error(exc)
+            self.hub.metrics.tool_calls.labels(name, error.code).inc()
+            return tool_error(error)
+        self.hub.metrics.tool_calls.labels(name, "ok").inc()
+        return tool_result(result)
 
 
-def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] | None = None) -> MCPServer:
+def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Principal] | None = None) -> MCPServer:
     """The MCP server with every tool; ``http=True`` wires the bearer-token verifier."""
     if http:
-        def actor() -> Actor:
-            token = get_access_token()
-            if token is None:  # the SDK's middleware refuses such requests first
-                raise Unauthorized("missing bearer token")
-            if AGENT_SCOPE in token.scopes:
-                return Actor(agent_id=token.client_id, maintainer=False)
-            return Actor(agent_id=None, maintainer=MAINTAINER_SCOPE in token.scopes, name=token.client_id)
-
-        server: MCPServer = _Server(
+        server = _Server(
             "icn-mcp",
+            hub=hub,
+            principal=_http_principal,
             version=__version__,
             instructions=INSTRUCTIONS,
             token_verifier=StoreTokenVerifier(hub),
@@ -175,10 +202,9 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Actor] |
     else:
         if stdio_actor is None:
             raise ValueError("stdio needs stdio_actor: the local agent it acts for")
-        actor = stdio_actor
-        server = _Server("icn-mcp", version=__version__, instructions=INSTRUCTIONS,
-                         log_level=hub.settings.log_level)  # type: ignore[arg-type]
-    _register_tools(server, _Tools(hub, actor))
+        server = _Server("icn-mcp", hub=hub, principal=stdio_actor, version=__version__,
+                         instructions=INSTRUCTIONS, log_level=hub.settings.log_level)  # type: ignore[arg-type]
+    _register_tools(server)
     return server
 
 
@@ -188,140 +214,76 @@ def _own_url(settings: Settings) -> str:
 
 
 INSTRUCTIONS = (
-    "icn-mcp agent HQ. Claim a task with claim_task, report progress with report_run "
-    "(status in_progress renews the lease; completed or failed ends the attempt, passing "
-    "the attempt number from the claim), record outputs with add_artifact. Errors come "
-    'back as {"ok": false, "error": CODE, ...} with the codes of the HTTP API.'
+    "icn-mcp agent HQ. Ids are strings (\"42\"). Claim a task with claim_task, report "
+    "progress with report_run (status in_progress renews the lease; completed or failed "
+    "ends the attempt, passing the attempt number from the claim), record outputs with "
+    'add_artifact (while holding the claim). Errors come back as {"ok": false, "error": '
+    "CODE, ...} with the codes of the HTTP API."
 )
 
 
-def _register_tools(server: MCPServer, tools: _Tools) -> None:
-    hub = tools.hub
+def _register_tools(server: _Server) -> None:
+    hub = server.hub
     store = hub.store
 
-    @server.tool()
-    async def create_task(
-        title: Annotated[str, Field(description="What to do, 1-200 characters")],
-        description: str | None = None,
-        depends_on: Annotated[list[Id] | None,
-                              Field(description="Ids of tasks that must complete first")] = None,
-        priority: Annotated[Priority, Field(description="Higher is claimed first")] = 0,
-        max_attempts: MaxAttempts = 3,
-        idempotency_key: Annotated[str | None, Field(description="Repeating a key returns the first task")] = None,
-    ) -> dict[str, Any]:
-        """Create a task; returns it (with its id)."""
+    def create_task(principal: Principal, request: CreateTaskRequest) -> dict[str, Any]:
+        return task_shape(operations.create_task(hub, principal, request))
 
-        def create() -> dict[str, Any]:
-            actor = tools.actor()
-            return store.create_task(
-                title,
-                description,
-                created_by=actor.agent_id or actor.name,
-                depends_on=depends_on or (),
-                priority=priority,
-                max_attempts=max_attempts,
-                idempotency_key=idempotency_key,
-            ).to_dict()
+    def claim_task(principal: Principal, request: ClaimRequest) -> dict[str, Any]:
+        claimed = operations.claim_task(hub, principal, request)
+        return claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"}
 
-        return await tools.run("create_task", create)
+    def report_run(principal: Principal, request: RunRequest) -> dict[str, Any]:
+        operations.report_run(hub, principal, request)
+        return {"ok": True}
 
-    @server.tool()
-    async def claim_task(
-        lease_s: Annotated[LeaseSeconds | None,
-                           Field(description="Lease length in seconds (default: the server's)")] = None,
-    ) -> dict[str, Any]:
-        """Claim the next claimable task for this agent.
+    def task_status(principal: Principal, request: TaskStatusRequest) -> dict[str, Any]:
+        return status_shape(store.task_status(request.task_id))  # type: ignore[arg-type]
 
-        Returns task_id, title, lease_expires_at and attempt (pass the attempt to
-        report_run), or {"error": "no_available_tasks"} when nothing is claimable.
-        """
+    def list_tasks(principal: Principal, request: ListTasksRequest) -> dict[str, Any]:
+        page = store.list_tasks(status=request.status, limit=request.limit, cursor=request.cursor)
+        return {"tasks": [task_shape(task) for task in page.tasks], "next_cursor": page.next_cursor}
 
-        def claim() -> dict[str, Any]:
-            claimed = store.claim_next_task(tools._agent(), lease_s)
-            if claimed is None:
-                hub.metrics.claims.labels("empty").inc()
-                return {"error": "no_available_tasks"}
-            hub.metrics.claims.labels("claimed").inc()
-            if claimed.attempt > 1:
-                hub.metrics.reclaims.inc()
-            return claim_shape(claimed)
+    def add_artifact(principal: Principal, request: AddArtifactRequest) -> dict[str, Any]:
+        return artifact_shape(operations.add_artifact(hub, principal, request))
 
-        return await tools.run("claim_task", claim)
+    def db_info(principal: Principal, request: EmptyRequest) -> dict[str, Any]:
+        return hub.database_info()
 
-    @server.tool()
-    async def report_run(
-        task_id: TaskId,
-        status: Literal["claimed", "in_progress", "completed", "failed"],
-        notes: str | None = None,
-        attempt: Annotated[int | None, Field(ge=0, le=MAX_SQL_INT,
-                                             description="The attempt number from the claim")] = None,
-    ) -> dict[str, Any]:
-        """Report a run of a task this agent holds: in_progress renews the lease,
-        completed releases dependents, failed reopens it until max_attempts."""
+    def create_backup(principal: Principal, request: EmptyRequest) -> dict[str, Any]:
+        return hub.create_backup()
 
-        def report() -> dict[str, Any]:
-            store.report_run(task_id, tools._agent(), status, notes, attempt=attempt)
-            hub.metrics.reports.labels(status).inc()
-            return {"ok": True}
-
-        return await tools.run("report_run", report)
-
-    @server.tool()
-    async def task_status(task_id: TaskId) -> dict[str, Any]:
-        """A task's status, attempt, lease expiry, its agent (the claimer while claimed, else the latest run's) and the latest run's notes."""
-
-        def status() -> dict[str, Any]:
-            tools.actor()
-            return status_shape(store.task_status(task_id).to_dict())
-
-        return await tools.run("task_status", status)
-
-    @server.tool()
-    async def list_tasks(
-        status: Literal["open", "claimed", "completed", "failed"] | None = None,
-        limit: Annotated[int, Field(ge=1, le=LIST_LIMIT_MAX)] = 50,
-        cursor: Annotated[str | None, Field(description="next_cursor of the previous page")] = None,
-    ) -> dict[str, Any]:
-        """Tasks in a stable order, one page at a time: {"tasks": [...], "next_cursor"}."""
-
-        def page() -> dict[str, Any]:
-            tools.actor()
-            result = store.list_tasks(status=status, limit=limit, cursor=cursor)
-            return {"tasks": [task.to_dict() for task in result.tasks], "next_cursor": result.next_cursor}
-
-        return await tools.run("list_tasks", page)
-
-    @server.tool()
-    async def add_artifact(
-        task_id: TaskId,
-        kind: Annotated[str, Field(description="What the artifact is, e.g. file, log, report")],
-        path: Annotated[str, Field(description="Where it is (a path or URL)")],
-        meta: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Record an artifact a task produced; returns it."""
-
-        def add() -> dict[str, Any]:
-            tools._agent()
-            return store.add_artifact(task_id, kind, path, meta).to_dict()
-
-        return await tools.run("add_artifact", add)
-
-    @server.tool()
-    async def db_info() -> dict[str, Any]:
-        """Operators: the database's size, tables, indexes, migrations, last backup and health."""
-
-        def info() -> dict[str, Any]:
-            tools._operator()
-            return hub.database_info()
-
-        return await tools.run("db_info", info)
-
-    @server.tool()
-    async def create_backup() -> dict[str, Any]:
-        """Operators: take a verified backup of the live database; returns where it is."""
-
-        def backup() -> dict[str, Any]:
-            tools._operator()
-            return hub.create_backup()
-
-        return await tools.run("create_backup", backup)
+    server.add_model_tool("create_task", "Create a task; returns it (ids are strings).", create_task)
+    server.add_model_tool(
+        "claim_task",
+        "Claim the next claimable task for this agent. Returns task_id, title, lease_expires_at and "
+        'attempt (pass the attempt to report_run), or {"error": "no_available_tasks"}.',
+        claim_task,
+    )
+    server.add_model_tool(
+        "report_run",
+        "Report a run of a task this agent holds: in_progress renews the lease, completed releases "
+        "dependents, failed reopens it until max_attempts.",
+        report_run,
+    )
+    server.add_model_tool(
+        "task_status",
+        "A task's status, attempt, lease expiry, its agent (the claimer while claimed, else the latest "
+        "run's) and the latest run's notes.",
+        task_status,
+    )
+    server.add_model_tool(
+        "list_tasks", 'Tasks in a stable order, one page at a time: {"tasks": [...], "next_cursor"}.', list_tasks
+    )
+    server.add_model_tool(
+        "add_artifact",
+        "Record an artifact a task produced, while holding its claim (pass the claim's attempt) or as "
+        "a maintainer; returns it with who added it.",
+        add_artifact,
+    )
+    server.add_model_tool(
+        "db_info", "Operators: the database's size, tables, indexes, migrations, last backup and health.", db_info
+    )
+    server.add_model_tool(
+        "create_backup", "Operators: take a verified backup of the live database; returns where it is.", create_backup
+    )

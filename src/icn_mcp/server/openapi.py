@@ -36,6 +36,8 @@ def _obj(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 _OK = {"type": "boolean", "const": True}
 _STRING = {"type": "string"}
 _INT = {"type": "integer"}
+#: Every id in a response: decimal text (issue 8; docs/server.md says why).
+_ID = {"type": "string", "pattern": "^[1-9][0-9]{0,18}$", "description": 'decimal id, e.g. "42"'}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 _COMMON_ERRORS = {
@@ -46,6 +48,7 @@ _COMMON_ERRORS = {
 _AUTH_ERRORS = {"401": _error("Missing, malformed, unknown, expired or revoked token (unauthorized)")}
 _ADMIN_ERRORS = {**_AUTH_ERRORS, "403": _error("The token is not a maintainer token (forbidden)")}
 _BAD_REQUEST = {"400": _error("Invalid request (validation_error with fields)")}
+_AGENT_ONLY = {"403": _error("A maintainer token where an agent's is needed (forbidden)")}
 
 
 def _paths() -> dict[str, Any]:
@@ -53,7 +56,7 @@ def _paths() -> dict[str, Any]:
         "name": "task_id",
         "in": "query",
         "required": True,
-        "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "schema": _ID,
     }
     return {
         "/healthz": {"get": {
@@ -101,7 +104,7 @@ def _paths() -> dict[str, Any]:
             "security": _BEARER,
             "requestBody": {**_body("CreateTaskRequest"), "required": True},
             "responses": {
-                "200": _json("Created", _obj({"ok": _OK, "id": _INT}, ["ok", "id"])),
+                "200": _json("Created", _obj({"ok": _OK, "id": _ID}, ["ok", "id"])),
                 "400": _error("Invalid request, or unknown dependencies (validation_error with fields)"),
                 **_AUTH_ERRORS, **_COMMON_ERRORS,
             },
@@ -129,11 +132,11 @@ def _paths() -> dict[str, Any]:
             "requestBody": _body("ClaimRequest"),
             "responses": {
                 "200": _json("A claim, or {\"error\": \"no_available_tasks\"}", {"oneOf": [
-                    _obj({"task_id": _INT, "title": _STRING, "lease_expires_at": _STRING, "attempt": _INT},
+                    _obj({"task_id": _ID, "title": _STRING, "lease_expires_at": _STRING, "attempt": _INT},
                          ["task_id", "title", "lease_expires_at", "attempt"]),
                     _obj({"error": {"const": "no_available_tasks"}}, ["error"]),
                 ]}),
-                **_BAD_REQUEST, **_AUTH_ERRORS, **_COMMON_ERRORS,
+                **_BAD_REQUEST, **_AUTH_ERRORS, **_AGENT_ONLY, **_COMMON_ERRORS,
             },
         }},
         "/api/task/run": {"post": {
@@ -144,7 +147,23 @@ def _paths() -> dict[str, Any]:
             "responses": {
                 "200": _json("Recorded", _obj({"ok": _OK}, ["ok"])),
                 "400": _error("validation_error, or task_id_required"),
+                **_AUTH_ERRORS, **_AGENT_ONLY,
+                "404": _error("No such task"),
+                "409": _error("The agent does not hold the task's current claim (conflict)"),
+                **_COMMON_ERRORS,
+            },
+        }},
+        "/api/task/artifact": {"post": {
+            "summary": "Record an artifact of a task: by the agent holding its current claim, or a maintainer",
+            "operationId": "addArtifact",
+            "security": _BEARER,
+            "requestBody": {**_body("AddArtifactRequest"), "required": True},
+            "responses": {
+                "200": _json("Recorded", _obj({"ok": _OK, "id": _ID, "artifact": {"$ref": "#/components/schemas/Artifact"}},
+                                              ["ok", "id", "artifact"])),
+                "400": _error("validation_error, or task_id_required"),
                 **_AUTH_ERRORS,
+                "403": _error("The token may not add artifacts (forbidden)"),
                 "404": _error("No such task"),
                 "409": _error("The agent does not hold the task's current claim (conflict)"),
                 **_COMMON_ERRORS,
@@ -200,15 +219,21 @@ def _response_schemas() -> dict[str, Any]:
         "Task": {
             "type": "object",
             "properties": {
-                "id": _INT, "title": _STRING, "description": _NULLABLE_STRING, "status": _STRING,
+                "id": _ID, "title": _STRING, "description": _NULLABLE_STRING, "status": _STRING,
                 "priority": _INT, "created_by": _NULLABLE_STRING, "created_at": _STRING,
-                "updated_at": _STRING, "depends_on": {"type": "array", "items": _INT}, "attempt": _INT,
+                "updated_at": _STRING, "depends_on": {"type": "array", "items": _ID}, "attempt": _INT,
                 "max_attempts": _INT, "claimed_by": _NULLABLE_STRING, "lease_expires_at": _NULLABLE_STRING,
             },
             "required": ["id", "title", "status", "created_at"],
         },
+        "Artifact": _obj(
+            {"id": _ID, "task_id": _ID, "kind": _STRING, "path": _STRING,
+             "meta": {"type": ["object", "null"]}, "created_at": _STRING,
+             "added_by": _NULLABLE_STRING, "attempt": {"type": ["integer", "null"]}},
+            ["id", "task_id", "kind", "path", "meta", "created_at", "added_by", "attempt"],
+        ),
         "TaskStatus": _obj(
-            {"id": _INT, "status": _STRING, "attempt": _INT, "agent": _STRING, "notes": _STRING,
+            {"id": _ID, "status": _STRING, "attempt": _INT, "agent": _STRING, "notes": _STRING,
              "lease_expires_at": _STRING},
             ["id", "status", "attempt"],
         ),

@@ -20,7 +20,8 @@ from icn_mcp import __version__
 from icn_mcp.config import Settings
 from icn_mcp.server.http import create_app
 from icn_mcp.server.hub import Hub
-from icn_mcp.server.mcp import Actor, build_mcp_server
+from icn_mcp.server.auth import Principal
+from icn_mcp.server.mcp import build_mcp_server
 
 __all__ = ["serve_http", "serve_stdio", "LocalAgent"]
 
@@ -95,7 +96,7 @@ class LocalAgent:
         self._lock = threading.Lock()
         self._agent_id: str | None = None
 
-    def __call__(self) -> Actor:
+    def __call__(self) -> Principal:
         with self._lock:
             if self._agent_id is None:
                 settings = self.hub.settings
@@ -104,7 +105,8 @@ class LocalAgent:
                 )
                 self._agent_id = agent.id
                 log.info("stdio: acting for local agent %s (%s)", agent.id, agent.name)
-        return Actor(agent_id=self._agent_id, maintainer=True)
+        # Operator rights too: whoever starts it can open the database file anyway.
+        return Principal(agent_id=self._agent_id, maintainer_role="local")
 
 
 def serve_stdio(settings: Settings) -> None:

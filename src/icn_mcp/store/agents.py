@@ -217,13 +217,22 @@ class AgentsMixin:
         """
         _check_token_shape(token)
         token_hash = hash_token(token)  # type: ignore[arg-type]
+        expired = "token expired beyond the refresh grace window; register again"
+        # A refusal must be cheap: the original agent SDK repeats a refused refresh
+        # without end (issue 8). So a plain read refuses first, without the write
+        # lock; the transaction below checks again.
+        _usable_token(
+            self._db.connection(), token_hash,
+            expired_at_or_before=format_ts(self._clock(), plus_s=-self.refresh_grace_s),
+            expired=expired,
+        )
 
         def refresh(conn: sqlite3.Connection) -> RegisteredAgent:
             now = self._clock()
             row = _usable_token(
                 conn, token_hash,
                 expired_at_or_before=format_ts(now, plus_s=-self.refresh_grace_s),
-                expired="token expired beyond the refresh grace window; register again",
+                expired=expired,
             )
             conn.execute(
                 "UPDATE agent_tokens SET revoked_at = ? WHERE token_hash = ?",

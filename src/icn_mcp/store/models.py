@@ -173,7 +173,12 @@ class Claim(_ToDict):
 
 @dataclass(slots=True)
 class Artifact(_ToDict):
-    """Something a task produced: a ``kind``, a ``path`` and free-form ``meta``."""
+    """Something a task produced: a ``kind``, a ``path`` and free-form ``meta``.
+
+    ``added_by`` is who added it (an agent id, or ``maintainer:<role>``; None for
+    artifacts recorded before migration 0004), ``attempt`` the claim it was added
+    under (None when a maintainer added it).
+    """
 
     id: int
     task_id: int
@@ -181,6 +186,8 @@ class Artifact(_ToDict):
     path: str
     meta: dict[str, Any] | None
     created_at: str
+    added_by: str | None = None
+    attempt: int | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Artifact":
@@ -192,4 +199,6 @@ class Artifact(_ToDict):
             path=row["path"],
             meta=json.loads(meta) if meta is not None else None,
             created_at=row["created_at"],
+            added_by=row["added_by"],
+            attempt=row["attempt"],
         )

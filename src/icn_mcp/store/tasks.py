@@ -423,12 +423,28 @@ class TasksMixin:
     # -- artifacts ------------------------------------------------------------------
 
     def add_artifact(
-        self, task_id: int, kind: str, path: str, meta: dict[str, Any] | None = None
+        self,
+        task_id: int,
+        kind: str,
+        path: str,
+        meta: dict[str, Any] | None = None,
+        *,
+        agent_id: str | None = None,
+        attempt: int | None = None,
+        added_by: str | None = None,
     ) -> Artifact:
-        """Record something a task produced; NotFound for an unknown task.
+        """Record something a task produced, and who added it.
 
         ``kind`` is a short label (``file``, ``log``, ``pr``...), ``path`` where to
-        find it, ``meta`` a JSON object of anything else.
+        find it, ``meta`` a JSON object of anything else. Exactly one of:
+
+        - ``agent_id``: an agent, accepted only while it holds the task's current
+          claim (unexpired lease; ``attempt``, when given, the current one), exactly
+          like :meth:`report_run`, else Conflict; the claim's attempt is recorded;
+        - ``added_by``: someone the caller has already authorised (a maintainer,
+          ``maintainer:<role>``, or the local stdio agent), accepted for any task.
+
+        NotFound for an unknown task, ValidationError.
         """
         task_id = v.task_id(task_id)
         problems = v.Problems()
@@ -439,14 +455,28 @@ class TasksMixin:
         problems.text("path", path, min_len=1, max_len=v.ARTIFACT_PATH_MAX, optional=False,
                       single_line=True)
         meta_json = v.artifact_meta(problems, meta)
+        if (agent_id is None) == (added_by is None):
+            problems.add("added_by", "exactly one of agent_id (the claim holder) or added_by")
+        else:
+            problems.text("agent_id" if agent_id is not None else "added_by",
+                          agent_id if agent_id is not None else added_by,
+                          min_len=1, max_len=v.CREATED_BY_MAX, optional=False, single_line=True)
+        if attempt is not None:
+            problems.integer("attempt", attempt, minimum=1, maximum=v.ATTEMPT_MAX)
         problems.raise_if_any()
 
         def add(conn: sqlite3.Connection) -> Artifact:
-            _require_task(conn, task_id)
+            now = format_ts(self._clock())
+            if agent_id is None:
+                _require_task(conn, task_id)
+                author, recorded_attempt = added_by, None
+            else:
+                author = agent_id
+                recorded_attempt = _require_current_claim(conn, task_id, agent_id, attempt, now)
             row = conn.execute(
-                "INSERT INTO artifacts (task_id, kind, path, meta, created_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING *",
-                (task_id, kind, path, meta_json, format_ts(self._clock())),
+                "INSERT INTO artifacts (task_id, kind, path, meta, created_at, added_by, attempt) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (task_id, kind, path, meta_json, now, author, recorded_attempt),
             ).fetchall()[0]
             return Artifact.from_row(row)
 
@@ -466,6 +496,35 @@ class TasksMixin:
 def _require_task(conn: sqlite3.Connection, task_id: int) -> None:
     if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
         raise NotFound("task", task_id)
+
+
+def _require_current_claim(
+    conn: sqlite3.Connection, task_id: int, agent_id: str, attempt: int | None, now: str
+) -> int:
+    """The current attempt of a task ``agent_id`` holds an unexpired claim on (and of
+    ``attempt``, when given); NotFound, or Conflict with the facts, like a report."""
+    task = conn.execute(
+        "SELECT status, claimed_by, attempt, lease_expires_at FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()
+    if task is None:
+        raise NotFound("task", task_id)
+    facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
+    if task["status"] != "claimed":
+        raise Conflict(f"task {task_id} is not claimed (it is {task['status']})", **facts)
+    if task["claimed_by"] != agent_id:
+        raise Conflict(f"task {task_id} is claimed by another agent", **facts)
+    if attempt is not None and attempt != task["attempt"]:
+        raise Conflict(
+            f"attempt {attempt} of task {task_id} is stale: the current attempt is {task['attempt']}",
+            **facts,
+        )
+    if task["lease_expires_at"] <= now:
+        raise Conflict(
+            f"the lease on task {task_id} expired at {task['lease_expires_at']}; claim it again",
+            lease_expires_at=task["lease_expires_at"],
+            **facts,
+        )
+    return int(task["attempt"])
 
 
 def _require_active_agent(conn: sqlite3.Connection, agent_id: str) -> None:

@@ -27,7 +27,13 @@ __all__ = [
     "ARTIFACT_PATH_MAX",
     "ARTIFACT_META_MAX",
     "LIST_LIMIT_MAX",
+    "ID_MAX",
+    "ID_ALLOWED",
+    "ATTEMPT_MAX",
     "Problems",
+    "parse_id",
+    "format_id",
+    "parse_decimal",
 ]
 
 #: An agent name: a letter or digit, then up to 63 letters, digits, ``.``, ``_``, ``-``.
@@ -50,6 +56,19 @@ ARTIFACT_PATH_MAX = 4096
 #: Serialised size of an artifact's ``meta``, in characters.
 ARTIFACT_META_MAX = 64 * 1024
 LIST_LIMIT_MAX = 1000
+#: The largest id: ids are SQLite INTEGER PRIMARY KEYs (and PostgreSQL bigints),
+#: signed 64-bit.
+ID_MAX = 2**63 - 1
+#: The largest attempt number a report may name.
+ATTEMPT_MAX = 2**62
+#: What an id on the wire may be (the message of every refused id).
+ID_ALLOWED = (
+    f'an id: a string of ASCII digits such as "42" (no sign, spaces or leading zeros), '
+    f"from 1 to {ID_MAX}; a JSON integer is accepted but deprecated"
+)
+# [0-9], not \d: \d also matches other scripts' digits (U+0661, Arabic-Indic one, ...).
+_ID_TEXT = re.compile(r"[1-9][0-9]{0,18}")
+_DECIMAL_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 def is_int(value: object) -> bool:
@@ -109,6 +128,42 @@ class Problems:
     def integer(self, name: str, value: object, *, minimum: int, maximum: int) -> None:
         if not is_int(value) or not (minimum <= value <= maximum):  # type: ignore[operator]
             self.add(name, f"an integer from {minimum} to {maximum}")
+
+
+def parse_id(value: object, name: str = "id") -> int:
+    """An id from the wire: the canonical decimal string (``"42"``) or, deprecated, a
+    JSON integer; ValidationError naming ``name`` otherwise.
+
+    The one place ids are read from clients (HTTP bodies and query strings, MCP
+    arguments). Strict: ASCII digits only, no sign, whitespace, underscores, leading
+    zeros, other scripts' digits, floats (``1.0``) or booleans, within 1..ID_MAX.
+    """
+    if is_int(value):
+        number = value
+    elif isinstance(value, str) and _ID_TEXT.fullmatch(value):
+        number = int(value)
+    else:
+        raise ValidationError({name: ID_ALLOWED})
+    if not 1 <= number <= ID_MAX:  # type: ignore[operator]
+        raise ValidationError({name: ID_ALLOWED})
+    return number  # type: ignore[return-value]
+
+
+def format_id(number: int) -> str:
+    """An id as it goes on the wire: plain decimal text (``42`` -> ``"42"``)."""
+    return str(number)
+
+
+def parse_decimal(value: str, name: str, *, minimum: int, maximum: int) -> int:
+    """A non-negative integer written in ASCII digits (a query parameter such as
+    ``limit``), within ``minimum..maximum``; ValidationError naming ``name``."""
+    allowed = f"an integer from {minimum} to {maximum} in ASCII digits"
+    if not isinstance(value, str) or not _DECIMAL_TEXT.fullmatch(value):
+        raise ValidationError({name: allowed})
+    number = int(value)
+    if not minimum <= number <= maximum:
+        raise ValidationError({name: allowed})
+    return number
 
 
 def task_id(value: object, name: str = "task_id") -> int:
