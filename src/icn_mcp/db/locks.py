@@ -315,22 +315,24 @@ class AdvisoryLease:
         start = time.monotonic()
         delay = ADVISORY_POLL_MIN_S
         while True:
-            now = utc_now()
-            acquired_at = format_ts(now)
-            expires_at = format_ts(now, plus_s=ttl_s)
 
-            def attempt(conn: Any) -> tuple[bool, Any]:
+            def attempt(conn: Any) -> tuple[bool, Any, str, str]:
+                # The clock is read inside the transaction, once the write lock is
+                # ours: a lease that waited for the lock starts when it is taken, not
+                # when it was asked for (issue 9 item 11).
+                now = utc_now()
+                acquired_at, expires_at = format_ts(now), format_ts(now, plus_s=ttl_s)
                 row = conn.execute(
                     _ACQUIRE_SQL, (name, owner, acquired_at, expires_at)
                 ).fetchone()
                 if row is not None:
-                    return True, None
+                    return True, None, acquired_at, expires_at
                 held = conn.execute(
                     "SELECT owner, expires_at FROM advisory_locks WHERE name = ?", (name,)
                 ).fetchone()
-                return False, held
+                return False, held, acquired_at, expires_at
 
-            ok, held = db.run_in_transaction(attempt)
+            ok, held, acquired_at, expires_at = db.run_in_transaction(attempt)
             if ok:
                 log.debug("advisory lock %r acquired by %s until %s", name, owner, expires_at)
                 return cls(db, name, owner, ttl_s, acquired_at, expires_at)
@@ -348,16 +350,21 @@ class AdvisoryLease:
     def renew(self, ttl_s: float | None = None) -> str:
         """Extend the lease by ``ttl_s`` (default: the original ttl) from now."""
         ttl = self.ttl_s if ttl_s is None else ttl_s
-        expires_at = format_ts(utc_now(), plus_s=ttl)
 
-        def renew(conn: Any) -> int:
-            return conn.execute(
+        def renew(conn: Any) -> tuple[int, str]:
+            now = utc_now()  # inside the transaction, as in acquire
+            expires_at = format_ts(now, plus_s=ttl)
+            renewed = conn.execute(
                 "UPDATE advisory_locks SET expires_at = ? "
                 "WHERE name = ? AND owner = ? AND expires_at > ?",
-                (expires_at, self.name, self.owner, format_ts(utc_now())),
+                (expires_at, self.name, self.owner, format_ts(now)),
             ).rowcount
+            return renewed, expires_at
 
-        if self.released or self.db.run_in_transaction(renew) != 1:
+        if self.released:
+            raise LockLost(self.name, self.owner)
+        renewed, expires_at = self.db.run_in_transaction(renew)
+        if renewed != 1:
             raise LockLost(self.name, self.owner)
         self.expires_at = expires_at
         return expires_at

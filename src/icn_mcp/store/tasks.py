@@ -294,20 +294,19 @@ class TasksMixin:
         claimable. NotFound for an unknown agent, Forbidden for a revoked one.
         """
         lease = self.default_lease_s if lease_s is None else v.lease_seconds(lease_s)
-        # The clock is read before the write lock is taken, to keep the lock short. If
-        # the lock is waited for, ``now`` is a little behind: a lease then looks
-        # unexpired a little longer and the new lease ends a little earlier, both on
-        # the safe side of "held by at most one agent".
-        moment = self._clock()
-        now = format_ts(moment)
-        params = {
-            "agent_id": agent_id,
-            "lease_expires_at": format_ts(moment, plus_s=lease),
-            "lease_s": lease,
-            "now": now,
-        }
 
         def claim(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            # The clock is read here, inside the transaction, after BEGIN IMMEDIATE got
+            # the write lock: a claim that waited seconds for the lock must not come
+            # back with a lease that ended while it waited (issue 9 item 11).
+            moment = self._clock()
+            now = format_ts(moment)
+            params = {
+                "agent_id": agent_id,
+                "lease_expires_at": format_ts(moment, plus_s=lease),
+                "lease_s": lease,
+                "now": now,
+            }
             rows = conn.execute(CLAIM_SQL, params).fetchall()
             if rows:
                 return rows[0]
