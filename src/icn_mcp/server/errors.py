@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from icn_mcp.db.storage import is_storage_full_error
 from icn_mcp.errors import (
     BackupError,
@@ -89,6 +91,10 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, Conflict):
         extra = dict(getattr(exc, "data", {}) or {})
         return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(extra)})
+    if isinstance(exc, ClientDisconnect):
+        # The client went away mid-request: nobody reads the answer, nothing to log
+        # but the access line (499, not a 500).
+        return ApiError(499, "client_closed_request")
     if isinstance(exc, StorageFull):
         # Logged once per incident by the database (icn_mcp.db.storage), not here.
         return storage_full_error()
