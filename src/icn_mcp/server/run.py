@@ -126,24 +126,32 @@ def serve_stdio(settings: Settings) -> None:
 
 
 async def _run_stdio(server: MCPServer, finish_timeout_s: float) -> None:
+    stop_reading = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    log.info("stdio: %s received, shutting down", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
+                    if stop_reading.cancel_called:  # a second signal: stop now
+                        tg.cancel_scope.cancel()
+                        return
+                    log.info("stdio: %s received, answering the requests in flight, then "
+                             "shutting down", signal.Signals(signum).name)
+                    stop_reading.cancel()
+                    # In-flight requests get finish_timeout_s, then everything stops.
+                    tg.cancel_scope.deadline = anyio.current_time() + finish_timeout_s + 1
 
         async def serve() -> None:
-            await _serve_stdio_answering_before_eof(server, finish_timeout_s)
+            await _serve_stdio_answering_before_eof(server, finish_timeout_s, stop_reading)
             tg.cancel_scope.cancel()  # EOF on stdin, every request answered: done
 
         tg.start_soon(stop_on_signal)
         tg.start_soon(serve)
 
 
-async def _serve_stdio_answering_before_eof(server: MCPServer, finish_timeout_s: float) -> None:
+async def _serve_stdio_answering_before_eof(
+    server: MCPServer, finish_timeout_s: float, reading: anyio.CancelScope
+) -> None:
     """``server.run_stdio_async()``, except that EOF on stdin reaches the server only
     once every request read before it has been answered.
 
@@ -153,6 +161,7 @@ async def _serve_stdio_answering_before_eof(server: MCPServer, finish_timeout_s:
     pumps stand between the stdio transport and the server: requests read are noted
     by id, responses written cross them off, and at EOF the input pump waits for the
     last one (at most ``finish_timeout_s``) before it closes the server's input.
+    Cancelling ``reading`` (a signal) stops reading as if EOF had come.
     """
     lowlevel = server._lowlevel_server  # what run_stdio_async itself runs on these streams
     to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](0)
@@ -166,15 +175,18 @@ async def _serve_stdio_answering_before_eof(server: MCPServer, finish_timeout_s:
         async def pump_in() -> None:
             nonlocal all_answered
             async with to_server:
-                try:
-                    async for item in stdin_messages:
-                        if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
-                            if not pending:
-                                all_answered = anyio.Event()
-                            pending.add(item.message.id)
-                        await to_server.send(item)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return  # the server stopped reading: nothing left to hold back
+                with reading:
+                    try:
+                        async for item in stdin_messages:
+                            await to_server.send(item)
+                            # Noted once the server has it (no await in between, so its
+                            # response cannot be written before this).
+                            if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
+                                if not pending:
+                                    all_answered = anyio.Event()
+                                pending.add(item.message.id)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the server stopped reading: nothing left to hold back
                 with anyio.move_on_after(finish_timeout_s):
                     await all_answered.wait()
                 if pending:
