@@ -87,13 +87,17 @@ def main(debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@main.group(cls=_Group)
-@click.option(
+#: ``--db PATH`` of the command groups that open the database.
+_db_path_option = click.option(
     "--db",
     "db_path",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
 )
+
+
+@main.group(cls=_Group)
+@_db_path_option
 @click.option(
     "--migrations-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -455,12 +459,7 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
 
 
 @main.group(cls=_Group)
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Database file (default: MCP_DB_PATH, else $MCP_DB_DIR/icn-mcp.sqlite).",
-)
+@_db_path_option
 @click.pass_context
 def agent(ctx: click.Context, db_path: Path | None) -> None:
     """Register agents as the operator, who needs no token."""
