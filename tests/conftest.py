@@ -4,8 +4,8 @@ MCP_* environment; with CI=true a skipped PostgreSQL test is a failure."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
-
 from typing import Iterator
 
 import pytest
@@ -59,3 +59,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     ):
         report.outcome = "failed"
         report.longrepr = f"PostgreSQL test skipped in CI (CI=true): {report.longrepr}"
+
+
+#: A small filesystem for full-disk tests: room for a database and a few hundred rows.
+SMALL_DISK_SIZE = "8m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of SMALL_DISK_SIZE at ``tmp_path/disk``, unmounted afterwards.
+
+    Mounting needs root; without it the test is skipped with the reason.
+    """
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("cannot mount a small tmpfs for a full-disk test: not root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_SIZE},mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True, text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for a full-disk test: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+            # Still busy (a process we started holds a file): detach it now.
+            subprocess.run(["umount", "-l", str(mountpoint)], check=True)

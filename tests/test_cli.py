@@ -161,3 +161,29 @@ def test_verify_fails_naming_a_migration_recorded_as_failed_until_it_is_applied(
     assert run_cli(*args, "migrate").returncode == 0
     assert run_cli(*args, "verify").returncode == 0
     assert "(applied since)" in run_cli(*args, "info").stdout
+
+
+def test_agent_register_prints_a_working_token_and_refuses_bad_input(tmp_path: Path) -> None:
+    from icn_mcp.db import Database
+    from icn_mcp.store import Store
+
+    env = {"MCP_DB_DIR": str(tmp_path / "var")}
+    first = run_cli("agent", "register", "ops-bot", "--kind", "ops", "--version", "1.2", env=env)
+    assert first.returncode == 0, first.stderr
+    fields = dict(line.split(None, 1) for line in first.stdout.splitlines())
+    assert set(fields) == {"id", "token", "token_expires_at"}
+    assert "shown only this once" in first.stderr
+    second = run_cli("agent", "register", "planner-bot", "--kind", "planner", "--json", env=env)
+    assert second.returncode == 0, second.stderr
+    data = json.loads(second.stdout)
+    with Database(tmp_path / "var" / "icn-mcp.sqlite") as db:
+        store = Store(db)
+        assert store.authenticate(fields["token"]).id == fields["id"]
+        assert store.authenticate(data["token"]).name == "planner-bot"
+        assert fields["token"] not in (tmp_path / "var" / "icn-mcp.sqlite").read_bytes().decode("latin-1")
+
+    bad = run_cli("agent", "register", "bad name!", "--kind", "wizard", env=env)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: invalid input: name: ") and "kind: one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert run_cli("agent", "register", "x", env=env).returncode == 2  # --kind is required

@@ -638,8 +638,15 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
 @_db_option
 @click.pass_context
 def agent(ctx: click.Context, db_path: Path | None) -> None:
-    """Operator commands for agents and their tokens."""
+    """Operator commands for agents and their tokens; they need no token (run where the database is)."""
     settings = Settings.from_env()
+    if settings.db_url is not None:
+        # The store runs on SQLite only in this version: never act on a local file
+        # while the operator means the PostgreSQL database.
+        from icn_mcp.config import redact_url
+        from icn_mcp.store.store import store_backend_refused
+
+        raise store_backend_refused(redact_url(settings.db_url))
     ctx.obj = {"path": db_path or settings.db_path, "settings": settings}
 
 
@@ -670,6 +677,42 @@ def revoke_tokens(ctx: click.Context, all_tokens: bool, yes: bool) -> None:
     with Database(path, **settings.database_options()) as database:
         revoked = Store.from_settings(database, settings).revoke_all_tokens()
     click.echo(f"revoked {revoked} agent token(s) in {path}; agents must register again")
+
+
+@agent.command("register")
+@click.argument("name")
+@click.option("--kind", required=True, help="The agent's kind: one of MCP_AGENT_KINDS.")
+@click.option("--version", "agent_version", default=None, help="The agent's version, if it has one.")
+@click.option("--json", "as_json", is_flag=True, help="Print id, token and token_expires_at as JSON.")
+@click.pass_context
+def agent_register(ctx: click.Context, name: str, kind: str, agent_version: str | None, as_json: bool) -> None:
+    """Register agent NAME and print its id and token (shown this once).
+
+    Over HTTP, only the very first agent registers without a token; after that a
+    registration needs an agent or maintainer token. This command, run where the
+    database file is, needs neither: the way back in when every token has lapsed.
+    Creates and migrates the database if needed.
+    """
+    from icn_mcp.errors import ValidationError
+    from icn_mcp.store import Store
+
+    settings: Settings = ctx.obj["settings"]
+    with Database(ctx.obj["path"], **settings.database_options()) as database:
+        try:
+            registered = Store.from_settings(database, settings).register_agent(
+                name, kind, agent_version, operator=True
+            )
+        except ValidationError as exc:
+            _fail(str(exc), "see 'icn-mcp agent register --help'; kinds come from MCP_AGENT_KINDS",
+                  code=EXIT_USAGE)
+    if as_json:
+        click.echo(json.dumps({"id": registered.id, "token": registered.token,
+                               "token_expires_at": registered.token_expires_at}))
+    else:
+        click.echo(f"id {registered.id}")
+        click.echo(f"token {registered.token}")
+        click.echo(f"token_expires_at {registered.token_expires_at}")
+    click.echo("the token is shown only this once; only its hash is stored", err=True)
 
 
 @main.command()

@@ -19,8 +19,9 @@ Errors carry their data as attributes, not only inside the message::
     │   ├── LockLost                an advisory lease was lost (expired, taken over)
     │   ├── BackupError             a backup could not be made, or a file is not a
     │   │                           valid backup (names the path and the cause)
-    │   └── RestoreError            a restore was refused or failed (the live
-    │                               database is left as it was when refused)
+    │   ├── RestoreError            a restore was refused or failed (the live
+    │   │                           database is left as it was when refused)
+    │   └── StorageFull             a write was refused: the disk (or quota) is full
     └── StoreError                  the agent HQ domain refused a request (icn_mcp.store)
         ├── ValidationError         bad input; ``fields`` maps each field to what is allowed
         ├── NotFound                no such agent, task...; ``kind`` and ``id``
@@ -46,6 +47,7 @@ __all__ = [
     "LockLost",
     "BackupError",
     "RestoreError",
+    "StorageFull",
     "StoreError",
     "ValidationError",
     "NotFound",
@@ -238,6 +240,24 @@ class RestoreError(DatabaseError):
         self.path = path
         self.cause = cause
         super().__init__(f"restore from {path} failed: {cause}", hint=hint)
+
+
+class StorageFull(DatabaseError):
+    """A write failed because the filesystem holding the database is full.
+
+    ``path`` is the database, ``cause`` SQLite's or the OS's message, ``since`` when
+    the current full-disk incident began. Nothing was written; the same write
+    succeeds once space is freed (the server answers 507 ``storage_full`` meanwhile).
+    """
+
+    def __init__(self, path: str, cause: str, *, since: str | None = None) -> None:
+        self.path = path
+        self.cause = cause
+        self.since = since
+        super().__init__(
+            f"database {path}: the disk is full ({cause}); nothing was written",
+            hint="free space on the filesystem holding the database; writes resume by themselves",
+        )
 
 
 class StoreError(IcnMcpError):

@@ -270,3 +270,32 @@ def test_a_waiter_cancelled_just_before_release_does_not_free_someone_elses_lock
         assert len(locks) == 0
 
     asyncio.run(main())
+
+
+def _releasing_at(locker) -> float:
+    """When the write_locker worker let go of the write lock (epoch seconds)."""
+    word, at = locker.stdout.readline().split()
+    assert word == "releasing"
+    locker.communicate(timeout=30)
+    return float(at)
+
+
+def test_an_advisory_lease_that_waited_for_the_write_lock_runs_from_when_it_was_taken(db_path: Path) -> None:
+    """Issue 9 item 11's sibling: the clock that sets a lease is read inside the
+    transaction. While another process holds the write lock for 3 s, a lease of 1 s
+    asked for now must not be granted already expired."""
+    with Database(db_path) as db:
+        locker = run_worker("write_locker", db_path, 3)
+        assert locker.stdout.readline().strip() == "locked"
+        lease = db.advisory_lock("after-a-wait", ttl_s=1)
+        released_at = _releasing_at(locker)
+        assert parse_ts(lease.expires_at).timestamp() > released_at
+        assert parse_ts(lease.acquired_at).timestamp() > released_at
+
+        long = db.advisory_lock("renewed-after-a-wait", ttl_s=600)
+        locker = run_worker("write_locker", db_path, 3)
+        assert locker.stdout.readline().strip() == "locked"
+        expires_at = long.renew()
+        released_at = _releasing_at(locker)
+        assert parse_ts(expires_at).timestamp() >= released_at + 600
+        assert long.expires_at == expires_at

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.helpers import run_cli
 from tests.server.serverproc import ADMIN_TOKEN, MAINTAINER_TOKEN, ServerProcess, bearer
 
 AGENT_ROUTES = [
@@ -98,3 +99,37 @@ def test_expired_and_refreshed_away_tokens_get_401(server_factory: type[ServerPr
         newer = client.post("/api/agent/refresh", headers=bearer(new_token)).json()["token"]
         assert client.post("/api/task/claim", headers=bearer(new_token)).status_code == 401
         assert client.post("/api/task/claim", headers=bearer(newer)).status_code == 200
+
+
+def test_bootstrap_stays_closed_after_every_token_lapsed_and_the_operator_registers(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    """Issue 9 item 14: with every token past its TTL and refresh grace, nobody can
+    register without a credential; the operator's `icn-mcp agent register` can, and
+    its token works against the running server."""
+    db_dir = tmp_path / "var"
+    server = server_factory(db_dir, MCP_TOKEN_TTL_S="1", MCP_REFRESH_GRACE_S="0").start()
+    with server.client() as client:
+        first = client.post("/api/agent/register", json={"name": "first", "kind": "planner"}).json()
+        for _ in range(100):  # until the 1 s token has lapsed (no grace to refresh in)
+            if client.post("/api/task/claim", json={}, headers=bearer(first["token"])).status_code == 401:
+                break
+            time.sleep(0.1)
+        assert client.post("/api/agent/refresh", headers=bearer(first["token"])).status_code == 401
+        squat = client.post("/api/agent/register", json={"name": "squatter", "kind": "ops"})
+        assert squat.status_code == 401, squat.text  # lapsed, not even cleaned up yet
+        assert client.post("/api/admin/agents/cleanup", headers=bearer(ADMIN_TOKEN)).json()["deletedCount"] == 1
+
+        squat = client.post("/api/agent/register", json={"name": "squatter", "kind": "ops"})
+        assert squat.status_code == 401, squat.text
+        assert "already registered" in squat.json()["reason"]
+
+        made = run_cli("agent", "register", "rescuer", "--kind", "ops", env={"MCP_DB_DIR": str(db_dir)})
+        assert made.returncode == 0, made.stderr
+        lines = dict(line.split(None, 1) for line in made.stdout.splitlines() if line.strip())
+        assert set(lines) >= {"id", "token"}
+        created = client.post("/api/task/create", json={"title": "by the rescuer"}, headers=bearer(lines["token"]))
+        assert created.status_code == 200, created.text
+        # The operator's agent is a registered agent like any other: still closed.
+        assert client.post("/api/agent/register", json={"name": "late", "kind": "ops"}).status_code == 401
+    assert lines["token"] not in "".join(server.stderr_lines)

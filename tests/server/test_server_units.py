@@ -7,7 +7,9 @@ from click.testing import CliRunner
 
 from icn_mcp.cli import main
 from icn_mcp.config import Settings
-from icn_mcp.errors import BusyError, ConfigError, Conflict, NotFound, Unauthorized, ValidationError
+from icn_mcp.errors import (
+    BackupError, BusyError, ConfigError, Conflict, NotFound, StorageFull, Unauthorized, ValidationError,
+)
 from icn_mcp.server.errors import to_api_error
 from icn_mcp.server.http import API_ROUTES
 from icn_mcp.server.middleware import bearer_from_header
@@ -89,6 +91,20 @@ def test_error_mapping() -> None:
     assert (busy.status, busy.headers["Retry-After"]) == (503, "1")
     crash = to_api_error(RuntimeError("/secret/path line 3"))
     assert crash.body() == {"ok": False, "error": "internal_error"}, "nothing internal leaks"
+
+
+def test_full_disk_and_failed_backups_map_to_their_own_codes(caplog: pytest.LogCaptureFixture) -> None:
+    full = to_api_error(StorageFull("/db.sqlite", "database or disk is full", since="2026-01-01T00:00:00.000000Z"))
+    assert (full.status, full.body(), full.headers) == (
+        507, {"ok": False, "error": "storage_full", "retry_after_s": 10}, {"Retry-After": "10"})
+    space = to_api_error(BackupError("/b/x.sqlite", "not enough free space in /b: about 9 bytes needed, 0 free",
+                                     hint="free some space"))
+    assert (space.status, space.code, space.body()["hint"]) == (507, "storage_full", "free some space")
+    assert "not enough free space" in space.body()["reason"]
+    other = to_api_error(BackupError("/b/x.sqlite", "integrity_check: page 3 is never used"))
+    assert (other.status, other.code) == (500, "backup_failed") and "integrity_check" in other.body()["reason"]
+    # None of these is a crash: no ERROR line, no traceback in the log.
+    assert [r for r in caplog.records if r.levelno >= 40 or r.exc_info] == []
 
 
 def test_document_describes_every_api_route() -> None:

@@ -104,3 +104,20 @@ def ensure_local_at_barrier(db_path: str, barrier: Any, out: str) -> None:
     except BaseException:
         _write(Path(out), {"error": traceback.format_exc()})
         raise
+
+
+def hold_write_lock(db_path: str, seconds: float, locked: str, released: str) -> None:
+    """Take the database's write lock (BEGIN IMMEDIATE) with plain sqlite3, say so by
+    creating ``locked``, hold it ``seconds``, then write the time (epoch seconds) just
+    before releasing it to ``released``: nobody can commit a write before that time."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        Path(locked).touch()
+        time.sleep(seconds)
+        _write(Path(released), {"released_at": time.time()})
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()

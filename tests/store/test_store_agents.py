@@ -103,11 +103,51 @@ def test_revoked_agents_tokens_never_work_again(store: Store) -> None:
         store.revoke_agent("no-such-agent")
 
 
-def test_bootstrap_opens_again_once_no_agent_is_active(store: Store) -> None:
-    agent = store.register_agent("worker", "planner")
-    store.revoke_agent(agent.id)
+def test_bootstrap_never_reopens_once_an_agent_was_registered(
+    store: Store, clock: FakeClock, db: Database
+) -> None:
+    """Issue 9 item 14: when every token has lapsed (TTL plus grace), or was revoked,
+    or cleaned up, nobody may register without a credential: the first registration is
+    a fact of the database, not a count of active agents."""
+    first = store.register_agent("worker", "planner")
+    clock.advance(store.token_ttl_s + store.refresh_grace_s + 1)  # every token lapsed
     assert store.stats()["agents_active"] == 0
-    assert store.register_agent("new-first", "ops").name == "new-first"
+    with pytest.raises(Unauthorized, match="already registered"):
+        store.register_agent("squatter", "ops")
+
+    assert store.cleanup_expired() == 1  # the agent is retired, its token rows deleted
+    assert db.connection().execute("SELECT count(*) FROM agent_tokens").fetchone()[0] == 0
+    with pytest.raises(Unauthorized, match="already registered"):
+        store.register_agent("squatter", "ops")
+    assert db.connection().execute("SELECT count(*) FROM agents").fetchone()[0] == 1
+
+    # A maintainer, or the operator (icn-mcp agent register), can always register.
+    by_maintainer = store.register_agent("rescuer", "ops", credential=MAINTAINER_TOKEN)
+    store.revoke_agent(by_maintainer.id)
+    by_operator = store.register_agent("operator-made", "planner", operator=True)
+    assert store.authenticate(by_operator.token).id == by_operator.id
+    with pytest.raises(Unauthorized, match="already registered"):
+        store.register_agent("squatter", "ops")
+    assert first.id not in {by_maintainer.id, by_operator.id}
+
+
+def test_the_operator_may_register_the_very_first_agent_and_that_closes_the_bootstrap(
+    store: Store,
+) -> None:
+    made = store.register_agent("made-by-operator", "ops", operator=True)
+    assert store.authenticate(made.token).name == "made-by-operator"
+    with pytest.raises(Unauthorized, match="already registered"):
+        store.register_agent("late-first", "planner")
+
+
+def test_the_bootstrap_fact_survives_revocation_of_everyone_and_reopening(db_path: Path) -> None:
+    with Database(db_path) as db:
+        store = Store(db)
+        agent = store.register_agent("only", "planner")
+        store.revoke_agent(agent.id)
+    with Database(db_path) as db:
+        with pytest.raises(Unauthorized, match="already registered"):
+            Store(db).register_agent("next", "planner")
 
 
 def test_cleanup_expired_removes_agents_whose_tokens_can_never_be_used(
@@ -204,3 +244,31 @@ def test_a_refused_refresh_never_takes_the_write_lock(store: Store, db_path: Pat
         finally:
             holder.execute("ROLLBACK")
             holder.close()
+
+
+def test_databases_with_agents_from_before_the_bootstrap_table_stay_closed(tmp_path: Path) -> None:
+    """Migration 0005 records the bootstrap of databases that had agents already;
+    one with only a local agent (serve --stdio) stays open for its first agent."""
+    from icn_mcp.db.sqlite.migrations import default_migrations_dir
+
+    old = tmp_path / "migrations-0003"
+    old.mkdir()
+    for path in sorted(default_migrations_dir().glob("000[1-3]_*.sql")):
+        (old / path.name).write_text(path.read_text())
+    # Rows as the code before migration 0005 wrote them (a revoked agent, a local one).
+    with Database(tmp_path / "used.sqlite", migrations_dir=old) as db:
+        db.run_in_transaction(lambda c: c.execute(
+            "INSERT INTO agents (id, name, kind, created_at, revoked_at) VALUES "
+            "('agent-1', 'from-0.1', 'planner', '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00.000000Z')"))
+    with Database(tmp_path / "local-only.sqlite", migrations_dir=old) as db:
+        db.run_in_transaction(lambda c: c.execute(
+            "INSERT INTO agents (id, name, kind, created_at, local) VALUES "
+            "('local-1', 'desk', 'ops', '2026-01-01T00:00:00.000000Z', 1)"))
+
+    with Database(tmp_path / "used.sqlite") as db:
+        with pytest.raises(Unauthorized, match="already registered"):
+            Store(db).register_agent("squatter", "ops")
+        row = db.connection().execute("SELECT first_agent_id FROM agent_bootstrap").fetchone()
+        assert row["first_agent_id"] == "agent-1"
+    with Database(tmp_path / "local-only.sqlite") as db:
+        assert Store(db).register_agent("first", "planner").name == "first"

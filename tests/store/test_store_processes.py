@@ -9,12 +9,13 @@ import os
 import signal
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from icn_mcp.db import Database
-from icn_mcp.db.timestamps import utc_now
+from icn_mcp.db.timestamps import parse_ts, utc_now
 from icn_mcp.errors import Conflict
 from icn_mcp.store import Store
 from .store_helpers import (
@@ -22,6 +23,7 @@ from .store_helpers import (
     FakeClock,
     claim_forever,
     claim_until_done,
+    hold_write_lock,
     register_at_barrier,
 )
 
@@ -215,3 +217,54 @@ def test_everything_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> 
             store.report_run(held.id, other.id, "completed")
         store.report_run(held.id, agent.id, "completed", attempt=claim.attempt)  # type: ignore[union-attr]
         assert store.get_task(held.id).status == "completed"
+
+
+def _while_another_process_holds_the_write_lock(db_path: Path, tmp_path: Path, seconds: float):
+    """Start a process holding the write lock for ``seconds``; return it once it holds
+    it, with the file where it writes the moment it lets go."""
+    turn = len(list(tmp_path.glob("locked-*")))
+    locked, released = tmp_path / f"locked-{turn}", tmp_path / f"released-{turn}.json"
+    holder = CTX.Process(target=hold_write_lock, args=(str(db_path), seconds, str(locked), str(released)))
+    holder.start()
+    for _ in range(3000):
+        if locked.exists() or not holder.is_alive():
+            break
+        time.sleep(0.01)
+    assert locked.exists(), "the lock holder never took the lock"
+    return holder, released
+
+
+def _released_at(holder, released: Path) -> datetime:
+    holder.join(timeout=60)
+    assert holder.exitcode == 0
+    return datetime.fromtimestamp(json.loads(released.read_text())["released_at"], tz=timezone.utc)
+
+
+def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_ran(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Issue 9 item 11: the clock is read inside the transaction. Another process
+    holds the write lock for 3 s; a claim with ``lease_s=1`` waits for it. Its lease
+    must end after the lock was released (the earliest its commit can be), not 1 s
+    after the claim was asked for, which was already in the past by then."""
+    with Database(db_path) as db:
+        store = Store(db)
+        agent = store.register_agent("patient", "planner")
+        task = store.create_task("claimed after a wait")
+        holder, released = _while_another_process_holds_the_write_lock(db_path, tmp_path, 3.0)
+        claim = store.claim_next_task(agent.id, lease_s=1)
+        released_at = _released_at(holder, released)
+        assert claim is not None and claim.task_id == task.id
+        assert parse_ts(claim.lease_expires_at) > released_at, (claim.lease_expires_at, released_at)
+        assert parse_ts(store.get_task(task.id).lease_expires_at) > released_at  # type: ignore[arg-type]
+
+        # A heartbeat that waited renews from when it ran (it read the clock inside
+        # its transaction already; this keeps it so).
+        later = store.create_task("renewed after a wait")
+        renewed = store.claim_next_task(agent.id, lease_s=600)
+        assert renewed is not None and renewed.task_id == later.id
+        holder, released = _while_another_process_holds_the_write_lock(db_path, tmp_path, 3.0)
+        store.report_run(later.id, agent.id, "in_progress", attempt=renewed.attempt)
+        released_at = _released_at(holder, released)
+        lease = parse_ts(store.get_task(later.id).lease_expires_at)  # type: ignore[arg-type]
+        assert lease >= released_at + timedelta(seconds=600)

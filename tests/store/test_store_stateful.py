@@ -46,6 +46,9 @@ class ClaimMachine(RuleBasedStateMachine):
         self.attempts: dict[int, int] = {}
         # task -> (agent, attempt, lease_expires_at) of the claims handed out
         self.held: dict[int, tuple[str, int, str]] = {}
+        # (task, agent) pairs where the agent's claim ran out and was released: a
+        # report of that agent without attempt is ambiguous from then on.
+        self.expired_holders: set[tuple[int, str]] = set()
 
     def teardown(self) -> None:
         self.db.close()
@@ -71,6 +74,10 @@ class ClaimMachine(RuleBasedStateMachine):
     def claim(self, agent: int, lease_s: int) -> None:
         now = format_ts(self.clock())
         claim = self.store.claim_next_task(self.agents[agent], lease_s=lease_s)
+        # Any claim releases every lease that has run out (recorded as expired runs).
+        for held_task, (holder, _, lease) in self.held.items():
+            if lease <= now:
+                self.expired_holders.add((held_task, holder))
         if claim is None:
             return
         task_id = claim.task_id
@@ -104,6 +111,7 @@ class ClaimMachine(RuleBasedStateMachine):
             and row["claimed_by"] == agent_id
             and row["lease_expires_at"] > now
             and attempt_delta in (None, 0)
+            and not (attempt_delta is None and (task_id, agent_id) in self.expired_holders)
         )
         try:
             self.store.report_run(task_id, agent_id, status, attempt=attempt)

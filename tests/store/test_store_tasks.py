@@ -357,3 +357,59 @@ def test_claim_query_reads_one_index_entry_without_scanning_or_sorting(
         assert scans == ["SCAN tasks USING INDEX tasks_claim_order"], steps
         assert "SEARCH tasks USING INDEX tasks_lease (lease_expires_at<?)" in probe_plan
     assert store.claim_next_task(agents[0].id).task.priority == 6  # type: ignore[union-attr]
+
+
+def test_a_report_without_attempt_is_refused_while_the_agent_held_an_expired_attempt(
+    store: Store, agents: list[RegisteredAgent], clock: FakeClock
+) -> None:
+    """Issue 9 item 10: A claims, its lease runs out, A claims the same task again
+    (attempt 2). A report without ``attempt`` may be the late report of attempt 1:
+    it is refused, whatever its status, and changes nothing (an ``in_progress``
+    would otherwise renew attempt 2's lease on behalf of attempt 1)."""
+    a = agents[0].id
+    task = store.create_task("claimed twice by one agent")
+    first = store.claim_next_task(a, lease_s=1)
+    assert first is not None and first.attempt == 1
+    clock.advance(2)
+    second = store.claim_next_task(a, lease_s=60)
+    assert second is not None and (second.task_id, second.attempt) == (task.id, 2)
+    before = store.get_task(task.id)
+
+    for status in ("claimed", "in_progress", "completed", "failed"):
+        with pytest.raises(Conflict, match="attempt is required") as info:
+            store.report_run(task.id, a, status)
+        assert info.value.data == {"task_id": task.id, "status": "claimed", "attempt": 2}
+    assert store.get_task(task.id) == before
+    assert [(r.attempt, r.status) for r in store.list_runs(task.id)] == [(1, "expired")]
+
+    # With the attempt, reports work as they always did.
+    with pytest.raises(Conflict, match="attempt 1 .* stale"):
+        store.report_run(task.id, a, "completed", attempt=1)
+    clock.advance(30)
+    store.report_run(task.id, a, "in_progress", attempt=2)
+    assert store.get_task(task.id).lease_expires_at > before.lease_expires_at  # type: ignore[operator]
+    store.report_run(task.id, a, "completed", attempt=2)
+    assert [(r.attempt, r.status) for r in store.list_runs(task.id)] == [
+        (1, "expired"), (2, "in_progress"), (2, "completed")
+    ]
+
+
+def test_a_report_without_attempt_works_for_an_agent_that_held_only_the_current_attempt(
+    store: Store, agents: list[RegisteredAgent], clock: FakeClock
+) -> None:
+    """Clients that never send ``attempt`` keep working: B's attempt 2 follows A's
+    expired attempt 1, and a failed attempt that A itself reported is not ambiguous."""
+    a, b = agents[0].id, agents[1].id
+    task = store.create_task("handed over")
+    store.claim_next_task(a, lease_s=1)
+    clock.advance(2)
+    claim = store.claim_next_task(b, lease_s=60)
+    assert claim is not None and (claim.task_id, claim.attempt) == (task.id, 2)
+    store.report_run(task.id, b, "in_progress")
+    store.report_run(task.id, b, "failed")  # back to open: attempt 2 of 3 failed
+    again = store.claim_next_task(b, lease_s=60)
+    assert again is not None and (again.task_id, again.attempt) == (task.id, 3)
+    store.report_run(task.id, b, "completed")
+    assert [(r.agent_id, r.attempt, r.status) for r in store.list_runs(task.id)] == [
+        (a, 1, "expired"), (b, 2, "in_progress"), (b, 2, "failed"), (b, 3, "completed")
+    ]

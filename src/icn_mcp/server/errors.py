@@ -12,24 +12,31 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
+from icn_mcp.db.storage import is_storage_full_error
 from icn_mcp.errors import (
+    BackupError,
     BusyError,
     Conflict,
     DatabaseClosed,
     Forbidden,
     IcnMcpError,
     NotFound,
+    StorageFull,
     Unauthorized,
     ValidationError,
 )
 from icn_mcp.server.shapes import wire_ids
 
-__all__ = ["ApiError", "to_api_error", "task_id_required", "validation_error"]
+__all__ = ["ApiError", "to_api_error", "task_id_required", "validation_error", "storage_full_error"]
 
 log = logging.getLogger("icn_mcp.server")
 
 #: Seconds a client should wait before retrying when the database is unavailable.
 RETRY_AFTER_UNAVAILABLE_S = 1
+#: ... and when the disk is full: freeing space takes a while (an operator, a cleanup).
+RETRY_AFTER_STORAGE_FULL_S = 10
 
 
 @dataclass
@@ -54,6 +61,16 @@ def task_id_required() -> ApiError:
     return ApiError(400, "task_id_required", {"message": "task_id is required"})
 
 
+def storage_full_error() -> ApiError:
+    """507 ``storage_full``: the write was refused for want of disk space; retry later."""
+    return ApiError(
+        507,
+        "storage_full",
+        {"retry_after_s": RETRY_AFTER_STORAGE_FULL_S},
+        {"Retry-After": str(RETRY_AFTER_STORAGE_FULL_S)},
+    )
+
+
 def to_api_error(exc: BaseException) -> ApiError:
     """The client-facing form of ``exc``; logs what the client must not see."""
     if isinstance(exc, ApiError):
@@ -75,6 +92,22 @@ def to_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, Conflict):
         extra = dict(getattr(exc, "data", {}) or {})
         return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(wire_ids(extra))})
+    if isinstance(exc, ClientDisconnect):
+        # The client went away mid-request: nobody reads the answer, nothing to log
+        # but the access line (499, not a 500).
+        return ApiError(499, "client_closed_request")
+    if isinstance(exc, StorageFull):
+        # Logged once per incident by the database (icn_mcp.db.storage), not here.
+        return storage_full_error()
+    if isinstance(exc, BackupError):
+        # An operator's backup (MCP create_backup) that failed says why, in one log
+        # line: a full disk is storage_full like any write; anything else backup_failed.
+        data = {"reason": str(exc), **({"hint": exc.hint} if exc.hint else {})}
+        log.warning("backup failed: %s", exc)
+        if _backup_lacked_space(exc):
+            error = storage_full_error()
+            return ApiError(error.status, error.code, {**error.data, **data}, error.headers)
+        return ApiError(500, "backup_failed", data)
     if isinstance(exc, (BusyError, DatabaseClosed)):
         # The database is busy beyond the retry budget, or shutting down: try again.
         log.warning("database unavailable: %s", exc)
@@ -89,6 +122,16 @@ def to_api_error(exc: BaseException) -> ApiError:
     else:
         log.error("unexpected %s while serving a request", type(exc).__name__, exc_info=exc)
     return ApiError(500, "internal_error")
+
+
+def _backup_lacked_space(exc: BackupError) -> bool:
+    """Did the backup fail for want of space (ENOSPC while writing, or the free-space
+    check before it)?"""
+    cause = exc.__cause__
+    if cause is not None and is_storage_full_error(cause):
+        return True
+    text = str(exc.cause).lower()
+    return "enospc" in text or "free space" in text or "disk is full" in text
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

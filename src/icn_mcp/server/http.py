@@ -24,7 +24,7 @@ from icn_mcp.db import Database
 from icn_mcp.errors import Unauthorized
 from icn_mcp.server import openapi, operations
 from icn_mcp.server.auth import Principal, authorize, resolve
-from icn_mcp.server.errors import to_api_error
+from icn_mcp.server.errors import storage_full_error, to_api_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.mcp import build_mcp_server
 from icn_mcp.server.metrics import CONTENT_TYPE
@@ -115,6 +115,12 @@ async def healthz_db(request: Request, hub: Hub) -> Response:
     if not health["ok"]:
         log.warning("database health check failed: %s", health["error"])
         return _ok({"ok": False, "error": "unavailable", "latency_ms": health["latency_ms"]}, status=503)
+    # Readable is not enough: a full disk refuses every write (issue 9 item 12).
+    storage = await hub.call("check_storage", hub.db.check_storage)
+    if storage["full"]:
+        error = storage_full_error()
+        body = {**error.body(), "storage_full_since": storage["since"], "latency_ms": health["latency_ms"]}
+        return _ok(body, status=503, headers=error.headers)
     # The probe above is live; the counts are at most MCP_HEALTH_CACHE_S old.
     database = await hub.health_database.get()
     return _ok({"ok": True, "latency_ms": health["latency_ms"], "database": database})

@@ -198,9 +198,16 @@ class _StateCollector(Collector):
             ("busy_exhausted", "Transactions that stayed busy through every retry."),
             ("lock_waits", "Waits for an in-process keyed lock."),
             ("reconnects", "Connections reopened after a failed health check."),
+            ("storage_full_errors", "Writes refused because the disk was full (answered 507 storage_full)."),
+            ("storage_full_incidents", "Times the disk became full: each begins with a refused write "
+                                       "and ends with the next write that succeeds."),
         ):
             if key in db:
                 yield CounterMetricFamily(f"icn_mcp_db_{key}", help_text, value=db[key])
+        if "storage_full" in db:
+            yield GaugeMetricFamily("icn_mcp_db_storage_full",
+                                    "1 while writes are refused because the disk is full, else 0.",
+                                    value=db["storage_full"])
 
         if self._with_backup_age:
             last = self._snapshot.get("last_backup_at")

@@ -4,8 +4,9 @@
   every request, and the last line of defence: an exception that escapes everything
   else becomes a bare ``500 internal_error`` (the traceback goes to the log only).
 - :class:`RateLimitMiddleware`: 429 with Retry-After past the per-IP or per-token limit.
-- :class:`BodyLimitMiddleware`: 413 for a body larger than the limit, whether announced
-  by Content-Length or only found while reading.
+- :class:`BodyLimitMiddleware`: reads the body first: 413 for a body larger than the
+  limit, whether announced by Content-Length or only found while reading; a client
+  that leaves mid-body is noted (499) and the application never runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "BodyLimitMiddleware",
     "RequestInfo",
     "request_info",
+    "CLIENT_CLOSED_REQUEST",
     "json_response_messages",
     "bearer_from_header",
 ]
@@ -40,14 +42,21 @@ UNLIMITED_PATHS = frozenset({"/healthz", "/healthz/db", "/metrics"})
 _SCOPE_KEY = "icn_mcp.request"
 
 
+#: The status noted for a request whose client went away before any answer (the
+#: nginx convention): a client error, never counted as a 500.
+CLIENT_CLOSED_REQUEST = 499
+
+
 class RequestInfo:
     """Per-request facts filled in by inner layers for the log line and metrics."""
 
-    __slots__ = ("agent_id", "route")
+    __slots__ = ("agent_id", "route", "client_closed")
 
     def __init__(self) -> None:
         self.agent_id: str | None = None
         self.route: str | None = None
+        #: The client went away before the answer: status 499, not 500.
+        self.client_closed = False
 
 
 def request_info(scope: Scope) -> RequestInfo:
@@ -138,6 +147,8 @@ class ObserveMiddleware:
                 except OSError:  # the client went away
                     pass
         finally:
+            if not response_started and info.client_closed:
+                status = CLIENT_CLOSED_REQUEST
             self._observe(scope, info, status, time.perf_counter() - started)
 
     def _observe(self, scope: Scope, info: RequestInfo, status: int, elapsed: float) -> None:
@@ -199,7 +210,19 @@ class RateLimitMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 ``payload_too_large`` for bodies over ``max_bytes``."""
+    """Reads every request body before the application runs.
+
+    - A body over ``max_bytes``, announced by Content-Length or found while reading a
+      chunked one, gets 413 ``payload_too_large`` and the application never runs.
+    - A client that goes away mid-body (an aborted upload) gets nothing, since nobody
+      is listening: the request is noted as ``client_closed`` (499 in the access line
+      and the metrics) and the application never runs. Before, the application (ours
+      or the MCP SDK's) met a ClientDisconnect in ``request.body()`` and logged it as
+      an ERROR with a traceback, counted as a 500: a client without a token could
+      flood the log (issue 9 item 13).
+    - Otherwise the application receives the whole body in one message, then the
+      real ``receive`` (which reports a later disconnect).
+    """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -222,33 +245,39 @@ class BodyLimitMiddleware:
             if announced > self.max_bytes:
                 await _send_error(send, self._too_large())
                 return
+            if announced <= 0:
+                await self.app(scope, receive, send)  # no body to read
+                return
+        elif _header(scope, b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body to read
+            return
+
+        chunks: list[bytes] = []
         received = 0
-        refused = False
-        response_started = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if refused:
-                return  # we answered 413 already; the app's own answer is dropped
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        async def limited_receive() -> Message:
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    if response_started:
-                        raise self._too_large()
-                    # Answer now and tell the app the client is gone, so that no
-                    # app (ours or the MCP SDK's) turns the overflow into a 500.
-                    refused = True
-                    await _send_error(send, self._too_large())
-                    return {"type": "http.disconnect"}
-            return message
+            if message["type"] == "http.disconnect":
+                request_info(scope).client_closed = True
+                return
+            if message["type"] != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await _send_error(send, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
 
-        await self.app(scope, limited_receive, guarded_send)
+        body: bytes | None = b"".join(chunks)
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message: Message = {"type": "http.request", "body": body, "more_body": False}
+                body = None
+                return message
+            return await receive()
+
+        await self.app(scope, replay, send)

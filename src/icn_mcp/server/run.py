@@ -10,11 +10,14 @@ import logging
 import signal
 import socket
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.stdio import stdio_server
+from mcp.shared.message import SessionMessage
+from mcp.types import JSONRPCError, JSONRPCRequest, JSONRPCResponse
 
 from icn_mcp import __version__
 from icn_mcp.config import Settings
@@ -110,29 +113,101 @@ class LocalAgent:
 
 
 def serve_stdio(settings: Settings) -> None:
-    """Serve MCP over stdin/stdout until EOF, SIGTERM or SIGINT; then close the database."""
+    """Serve MCP over stdin/stdout until EOF, SIGTERM or SIGINT; then close the database.
+
+    At EOF, the requests already read are answered first (at most
+    MCP_SHUTDOWN_TIMEOUT_S): a client may write its requests and close stdin at once.
+    """
     hub = Hub(settings)
     try:
         server = build_mcp_server(hub, http=False, stdio_actor=LocalAgent(hub))
-        anyio.run(_run_stdio, server)
+        anyio.run(_run_stdio, server, settings.shutdown_timeout_s)
     finally:
         hub.close()
         log.info("database %s closed", hub.db.path)
 
 
-async def _run_stdio(server: MCPServer) -> None:
+async def _run_stdio(server: MCPServer, finish_timeout_s: float) -> None:
+    stop_reading = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    log.info("stdio: %s received, shutting down", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
+                    if stop_reading.cancel_called:  # a second signal: stop now
+                        tg.cancel_scope.cancel()
+                        return
+                    log.info("stdio: %s received, answering the requests in flight, then "
+                             "shutting down", signal.Signals(signum).name)
+                    stop_reading.cancel()
+                    # In-flight requests get finish_timeout_s, then everything stops.
+                    tg.cancel_scope.deadline = anyio.current_time() + finish_timeout_s + 1
 
         async def serve() -> None:
-            await server.run_stdio_async()
-            tg.cancel_scope.cancel()  # EOF on stdin: the client is gone
+            await _serve_stdio_answering_before_eof(server, finish_timeout_s, stop_reading)
+            tg.cancel_scope.cancel()  # EOF on stdin, every request answered: done
 
         tg.start_soon(stop_on_signal)
         tg.start_soon(serve)
+
+
+async def _serve_stdio_answering_before_eof(
+    server: MCPServer, finish_timeout_s: float, reading: anyio.CancelScope
+) -> None:
+    """``server.run_stdio_async()``, except that EOF on stdin reaches the server only
+    once every request read before it has been answered.
+
+    The SDK's dispatcher cancels its in-flight handlers at EOF, so a client that
+    wrote its requests and closed stdin right away lost the responses of those still
+    running, although their work (a created task) was done (issue 9 item 23). Two
+    pumps stand between the stdio transport and the server: requests read are noted
+    by id, responses written cross them off, and at EOF the input pump waits for the
+    last one (at most ``finish_timeout_s``) before it closes the server's input.
+    Cancelling ``reading`` (a signal) stops reading as if EOF had come.
+    """
+    lowlevel = server._lowlevel_server  # what run_stdio_async itself runs on these streams
+    to_server, server_reads = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    server_writes, from_server = anyio.create_memory_object_stream[SessionMessage](0)
+    pending: set[Any] = set()
+    all_answered = anyio.Event()
+    all_answered.set()
+
+    async with stdio_server() as (stdin_messages, stdout_messages):
+
+        async def pump_in() -> None:
+            nonlocal all_answered
+            async with to_server:
+                with reading:
+                    try:
+                        async for item in stdin_messages:
+                            await to_server.send(item)
+                            # Noted once the server has it (no await in between, so its
+                            # response cannot be written before this).
+                            if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
+                                if not pending:
+                                    all_answered = anyio.Event()
+                                pending.add(item.message.id)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the server stopped reading: nothing left to hold back
+                with anyio.move_on_after(finish_timeout_s):
+                    await all_answered.wait()
+                if pending:
+                    log.warning(
+                        "stdio: end of input with %d request(s) unanswered after %ss; stopping",
+                        len(pending), finish_timeout_s,
+                    )
+
+        async def pump_out() -> None:
+            async with stdout_messages, from_server:
+                async for item in from_server:
+                    await stdout_messages.send(item)
+                    message = item.message
+                    if isinstance(message, (JSONRPCResponse, JSONRPCError)) and message.id in pending:
+                        pending.discard(message.id)
+                        if not pending:
+                            all_answered.set()
+
+        async with anyio.create_task_group() as pumps:
+            pumps.start_soon(pump_in)
+            pumps.start_soon(pump_out)
+            await lowlevel.run(server_reads, server_writes, lowlevel.create_initialization_options())

@@ -50,9 +50,12 @@ _LIVE_TOKEN = """
     WHERE t.agent_id = agents.id AND t.revoked_at IS NULL AND t.expires_at > :cutoff
 """
 
-_ACTIVE_AGENT_EXISTS = f"""
-    SELECT 1 FROM agents WHERE revoked_at IS NULL AND EXISTS ({_LIVE_TOKEN}) LIMIT 1
-"""
+#: Has an agent ever been registered (with a token)? Migration 0005's one row.
+_BOOTSTRAPPED = "SELECT 1 FROM agent_bootstrap"
+_RECORD_BOOTSTRAP = (
+    "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) "
+    "ON CONFLICT (id) DO NOTHING"
+)
 
 #: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
 ACTIVE_AGENT_COUNT = f"""
@@ -88,14 +91,18 @@ class AgentsMixin:
         version: str | None = None,
         *,
         credential: str | None = None,
+        operator: bool = False,
     ) -> RegisteredAgent:
         """Register an agent and issue its first token (returned once, never stored).
 
-        Without ``credential`` this succeeds only while no active agent exists (the
-        bootstrap); the check and the insert share one ``BEGIN IMMEDIATE``
-        transaction, so of several racing first registrations, in any processes,
-        exactly one wins. Otherwise ``credential`` must be a valid agent token or a
-        maintainer/admin token. Raises ValidationError or Unauthorized.
+        Without ``credential`` this succeeds only while no agent has ever been
+        registered in this database (the bootstrap): not when all of them lapsed,
+        were revoked or cleaned up. The check and the insert share one ``BEGIN
+        IMMEDIATE`` transaction, so of several racing first registrations, in any
+        processes, exactly one wins. Otherwise ``credential`` must be a valid agent
+        token or a maintainer/admin token. ``operator=True`` is for the operator's
+        own command (``icn-mcp agent register``), which has the database file in
+        hand: no credential is checked. Raises ValidationError or Unauthorized.
         """
         self._validate_agent(name, kind, version)
         if credential is not None:
@@ -104,12 +111,14 @@ class AgentsMixin:
 
         def register(conn: sqlite3.Connection) -> RegisteredAgent:
             now = self._clock()
-            if credential is None:
-                cutoff = format_ts(now, plus_s=-self.refresh_grace_s)
-                if conn.execute(_ACTIVE_AGENT_EXISTS, {"cutoff": cutoff}).fetchone():
+            if operator:
+                pass
+            elif credential is None:
+                if conn.execute(_BOOTSTRAPPED).fetchone():
                     raise Unauthorized(
-                        "an agent is already registered; registering another needs "
-                        "an agent token or a maintainer token"
+                        "an agent has already registered here; registering another needs "
+                        "an agent token, a maintainer token, or the operator command "
+                        "'icn-mcp agent register'"
                     )
             elif not is_maintainer:
                 self._lookup_token(conn, credential, now)
@@ -119,6 +128,7 @@ class AgentsMixin:
                 "INSERT INTO agents (id, name, kind, version, created_at) VALUES (?, ?, ?, ?, ?)",
                 (agent_id, name, kind, version, created_at),
             )
+            conn.execute(_RECORD_BOOTSTRAP, (agent_id, created_at))
             token, expires_at = self._issue_token(conn, agent_id, now)
             return RegisteredAgent(
                 id=agent_id, name=name, kind=kind, version=version,

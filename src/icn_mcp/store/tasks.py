@@ -294,20 +294,19 @@ class TasksMixin:
         claimable. NotFound for an unknown agent, Forbidden for a revoked one.
         """
         lease = self.default_lease_s if lease_s is None else v.lease_seconds(lease_s)
-        # The clock is read before the write lock is taken, to keep the lock short. If
-        # the lock is waited for, ``now`` is a little behind: a lease then looks
-        # unexpired a little longer and the new lease ends a little earlier, both on
-        # the safe side of "held by at most one agent".
-        moment = self._clock()
-        now = format_ts(moment)
-        params = {
-            "agent_id": agent_id,
-            "lease_expires_at": format_ts(moment, plus_s=lease),
-            "lease_s": lease,
-            "now": now,
-        }
 
         def claim(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            # The clock is read here, inside the transaction, after BEGIN IMMEDIATE got
+            # the write lock: a claim that waited seconds for the lock must not come
+            # back with a lease that ended while it waited (issue 9 item 11).
+            moment = self._clock()
+            now = format_ts(moment)
+            params = {
+                "agent_id": agent_id,
+                "lease_expires_at": format_ts(moment, plus_s=lease),
+                "lease_s": lease,
+                "now": now,
+            }
             rows = conn.execute(CLAIM_SQL, params).fetchall()
             if rows:
                 return rows[0]
@@ -349,7 +348,10 @@ class TasksMixin:
         dependents), or ``failed`` (back to open while attempts remain, else failed
         for good). Refused with Conflict unless ``agent_id`` holds the task's claim,
         its lease has not expired and ``attempt`` (when given) is the current one.
-        Every accepted report is kept as a run row. NotFound, ValidationError.
+        ``attempt`` may be left out only while the agent never held an earlier
+        attempt of this task that expired: such a report could be that attempt's,
+        so it is refused as ambiguous. Every accepted report is kept as a run row.
+        NotFound, ValidationError.
         """
         task_id = v.task_id(task_id)
         problems = v.Problems()
@@ -363,33 +365,12 @@ class TasksMixin:
         problems.raise_if_any()
 
         def report(conn: sqlite3.Connection) -> Run:
+            # The clock is read inside the transaction (after BEGIN IMMEDIATE took the
+            # write lock): a report that waited for the lock is judged at the time it
+            # runs, not at the time it asked (issue 9 item 11).
             moment = self._clock()
             now = format_ts(moment)
-            task = conn.execute(
-                "SELECT status, claimed_by, attempt, max_attempts, lease_expires_at, lease_s "
-                "FROM tasks WHERE id = ?",
-                (task_id,),
-            ).fetchone()
-            if task is None:
-                raise NotFound("task", task_id)
-            facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
-            if task["status"] != "claimed":
-                raise Conflict(f"task {task_id} is not claimed (it is {task['status']})", **facts)
-            if task["claimed_by"] != agent_id:
-                raise Conflict(f"task {task_id} is claimed by another agent", **facts)
-            if attempt is not None and attempt != task["attempt"]:
-                raise Conflict(
-                    f"attempt {attempt} of task {task_id} is stale: the current attempt "
-                    f"is {task['attempt']}",
-                    **facts,
-                )
-            if task["lease_expires_at"] <= now:
-                raise Conflict(
-                    f"the lease on task {task_id} expired at {task['lease_expires_at']}; "
-                    "claim it again",
-                    lease_expires_at=task["lease_expires_at"],
-                    **facts,
-                )
+            task = _require_current_claim(conn, task_id, agent_id, attempt, now)
             run_row = conn.execute(
                 "INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
@@ -491,6 +472,60 @@ class TasksMixin:
                 "SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,)
             ).fetchall()
         return [Artifact.from_row(row) for row in rows]
+
+
+#: Columns of a task that :func:`_require_current_claim` returns.
+_CLAIM_COLUMNS = "status, claimed_by, attempt, max_attempts, lease_expires_at, lease_s"
+
+
+def _require_current_claim(
+    conn: sqlite3.Connection, task_id: int, agent_id: str, attempt: int | None, now: str
+) -> sqlite3.Row:
+    """The task's row when ``agent_id`` holds its current, unexpired claim; else
+    NotFound or Conflict naming what is stale. Call it inside the write transaction
+    that acts on the claim, with ``now`` read after that transaction began.
+
+    Without ``attempt`` the report is taken to be for the current attempt, unless this
+    agent held an earlier attempt of the task that ended by its lease running out (an
+    ``expired`` run in its name): the report may then be that attempt's late one, and
+    only ``attempt`` can tell (issue 9 item 10).
+    """
+    task = conn.execute(f"SELECT {_CLAIM_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if task is None:
+        raise NotFound("task", task_id)
+    facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
+    if task["status"] != "claimed":
+        raise Conflict(f"task {task_id} is not claimed (it is {task['status']})", **facts)
+    if task["claimed_by"] != agent_id:
+        raise Conflict(f"task {task_id} is claimed by another agent", **facts)
+    if attempt is not None and attempt != task["attempt"]:
+        raise Conflict(
+            f"attempt {attempt} of task {task_id} is stale: the current attempt "
+            f"is {task['attempt']}",
+            **facts,
+        )
+    if attempt is None and conn.execute(_HELD_AN_EXPIRED_ATTEMPT, (task_id, agent_id)).fetchone():
+        raise Conflict(
+            f"attempt is required: this agent held an earlier attempt of task {task_id} "
+            f"whose lease expired, so a report without attempt is ambiguous; send the "
+            f"attempt from the claim (the current attempt is {task['attempt']})",
+            **facts,
+        )
+    if task["lease_expires_at"] <= now:
+        raise Conflict(
+            f"the lease on task {task_id} expired at {task['lease_expires_at']}; "
+            "claim it again",
+            lease_expires_at=task["lease_expires_at"],
+            **facts,
+        )
+    return task
+
+
+#: Did this agent hold an attempt of this task that expired? (``runs_task`` index:
+#: the runs of one task, a handful.) The current attempt never has an expired run.
+_HELD_AN_EXPIRED_ATTEMPT = (
+    "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
+)
 
 
 def _require_task(conn: sqlite3.Connection, task_id: int) -> None:

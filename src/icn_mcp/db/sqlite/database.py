@@ -38,6 +38,7 @@ from icn_mcp.db.sqlite import info as _info
 from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.leases import AdvisoryLease
 from icn_mcp.db.sqlite.locks import SQLiteLeaseSQL
+from icn_mcp.db.storage import StorageWatch, is_storage_full_error
 from icn_mcp.errors import (
     BusyError,
     DatabaseClosed,
@@ -189,6 +190,8 @@ class Database(BaseDatabase):
             "health_check_failures": 0,
             "lock_waits": 0,
         }
+        #: Full-disk incidents: StorageFull instead of a raw error, logged once each.
+        self._storage = StorageWatch(self.path)
 
         if self.read_only:
             check_database_file(self.path)
@@ -343,6 +346,8 @@ class Database(BaseDatabase):
         except sqlite3.DatabaseError as exc:
             if is_busy_error(exc):
                 raise
+            if is_storage_full_error(exc, self.path.parent):  # no room for -wal/-shm
+                raise self._storage.refused(exc) from exc
             raise DatabaseError(
                 f"{self.path} cannot be used as an SQLite database: {exc}",
                 hint="is it an SQLite file? restore it from a backup or point MCP_DB_PATH elsewhere",
@@ -436,6 +441,28 @@ class Database(BaseDatabase):
             return {"ok": False, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": str(exc)}
         return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": None}
 
+    def check_storage(self) -> dict[str, Any]:
+        """``{"full", "since"}``: is a full-disk incident going on (never raises)?
+
+        While one is, this probes with a real one-page write (``PRAGMA user_version``
+        rewritten to its own value) at most once a second, so that the incident ends
+        when space returns even if no other write comes.
+        """
+        if self._storage.probe_due():
+
+            def probe(conn: sqlite3.Connection) -> None:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
+
+            try:
+                self._transaction_once(probe)  # not counted as a refused write
+            except (sqlite3.Error, DatabaseError) as exc:
+                log.debug("storage probe of %s failed: %s", self.path, exc)
+            else:
+                self._storage.wrote()
+        since = self._storage.since
+        return {"full": since is not None, "since": since}
+
     # -- transactions ---------------------------------------------------------------
 
     def _refuse_read_only(self) -> None:
@@ -508,6 +535,8 @@ class Database(BaseDatabase):
             same_file = False
         if not same_file:
             self._check_identity(record)  # raises DatabaseFileError with the details
+        # During a full-disk incident, a commit that changed rows ends it.
+        changes = conn.total_changes if self._storage.since is not None else -1
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
@@ -516,6 +545,8 @@ class Database(BaseDatabase):
             raise
         _commit(conn)
         self._stats["transactions"] += 1
+        if changes >= 0 and conn.total_changes != changes:
+            self._storage.wrote()
         return result
 
     def _with_retry(self, attempt: Callable[[], T], *, retries: int | None = None) -> T:
@@ -529,6 +560,8 @@ class Database(BaseDatabase):
     def _backoff_or_raise(self, exc: sqlite3.OperationalError, tries: int, retries: int | None) -> int:
         """After a failed attempt: re-raise, raise BusyError, or sleep; the new count."""
         if not is_busy_error(exc):
+            if is_storage_full_error(exc, self.path.parent):
+                raise self._storage.refused(exc) from exc
             raise exc
         budget = self.retries if retries is None else retries
         if tries >= budget:
@@ -605,6 +638,7 @@ class Database(BaseDatabase):
         with self._stats_lock:
             stats = dict(self._stats)
         stats["lock_waits"] += self._locks.waits
+        stats.update(self._storage.stats())
         with self._registry_lock:
             stats["open_connections"] = len(self._connections)
         return stats

@@ -1,0 +1,95 @@
+"""``serve --stdio`` as a desktop client drives it, with raw JSON-RPC lines on a real
+subprocess (issue 9 item 23): a client that sends its requests and closes stdin at
+once still gets every response, and every task it created exists."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mcp.types import LATEST_PROTOCOL_VERSION
+
+from icn_mcp.db import Database
+from tests.server.serverproc import server_env
+
+REQUESTS = 40
+
+
+def _line(message: dict) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+def test_requests_sent_right_before_eof_all_get_their_responses(tmp_path: Path) -> None:
+    env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
+    payload = _line({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "eof-test", "version": "1"}},
+    })
+    payload += _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for n in range(1, REQUESTS + 1):
+        payload += _line({
+            "jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "create_task", "arguments": {"title": f"task {n}", "idempotency_key": f"k{n}"}},
+        })
+    # All requests, then EOF at once: communicate() closes stdin right after writing.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(payload, timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+    responses = {}
+    for raw in out.decode().splitlines():
+        message = json.loads(raw)
+        responses[message["id"]] = message
+    assert sorted(responses) == list(range(REQUESTS + 1)), f"missing: {set(range(REQUESTS + 1)) - set(responses)}"
+    created = [responses[n]["result"]["structuredContent"] for n in range(1, REQUESTS + 1)]
+    assert all(not responses[n]["result"].get("isError") for n in range(1, REQUESTS + 1)), created[:3]
+    assert sorted(task["title"] for task in created) == sorted(f"task {n}" for n in range(1, REQUESTS + 1))
+
+    with Database(tmp_path / "var" / "icn-mcp.sqlite") as db:
+        titles = [row[0] for row in db.connection().execute("SELECT title FROM tasks ORDER BY id")]
+    assert sorted(titles) == sorted(f"task {n}" for n in range(1, REQUESTS + 1))
+
+
+def test_sigterm_answers_the_requests_in_flight_before_exiting(tmp_path: Path) -> None:
+    """The sibling on a signal: SIGTERM stops reading, but every request already being
+    served is answered before the process exits, so no task exists whose response
+    was lost. (The client closes stdin after the signal, in communicate(): with stdin
+    left open the process would wait for it, as it always did; see docs/server.md.)"""
+    env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(_line({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
+                       "clientInfo": {"name": "sigterm-test", "version": "1"}},
+        }) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 0
+        proc.stdin.write(b"".join(_line({
+            "jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "create_task", "arguments": {"title": f"task {n}"}},
+        }) for n in range(1, REQUESTS + 1)))
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())["id"]  # requests are being served
+        assert first >= 1
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    answered = {json.loads(raw)["id"] for raw in out.decode().splitlines()} | {first}
+    with Database(tmp_path / "var" / "icn-mcp.sqlite") as db:
+        created = {int(row[0].split()[1]) for row in db.connection().execute("SELECT title FROM tasks")}
+    assert created - answered == set(), f"created but never answered: {sorted(created - answered)}"
+    assert b"Traceback" not in err
