@@ -394,6 +394,24 @@ def test_a_report_without_attempt_is_refused_while_the_agent_held_an_expired_att
     ]
 
 
+def test_an_artifact_without_attempt_follows_the_report_rule(
+    store: Store, agents: list[RegisteredAgent], clock: FakeClock
+) -> None:
+    """Issue 9 item 10's sibling: an artifact is accepted under the same claim rule as a
+    report, so an agent that held an expired attempt must name the attempt it adds to."""
+    a = agents[0].id
+    task = store.create_task("artifacts of a twice-claimed task")
+    assert store.claim_next_task(a, lease_s=1) is not None
+    clock.advance(2)
+    second = store.claim_next_task(a, lease_s=60)
+    assert second is not None and second.attempt == 2
+    with pytest.raises(Conflict, match="attempt is required"):
+        store.add_artifact(task.id, "log", "/tmp/late.log", agent_id=a)
+    assert store.list_artifacts(task.id) == []
+    added = store.add_artifact(task.id, "log", "/tmp/now.log", agent_id=a, attempt=2)
+    assert (added.added_by, added.attempt) == (a, 2)
+
+
 def test_a_report_without_attempt_works_for_an_agent_that_held_only_the_current_attempt(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:

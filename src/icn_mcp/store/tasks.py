@@ -453,7 +453,9 @@ class TasksMixin:
                 author, recorded_attempt = added_by, None
             else:
                 author = agent_id
-                recorded_attempt = _require_current_claim(conn, task_id, agent_id, attempt, now)
+                # The same rule as a report: the current, unexpired claim (attempt required
+                # when this agent held an expired attempt of the task).
+                recorded_attempt = int(_require_current_claim(conn, task_id, agent_id, attempt, now)["attempt"])
             row = conn.execute(
                 "INSERT INTO artifacts (task_id, kind, path, meta, created_at, added_by, attempt) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
@@ -531,35 +533,6 @@ _HELD_AN_EXPIRED_ATTEMPT = (
 def _require_task(conn: sqlite3.Connection, task_id: int) -> None:
     if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
         raise NotFound("task", task_id)
-
-
-def _require_current_claim(
-    conn: sqlite3.Connection, task_id: int, agent_id: str, attempt: int | None, now: str
-) -> int:
-    """The current attempt of a task ``agent_id`` holds an unexpired claim on (and of
-    ``attempt``, when given); NotFound, or Conflict with the facts, like a report."""
-    task = conn.execute(
-        "SELECT status, claimed_by, attempt, lease_expires_at FROM tasks WHERE id = ?", (task_id,)
-    ).fetchone()
-    if task is None:
-        raise NotFound("task", task_id)
-    facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
-    if task["status"] != "claimed":
-        raise Conflict(f"task {task_id} is not claimed (it is {task['status']})", **facts)
-    if task["claimed_by"] != agent_id:
-        raise Conflict(f"task {task_id} is claimed by another agent", **facts)
-    if attempt is not None and attempt != task["attempt"]:
-        raise Conflict(
-            f"attempt {attempt} of task {task_id} is stale: the current attempt is {task['attempt']}",
-            **facts,
-        )
-    if task["lease_expires_at"] <= now:
-        raise Conflict(
-            f"the lease on task {task_id} expired at {task['lease_expires_at']}; claim it again",
-            lease_expires_at=task["lease_expires_at"],
-            **facts,
-        )
-    return int(task["attempt"])
 
 
 def _require_active_agent(conn: sqlite3.Connection, agent_id: str) -> None:
