@@ -102,7 +102,7 @@
   function setFacts(dl, facts) {
     dl.replaceChildren();
     for (const [term, value] of facts) {
-      dl.append(el("dt", { text: term }), el("dd", {}, value));
+      dl.append(el("div", {}, el("dt", { text: term }), el("dd", {}, value)));
     }
   }
 
@@ -411,7 +411,8 @@
       const name = svg("text", { x: 8, y: 17 });
       name.textContent = node.title.length > 18 ? node.title.slice(0, 17) + "…" : node.title;
       const meta = svg("text", { x: 8, y: 34, class: "meta" });
-      meta.textContent = "#" + id + " · " + node.status + claimer;
+      const metaText = "#" + id + " · " + node.status + claimer;
+      meta.textContent = metaText.length > 24 ? metaText.slice(0, 23) + "…" : metaText;
       g.append(name, meta);
       g.addEventListener("click", () => selectTask(id));
       g.addEventListener("keydown", (event) => {
