@@ -138,6 +138,21 @@ def _row(page: Any, title: str) -> Any:
     return page.locator("#task-rows tr", has=page.get_by_role("button", name=re.compile(re.escape(title))))
 
 
+def _wait_for_refreshes(page: Any, count: int) -> None:
+    """Until the page has drawn ``count`` more refreshes (its own counter)."""
+    # Polled from here: wait_for_function evaluates a string, which the page's CSP
+    # (no 'unsafe-eval') rightly refuses.
+    def refreshes() -> int:
+        return int(page.evaluate("document.body.dataset.refreshes || 0"))
+
+    target = refreshes() + count
+    for _ in range(UPDATE_WAIT_MS // 100):
+        if refreshes() >= target:
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"the page did not refresh {count} times")
+
+
 def _screenshot(page: Any, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOT_DIR / name
@@ -428,10 +443,13 @@ def test_keyboard_alone_signs_in_filters_and_selects(
     keyboard.press("Enter")
     expect(page.locator("#graph-caption")).to_contain_text(f"Task {seeded.ids['build']} and the tasks")
     expect(page.locator(f'#graph-box g.node[data-task-id="{seeded.ids["build"]}"]')).to_be_focused()
-    # Tab to another node, Enter selects it; Escape goes back to all open work.
+    # Tab to another node; it keeps the focus while the page redraws the graph.
     keyboard.press("Tab")
     other = focused()["task"]
     assert other is not None and other != seeded.ids["build"]
+    _wait_for_refreshes(page, 2)
+    assert focused()["task"] == other
+    # Enter selects it; Escape goes back to all open work.
     keyboard.press("Enter")
     expect(page.locator("#graph-caption")).to_contain_text(f"Task {other} and the tasks")
     keyboard.press("Escape")

@@ -184,6 +184,7 @@
         {
           type: "button",
           class: value ? "st-" + value : "",
+          "data-key": "count:" + label,
           "aria-pressed": state.filter === value ? "true" : "false",
           "aria-label": label + ": " + count + " tasks" + (value ? ", show only " + label : ", show all"),
           onclick: () => setFilter(value),
@@ -216,6 +217,7 @@
         el("td", { class: "title" }, el("button", {
           type: "button",
           class: "linkish",
+          "data-key": "title:" + id,
           "aria-label": "Show dependencies and runs of task " + id + ": " + task.title,
           onclick: () => selectTask(id),
         }, task.title)),
@@ -255,7 +257,7 @@
       if (!held.length) heldCell.textContent = "–";
       held.forEach((id, i) => {
         if (i) heldCell.append(", ");
-        heldCell.append(el("button", { type: "button", class: "linkish", "aria-label": "Show task " + id, onclick: () => selectTask(id) }, "#" + id));
+        heldCell.append(el("button", { type: "button", class: "linkish", "data-key": "held:" + agent.id + ":" + id, "aria-label": "Show task " + id, onclick: () => selectTask(id) }, "#" + id));
       });
       rows.append(el(
         "tr", {},
@@ -380,6 +382,7 @@
     const width = PAD * 2 + widest * W + (widest - 1) * GAP_X;
     const height = PAD * 2 + layers.length * H + (layers.length - 1) * GAP_Y;
     const root = svg("svg", { width, height, viewBox: "0 0 " + width + " " + height, role: "group", "aria-labelledby": "graph-title graph-caption" });
+    box.append(root); // attached first: labels are measured as they are added
     const defs = svg("defs");
     const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
     const tip = svg("path", { d: "M0,0 L10,5 L0,10 z", class: "arrow" });
@@ -403,24 +406,39 @@
         tabindex: 0,
         role: "button",
         "data-task-id": id,
+        "data-key": "node:" + id,
         "aria-label": "Task " + id + ": " + node.title + ", " + node.status + (id === focus ? ", selected" : ""),
       });
       const title = svg("title");
       title.textContent = "#" + id + " " + node.title + " (" + node.status + ")";
       g.append(title, svg("rect", { width: W, height: H, rx: 6 }));
       const name = svg("text", { x: 8, y: 17 });
-      name.textContent = node.title.length > 18 ? node.title.slice(0, 17) + "…" : node.title;
+      name.textContent = node.title;
       const meta = svg("text", { x: 8, y: 34, class: "meta" });
-      const metaText = "#" + id + " · " + node.status + claimer;
-      meta.textContent = metaText.length > 24 ? metaText.slice(0, 23) + "…" : metaText;
+      meta.textContent = "#" + id + " · " + node.status + claimer;
       g.append(name, meta);
+      root.append(g);
+      fitText(name, W - 14);
+      fitText(meta, W - 14);
       g.addEventListener("click", () => selectTask(id));
       g.addEventListener("keydown", (event) => {
         if (event.key === "Enter" || event.key === " ") { event.preventDefault(); selectTask(id); }
       });
-      root.append(g);
     }
-    box.append(root);
+  }
+
+  // Shorten an SVG label with an ellipsis until it fits (measured, so any font
+  // works; a binary search, so a long title costs a few measurements).
+  function fitText(text, maxWidth) {
+    const full = text.textContent;
+    if (text.getComputedTextLength() <= maxWidth) return;
+    let lo = 0, hi = full.length - 1; // the longest prefix that fits is in [lo, hi]
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      text.textContent = full.slice(0, mid) + "…";
+      if (text.getComputedTextLength() <= maxWidth) lo = mid; else hi = mid - 1;
+    }
+    text.textContent = full.slice(0, lo) + "…";
   }
 
   function renderRuns(taskId, runs) {
@@ -458,6 +476,8 @@
   // -- the polling loop ---------------------------------------------------------
 
   function markLive() {
+    // A counter for tests and scripts that wait for the next refresh.
+    document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
     state.lastOk = new Date();
     state.failing = false;
     document.body.classList.remove("stale");
@@ -505,6 +525,8 @@
       selected ? request("/api/admin/runs?task_id=" + encodeURIComponent(selected)) : Promise.resolve(null),
     ]);
     if (generation !== state.generation || !state.token) return; // the view changed meanwhile
+    // Everything below is drawn anew: keep the keyboard focus on the same control.
+    const focusKey = document.activeElement && document.activeElement.getAttribute("data-key");
     renderAgents(agents.body.agents);
     renderCounts(stats.body.stats);
     state.nextCursor = list.headers.get("X-Next-Cursor");
@@ -512,6 +534,11 @@
     renderGraph(graph.body.graph);
     renderRuns(selected, runs ? runs.body.runs : []);
     renderDatabase(database.body.database, backups.body.backups);
+    const now = document.activeElement;
+    if (focusKey && (!now || now === document.body || now.getAttribute("data-key") !== focusKey)) {
+      const again = document.querySelector('[data-key="' + CSS.escape(focusKey) + '"]');
+      if (again) again.focus({ preventScroll: true });
+    }
   }
 
   async function refresh() {
