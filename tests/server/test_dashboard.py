@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -187,3 +188,16 @@ def test_database_health_and_backups(seeded: Seeded) -> None:
         time.sleep(0.1)
     assert last is not None and last["path"] == backups[0]["path"]
     assert last["age_s"] >= 0
+
+
+def test_the_page_ships_as_package_data() -> None:
+    """The static files are found through importlib.resources, as in an installed wheel,
+    and pyproject's package-data takes every file of their directory."""
+    from importlib import resources
+
+    root = Path(__file__).resolve().parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "server/dashboard_static/*" in package_data["icn_mcp"]
+    static = resources.files("icn_mcp.server") / "dashboard_static"
+    shipped = {entry.name for entry in static.iterdir()}
+    assert {name for name, _ in STATIC_FILES.values()} == shipped

@@ -324,6 +324,36 @@ def test_live_updates_show_a_claim_then_stale_then_live_again(
     assert watched.problems(lambda text: "net::ERR_CONNECTION_REFUSED" in text) == []
 
 
+def test_the_task_table_pages_and_filters(server: ServerProcess, open_page: Callable[..., Watched]) -> None:
+    seeded = _seed(server)  # 4 tasks
+    with server.client() as client:
+        for n in range(14):
+            _post(client, "/api/task/create", seeded.tokens["bob"], {"title": f"bulk task {n:02d}"})
+    watched = open_page(_with_token(server.url))
+    page = watched.page
+    rows = page.locator("#task-rows tr")
+    expect(rows).to_have_count(15)  # a page holds 15, oldest first
+    expect(page.locator("#page-label")).to_have_text("Page 1")
+    expect(page.get_by_role("button", name="Previous")).to_be_disabled()
+    page.get_by_role("button", name="Next").click()
+    expect(page.locator("#page-label")).to_have_text("Page 2")
+    expect(rows).to_have_count(3)
+    expect(rows.first).to_contain_text("bulk task 11")
+    expect(page.get_by_role("button", name="Next")).to_be_disabled()
+    page.get_by_role("button", name="Previous").click()
+    expect(rows).to_have_count(15)
+    expect(rows.first).to_contain_text("design the schema")
+    # The counts filter the table too: 16 open tasks make two pages of open ones.
+    page.locator("#count-list").get_by_role("button", name=re.compile(r"^open: 16 tasks")).click()
+    expect(page.locator("#status-filter")).to_have_value("open")
+    expect(rows).to_have_count(15)
+    expect(page.locator("#task-rows")).not_to_contain_text("claimed")
+    page.get_by_role("button", name="Next").click()
+    expect(rows).to_have_count(1)
+    expect(page.locator("#page-label")).to_have_text("Page 2 of open tasks")
+    assert watched.problems() == []
+
+
 # -- ids as the server sends them --------------------------------------------------------
 
 
