@@ -27,6 +27,7 @@
     failing: false,
     timer: null,
     generation: 0,        // bumps when the view changes, so late answers are dropped
+    graphKey: null,       // what the graph on screen was drawn from
   };
 
   const $ = (id) => document.getElementById(id);
@@ -167,6 +168,7 @@
   }
 
   function clearBoard() {
+    state.graphKey = null;
     for (const id of ["count-list", "task-rows", "agent-rows", "db-facts", "backup-list", "graph-box", "runs", "graph-caption", "page-label"]) {
       $(id).replaceChildren();
     }
@@ -356,6 +358,11 @@
   function renderGraph(graph) {
     const box = $("graph-box");
     const caption = $("graph-caption");
+    // Nothing in the graph depends on the clock: redraw only when it changed, so a
+    // pointer or a keyboard user is not disturbed every refresh.
+    const key = JSON.stringify([graph, graph.nodes.map((n) => agentName(n.claimed_by))]);
+    if (key === state.graphKey && box.firstChild) return;
+    state.graphKey = key;
     box.replaceChildren();
     if (graph.too_large) {
       caption.textContent = graph.open_count + " open or claimed tasks: too many to draw. Choose a task to see its neighbourhood.";
