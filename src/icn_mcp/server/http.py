@@ -328,7 +328,8 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
     # JSON mode has no server-initiated stream to offer, and the MCP spec lets a
     # server answer 405 there (an open GET would only hold shutdown up).
     routes.append(Route("/mcp", endpoint=mcp_app, methods=["POST", "DELETE"]))
-    # The operator dashboard: its page and maintainer JSON (docs/dashboard.md).
+    # The operator dashboard: its page and maintainer JSON (docs/dashboard.md);
+    # imported here because it builds on this module's handler helpers.
     from icn_mcp.server.dashboard import DASHBOARD_PATHS, dashboard_routes
 
     routes += dashboard_routes(hub)
