@@ -37,30 +37,27 @@ GRAPH_MAX_NODES = 80
 #: a picture stops being readable, and the caller is told the count instead.
 OPEN_WORK_MAX_NODES = 60
 
-# One row per agent; its live tokens through the agent_tokens_agent index.
+# One row per agent: its live tokens through the agent_tokens_agent index, its
+# newest report through runs_agent (one probe each; 'expired' runs are written by
+# the store when a lease runs out, not reported by the agent, and are skipped).
 _AGENTS = """
     SELECT a.id, a.name, a.kind, a.version, a.created_at, a.revoked_at, a.local,
            (SELECT count(*) FROM agent_tokens t
              WHERE t.agent_id = a.id AND t.revoked_at IS NULL AND t.expires_at > :now)
-               AS tokens_active
+               AS tokens_active,
+           (SELECT r.created_at FROM runs r INDEXED BY runs_agent
+             WHERE r.agent_id = a.id AND r.status <> 'expired'
+             ORDER BY r.id DESC LIMIT 1) AS last_report_at
     FROM agents a
     ORDER BY a.revoked_at IS NOT NULL, a.name, a.id
 """
 
-# runs has no index by agent: one grouped pass over it, not one per agent.
-_LAST_REPORTS = """
-    SELECT agent_id, max(created_at) AS last_report_at
-    FROM runs WHERE status <> 'expired' GROUP BY agent_id
-"""
-
-# The claim writes no run; a task's updated_at while its claimer is set is the time
-# of the claim or of a later change by that claim (heartbeat, completion).
-_LAST_CLAIMS = """
-    SELECT claimed_by AS agent_id, max(updated_at) AS last_claim_at
-    FROM tasks WHERE claimed_by IS NOT NULL GROUP BY claimed_by
-"""
-
-_HELD = "SELECT claimed_by AS agent_id, id FROM tasks WHERE status = 'claimed' ORDER BY id"
+# The claims held now, through the tasks_status index. A claim writes no run; a held
+# task's updated_at is its claim or a later change by that claim (a heartbeat).
+_HELD = (
+    "SELECT claimed_by AS agent_id, id, updated_at FROM tasks INDEXED BY tasks_status "
+    "WHERE status = 'claimed' ORDER BY id"
+)
 
 _NODE_COLUMNS = "id, title, status, priority, claimed_by, attempt, max_attempts, lease_expires_at"
 
@@ -70,23 +67,28 @@ def agent_activity(db: Database, now: datetime) -> list[dict[str, Any]]:
 
     Keys: ``id``, ``name``, ``kind``, ``version``, ``created_at``, ``revoked_at``,
     ``local`` (a token-less agent of ``serve --stdio``), ``tokens_active`` (tokens
-    neither revoked nor expired at ``now``), ``last_claim_at`` (newest change to a
-    task it claimed: the claim, a heartbeat or a completion), ``last_report_at``
-    (its newest run; ``expired`` runs are written by the store, not the agent),
-    ``last_active_at`` (the later of the two) and ``tasks_held`` (ids of the tasks
-    it holds a claim on, as strings).
+    neither revoked nor expired at ``now``), ``last_claim_at`` (newest claim it
+    holds now, or that claim's latest heartbeat; a claim that ended was followed by
+    a report, or by an expired lease), ``last_report_at`` (its newest run;
+    ``expired`` runs are written by the store, not the agent), ``last_active_at``
+    (the later of the two) and ``tasks_held`` (ids of the tasks it holds a claim
+    on, as strings).
+
+    Costs one index probe per agent plus one row per claimed task, whatever the
+    number of tasks and runs (bench/bench_dashboard.py).
     """
     with db.read_transaction() as conn:
         agents = conn.execute(_AGENTS, {"now": format_ts(now)}).fetchall()
-        last_claims = {row["agent_id"]: row["last_claim_at"] for row in conn.execute(_LAST_CLAIMS)}
-        last_reports = {row["agent_id"]: row["last_report_at"] for row in conn.execute(_LAST_REPORTS)}
         held: dict[str, list[str]] = {}
+        last_claims: dict[str, str] = {}
         for row in conn.execute(_HELD):
-            held.setdefault(row["agent_id"], []).append(str(row["id"]))
+            agent_id = row["agent_id"]
+            held.setdefault(agent_id, []).append(str(row["id"]))
+            last_claims[agent_id] = max(last_claims.get(agent_id, ""), row["updated_at"])
     result = []
     for row in agents:
         last_claim = last_claims.get(row["id"])
-        last_report = last_reports.get(row["id"])
+        last_report = row["last_report_at"]
         result.append(
             {
                 "id": row["id"],
