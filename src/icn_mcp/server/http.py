@@ -297,6 +297,11 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
     # JSON mode has no server-initiated stream to offer, and the MCP spec lets a
     # server answer 405 there (an open GET would only hold shutdown up).
     routes.append(Route("/mcp", endpoint=mcp_app, methods=["POST", "DELETE"]))
+    # The operator dashboard: its page and maintainer JSON (docs/dashboard.md);
+    # imported here because it builds on this module's handler helpers.
+    from icn_mcp.server.dashboard import DASHBOARD_PATHS, dashboard_routes
+
+    routes += dashboard_routes(hub)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -305,7 +310,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
             Middleware(
                 ObserveMiddleware,
                 metrics=hub.metrics,
-                known_routes=frozenset(path for _, path, _ in API_ROUTES),
+                known_routes=frozenset(path for _, path, _ in API_ROUTES) | DASHBOARD_PATHS,
             ),
             Middleware(
                 RateLimitMiddleware,
