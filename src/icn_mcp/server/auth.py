@@ -19,7 +19,8 @@ list_tasks
 db_info,           a maintainer
 create_backup,
 admin_stats,
-cleanup_agents
+cleanup_agents,
+dashboard
 =================  ==========================================================
 
 No credential, or one nobody knows: :class:`~icn_mcp.errors.Unauthorized` (401).
@@ -54,6 +55,7 @@ RULES: dict[str, frozenset[str]] = {
     "create_backup": frozenset({MAINTAINER}),
     "admin_stats": frozenset({MAINTAINER}),
     "cleanup_agents": frozenset({MAINTAINER}),
+    "dashboard": frozenset({MAINTAINER}),
 }
 
 _NEEDS = {

@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from icn_mcp.db.backup import list_backups, manifest_path
+from icn_mcp.db.sqlite.backup import list_backups, manifest_path
 from icn_mcp.db.timestamps import format_ts, parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.errors import task_id_required
-from icn_mcp.server.http import _bearer, _endpoint, _maintainer, _ok
+from icn_mcp.server.http import _endpoint, _ok, _principal
 from icn_mcp.server.hub import Hub
-from icn_mcp.server.schemas import query_int
+from icn_mcp.store.validation import parse_decimal, parse_id
 from icn_mcp.store.dashboard import GRAPH_DEFAULT_DEPTH, GRAPH_MAX_DEPTH, agent_activity, task_graph
 
 __all__ = ["dashboard_routes", "DASHBOARD_PATHS", "STATIC_FILES", "CONTENT_SECURITY_POLICY"]
@@ -130,11 +130,11 @@ class _Dashboard:
 
     async def _require_maintainer(self, request: Request) -> None:
         """401/403 unless a maintainer token came: before any validation detail."""
-        await self.hub.call("maintainer_check", _maintainer(self.hub, _bearer(request, required=True)))
+        await self.hub.call("maintainer_check", _principal(self.hub, request, "dashboard"))
 
     async def _checked(self, request: Request, operation: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` in a worker thread after the maintainer check."""
-        check = _maintainer(self.hub, _bearer(request, required=True))
+        check = _principal(self.hub, request, "dashboard")
 
         def run() -> Any:
             check()
@@ -150,8 +150,9 @@ class _Dashboard:
     async def graph(self, request: Request, hub: Hub) -> Response:
         await self._require_maintainer(request)
         params = request.query_params
-        task_id = query_int("task_id", params.get("task_id") or None, minimum=1)
-        depth = query_int("depth", params.get("depth"), minimum=1, maximum=GRAPH_MAX_DEPTH)
+        raw_task, raw_depth = params.get("task_id"), params.get("depth")
+        task_id = parse_id(raw_task, "task_id") if raw_task else None
+        depth = parse_decimal(raw_depth, "depth", minimum=1, maximum=GRAPH_MAX_DEPTH) if raw_depth else None
         graph = await hub.call(
             "dashboard_graph", task_graph, hub.db, task_id, depth=depth or GRAPH_DEFAULT_DEPTH
         )
@@ -160,7 +161,7 @@ class _Dashboard:
     async def runs(self, request: Request, hub: Hub) -> Response:
         await self._require_maintainer(request)
         raw = request.query_params.get("task_id")
-        task_id = query_int("task_id", raw if raw and raw.strip() else None, minimum=1)
+        task_id = parse_id(raw, "task_id") if raw else None
         if task_id is None:
             raise task_id_required()
         runs = await hub.call("list_runs", hub.store.list_runs, task_id)

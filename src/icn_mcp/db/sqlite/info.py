@@ -74,7 +74,7 @@ def get_database_info(
     ``failed_migrations``, ``last_backup`` (``path``, ``created_at``, ``size_bytes``;
     None when there is none), ``backup_temp_files`` (temporary files of backups in
     the backup directory: ``path``, ``size_bytes``, ``state`` = ``in_progress``,
-    ``orphan`` or ``unknown``; see :func:`icn_mcp.db.backup.list_temp_files`), ``health`` (``ok``, ``latency_ms``, ``error``) and
+    ``orphan`` or ``unknown``; see :func:`icn_mcp.db.sqlite.backup.list_temp_files`), ``health`` (``ok``, ``latency_ms``, ``error``) and
     ``elapsed_ms`` (how long gathering this took).
 
     ``backup_dir`` is where to look for the last backup (default: ``backups/``
