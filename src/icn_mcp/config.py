@@ -48,6 +48,11 @@ DEFAULT_TOKEN_TTL_S = 24 * 60 * 60
 #: refreshable for this long.
 DEFAULT_REFRESH_GRACE_S = 7 * 24 * 60 * 60
 DEFAULT_LEASE_S = 300
+#: Waiting claims (issue 11): the longest wait a claim may ask for, its hard upper
+#: bound, and how often a waiting server looks for commits by other processes.
+DEFAULT_CLAIM_WAIT_MAX_S = 60.0
+CLAIM_WAIT_MAX_LIMIT_S = 3600.0
+DEFAULT_CLAIM_POLL_INTERVAL_S = 0.01
 #: An agent kind: lower-case letter, then up to 31 lower-case letters, digits, _ or -.
 AGENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: Maintainer and admin tokens are guessable when short.
@@ -292,6 +297,12 @@ class Settings:
     #: The database part of /healthz/db and the store gauges of /metrics are computed
     #: at most once per this many seconds (0: on every request), shared by requests.
     health_cache_s: float = 2.0
+    # -- waiting claims (issue 11) ----------------------------------------------------
+    #: The longest ``wait_s`` a claim may ask for.
+    claim_wait_max_s: float = DEFAULT_CLAIM_WAIT_MAX_S
+    #: How often the one watcher per server reads ``PRAGMA data_version`` while claims
+    #: wait: a commit by another process is noticed within this time.
+    claim_poll_interval_s: float = DEFAULT_CLAIM_POLL_INTERVAL_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -505,4 +516,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _choice_spec("MCP_LOG_LEVEL", "log_level", LOG_LEVELS),
     _float_spec("MCP_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", 0, MAX_INTERVAL_S, _SECONDS),
     _float_spec("MCP_HEALTH_CACHE_S", "health_cache_s", 0, MAX_INTERVAL_S, _SECONDS),
+    _float_spec("MCP_CLAIM_WAIT_MAX_S", "claim_wait_max_s", 0, CLAIM_WAIT_MAX_LIMIT_S, _SECONDS),
+    SettingSpec("MCP_CLAIM_POLL_INTERVAL_MS", "claim_poll_interval_s",
+                lambda n, r: _float(n, r, minimum=5, maximum=5000, unit=" (milliseconds)") / 1000.0,
+                "a number from 5 to 5000 (milliseconds)"),
 )

@@ -49,6 +49,7 @@ from icn_mcp.server.schemas import (
     parse_query,
 )
 from icn_mcp.server.shapes import artifact_shape, claim_shape, status_shape, task_shape
+from icn_mcp.server.waiting import client_disconnected
 from icn_mcp.store.validation import format_id
 
 __all__ = ["create_app", "API_ROUTES"]
@@ -187,7 +188,7 @@ async def list_tasks(request: Request, hub: Hub) -> Response:
 async def claim_task(request: Request, hub: Hub) -> Response:
     principal = _principal(hub, request, "claim_task")
     body = parse_body(ClaimRequest, await request.body())
-    claimed = await hub.call("claim_next_task", lambda: operations.claim_task(hub, principal(), body))
+    claimed = await hub.claim(principal, body, disconnected=lambda: client_disconnected(request.receive))
     return _ok(claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"})
 
 
@@ -288,6 +289,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
             async with mcp_server.session_manager.run():
                 yield
         finally:
+            await hub.waiters.aclose()
             hub.close()
             log.info("database %s closed", hub.db.path)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
@@ -128,12 +128,16 @@ def tool_result(result: dict[str, Any]) -> CallToolResult:
 
 #: A tool body: (principal, parsed arguments) -> result, run in a worker thread.
 Body = Callable[[Principal, Any], dict[str, Any]]
+#: An asynchronous tool body (a waiting claim): (a function that finds and authorises
+#: the principal, for a worker thread; parsed arguments) -> result, on the event loop.
+AsyncBody = Callable[[Callable[[], Principal], Any], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
 class _Tool:
     model: type[BaseModel]
-    body: Body
+    body: Body | None = None
+    async_body: AsyncBody | None = None
 
 
 class _Server(MCPServer):
@@ -152,7 +156,8 @@ class _Server(MCPServer):
         self.principal = principal
         self._tools: dict[str, _Tool] = {}
 
-    def add_model_tool(self, name: str, description: str, body: Body) -> None:
+    def add_model_tool(self, name: str, description: str, body: Body | None = None, *,
+                       async_body: AsyncBody | None = None) -> None:
         model = TOOL_MODELS[name]
 
         def listed() -> dict[str, Any]:  # pragma: no cover - never called, see call_tool
@@ -162,20 +167,27 @@ class _Server(MCPServer):
         tool = self._tool_manager.get_tool(name)
         assert tool is not None
         tool.parameters = model.model_json_schema()
-        self._tools[name] = _Tool(model, body)
+        self._tools[name] = _Tool(model, body, async_body)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         tool = self._tools.get(name)
         if tool is None:
             return await super().call_tool(name, arguments, context)
 
-        def run() -> dict[str, Any]:
+        def authorized() -> Principal:
             principal = self.principal()
             authorize(principal, name)
-            return tool.body(principal, parse_arguments(tool.model, arguments))
+            return principal
+
+        def run() -> dict[str, Any]:
+            assert tool.body is not None
+            return tool.body(authorized(), parse_arguments(tool.model, arguments))
 
         try:
-            result = await self.hub.call(name, run)
+            if tool.async_body is not None:
+                result = await tool.async_body(authorized, parse_arguments(tool.model, arguments))
+            else:
+                result = await self.hub.call(name, run)
         except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
             error = to_api_error(exc)
             self.hub.metrics.tool_calls.labels(name, error.code).inc()
@@ -229,8 +241,8 @@ def _register_tools(server: _Server) -> None:
     def create_task(principal: Principal, request: CreateTaskRequest) -> dict[str, Any]:
         return task_shape(operations.create_task(hub, principal, request))
 
-    def claim_task(principal: Principal, request: ClaimRequest) -> dict[str, Any]:
-        claimed = operations.claim_task(hub, principal, request)
+    async def claim_task(principal: Callable[[], Principal], request: ClaimRequest) -> dict[str, Any]:
+        claimed = await hub.claim(principal, request)
         return claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"}
 
     def report_run(principal: Principal, request: RunRequest) -> dict[str, Any]:
@@ -256,9 +268,10 @@ def _register_tools(server: _Server) -> None:
     server.add_model_tool("create_task", "Create a task; returns it (ids are strings).", create_task)
     server.add_model_tool(
         "claim_task",
-        "Claim the next claimable task for this agent. Returns task_id, title, lease_expires_at and "
-        'attempt (pass the attempt to report_run), or {"error": "no_available_tasks"}.',
-        claim_task,
+        "Claim the next claimable task for this agent, waiting up to wait_s seconds for one. Returns "
+        'task_id, title, lease_expires_at and attempt (pass the attempt to report_run), or '
+        '{"error": "no_available_tasks"}.',
+        async_body=claim_task,
     )
     server.add_model_tool(
         "report_run",

@@ -17,7 +17,7 @@ from icn_mcp.store.models import Artifact, Claim, Run, Task
 if TYPE_CHECKING:
     from icn_mcp.server.hub import Hub
 
-__all__ = ["create_task", "claim_task", "report_run", "add_artifact"]
+__all__ = ["create_task", "claim_task", "count_claim", "report_run", "add_artifact"]
 
 
 def create_task(hub: "Hub", principal: Principal, request: CreateTaskRequest) -> Task:
@@ -34,15 +34,19 @@ def create_task(hub: "Hub", principal: Principal, request: CreateTaskRequest) ->
 
 
 def claim_task(hub: "Hub", principal: Principal, request: ClaimRequest) -> Claim | None:
-    """The caller's claim of the next claimable task, or None; counted in the metrics."""
-    claimed = hub.store.claim_next_task(principal.agent_id, request.lease_s)  # type: ignore[arg-type]
+    """The caller's claim of the next claimable task, or None (at once: waiting, and
+    counting the answer, are :meth:`Hub.claim`'s)."""
+    return hub.store.claim_next_task(principal.agent_id, request.lease_s)  # type: ignore[arg-type]
+
+
+def count_claim(hub: "Hub", claimed: Claim | None) -> None:
+    """A claim's answer in the metrics: claimed (and reclaimed) or empty."""
     if claimed is None:
         hub.metrics.claims.labels("empty").inc()
         return None
     hub.metrics.claims.labels("claimed").inc()
     if claimed.attempt > 1:
         hub.metrics.reclaims.inc()
-    return claimed
 
 
 def report_run(hub: "Hub", principal: Principal, request: RunRequest) -> Run:

@@ -21,6 +21,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from icn_mcp.config import CLAIM_WAIT_MAX_LIMIT_S
 from icn_mcp.errors import ValidationError
 from icn_mcp.server.errors import task_id_required, validation_error
 from icn_mcp.store.validation import (
@@ -105,6 +106,8 @@ Id = Annotated[int, PlainValidator(_wire_id), WithJsonSchema(ID_SCHEMA)]
 Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 MaxAttempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_MAX)]
 LeaseSeconds = Annotated[float, Field(gt=0, le=LEASE_MAX_S)]
+#: How long a claim waits for work; the server's MCP_CLAIM_WAIT_MAX_S bounds it further.
+WaitSeconds = Annotated[float, Field(ge=0, le=CLAIM_WAIT_MAX_LIMIT_S)]
 Attempt = Annotated[int, Field(ge=1, le=ATTEMPT_MAX, description="The attempt number from the claim")]
 
 
@@ -162,6 +165,9 @@ class ClaimRequest(_Body):
 
     lease_s: Annotated[LeaseSeconds | None,
                        Field(description="Lease length in seconds (default: the server's)")] = None
+    wait_s: Annotated[WaitSeconds | None,
+                      Field(description="Seconds to wait for work when nothing is claimable "
+                                        "(default 0: answer at once; at most MCP_CLAIM_WAIT_MAX_S)")] = None
 
 
 class RunRequest(_TaskBody):
