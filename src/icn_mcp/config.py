@@ -46,6 +46,10 @@ DEFAULT_TOKEN_TTL_S = 24 * 60 * 60
 #: refreshable for this long.
 DEFAULT_REFRESH_GRACE_S = 7 * 24 * 60 * 60
 DEFAULT_LEASE_S = 300
+#: Waiting claims: the longest wait a claim may ask for, and its hard upper bound.
+DEFAULT_CLAIM_WAIT_MAX_S = 60.0
+CLAIM_WAIT_MAX_LIMIT_S = 3600.0
+DEFAULT_CLAIM_POLL_INTERVAL_S = 0.05
 #: An agent kind: lower-case letter, then up to 31 lower-case letters, digits, _ or -.
 AGENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: Maintainer and admin tokens are guessable when short.
@@ -90,6 +94,17 @@ def _float(name: str, raw: str, *, minimum: float) -> float:
         raise ConfigError(name, raw, f"a number >= {minimum:g}") from None
     if not value >= minimum or value == float("inf"):  # also rejects NaN
         raise ConfigError(name, raw, f"a finite number >= {minimum:g}")
+    return value
+
+
+def _bounded_float(name: str, raw: str, low: float, high: float) -> float:
+    allowed = f"a number from {low:g} to {high:g}"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(name, raw, allowed) from None
+    if not low <= value <= high:  # also rejects NaN and infinities
+        raise ConfigError(name, raw, allowed)
     return value
 
 
@@ -220,6 +235,12 @@ class Settings:
     #: The database part of /healthz/db and the store gauges of /metrics are computed
     #: at most once per this many seconds (0: on every request), shared by requests.
     health_cache_s: float = 2.0
+    # -- waiting claims (issue 11) ----------------------------------------------------
+    #: The longest ``wait_s`` a claim may ask for.
+    claim_wait_max_s: float = DEFAULT_CLAIM_WAIT_MAX_S
+    #: How often the one watcher per server reads ``PRAGMA data_version`` while claims
+    #: wait: a commit by another process is noticed within this time.
+    claim_poll_interval_s: float = DEFAULT_CLAIM_POLL_INTERVAL_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -333,6 +354,16 @@ class Settings:
             ),
             health_cache_s=get(
                 "MCP_HEALTH_CACHE_S", lambda n, r: _float(n, r, minimum=0), 2.0
+            ),
+            claim_wait_max_s=get(
+                "MCP_CLAIM_WAIT_MAX_S",
+                lambda n, r: _bounded_float(n, r, 0, CLAIM_WAIT_MAX_LIMIT_S),
+                DEFAULT_CLAIM_WAIT_MAX_S,
+            ),
+            claim_poll_interval_s=get(
+                "MCP_CLAIM_POLL_INTERVAL_MS",
+                lambda n, r: _bounded_float(n, r, 5, 5000) / 1000.0,
+                DEFAULT_CLAIM_POLL_INTERVAL_S,
             ),
         )
         return cls(**values)

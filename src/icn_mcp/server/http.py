@@ -45,6 +45,7 @@ from icn_mcp.server.schemas import (
     query_int,
 )
 from icn_mcp.server.shapes import claim_shape, status_shape
+from icn_mcp.server.waiting import client_disconnected
 from icn_mcp.store.validation import LIST_LIMIT_MAX
 
 __all__ = ["create_app", "API_ROUTES"]
@@ -187,17 +188,12 @@ async def list_tasks(request: Request, hub: Hub) -> Response:
 async def claim_task(request: Request, hub: Hub) -> Response:
     authenticate = _authenticated(hub, request, _bearer(request, required=True))
     body = parse_body(ClaimRequest, await request.body())
-
-    def claim() -> Any:
-        return hub.store.claim_next_task(authenticate().id, body.lease_s)
-
-    claimed = await hub.call("claim_next_task", claim)
+    wait_s = hub.wait_seconds(body.wait_s)
+    claimed = await hub.claim(
+        lambda: authenticate().id, body.lease_s, wait_s, disconnected=lambda: client_disconnected(request.receive)
+    )
     if claimed is None:
-        hub.metrics.claims.labels("empty").inc()
         return _ok({"error": "no_available_tasks"})
-    hub.metrics.claims.labels("claimed").inc()
-    if claimed.attempt > 1:
-        hub.metrics.reclaims.inc()
     return _ok(claim_shape(claimed))
 
 
@@ -319,6 +315,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
             async with mcp_server.session_manager.run():
                 yield
         finally:
+            await hub.waiters.aclose()
             hub.close()
             log.info("database %s closed", hub.db.path)
 

@@ -14,23 +14,30 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import anyio.to_thread
 
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
-from icn_mcp.db.timestamps import parse_ts
+from icn_mcp.db.changes import DataVersion
+from icn_mcp.db.timestamps import parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics
-from icn_mcp.store import Store
+from icn_mcp.server.waiting import ClaimWaiters
+from icn_mcp.store import Store, validation
+from icn_mcp.store.models import Claim
 
 __all__ = ["Hub"]
 
 log = logging.getLogger("icn_mcp.server")
 
 T = TypeVar("T")
+
+#: Store calls whose commit may make a task claimable (a new task, a completed
+#: dependency, a failed attempt reopened): waiting claims look at once.
+_MAY_RELEASE_WORK = frozenset({"create_task", "report_run"})
 
 
 class Hub:
@@ -63,11 +70,62 @@ class Hub:
             self._health_database, settings.health_cache_s,
             on_compute=computations.labels("healthz_db").inc,
         )
+        #: Waiting claims (issue 11): one watcher of the database for every waiter.
+        self.data_version = DataVersion(self.db.path)
+        self.waiters = ClaimWaiters(
+            claim=lambda agent, lease_s: self.call(
+                "claim_next_task", self.store.claim_next_task, agent, lease_s
+            ),
+            data_version=lambda: anyio.to_thread.run_sync(self.data_version.read),
+            next_lease_expiry=lambda: self.call("next_lease_expiry", self.store.next_lease_expiry),
+            now=utc_now,
+            poll_interval_s=settings.claim_poll_interval_s,
+            on_wake=self.metrics.claim_wake_seconds.observe,
+            on_empty_wake=self.metrics.claim_empty_wakes.inc,
+        )
+        self.metrics.claim_waiters.set_function(lambda: self.waiters.waiting)
         #: ``store.stats()`` and the newest backup for /metrics.
         self.metrics_state: SharedValue[MetricsState] = SharedValue(
             lambda: self.call("metrics_state", self.metrics.read_state), settings.health_cache_s,
             on_compute=computations.labels("metrics").inc,
         )
+
+    def wait_seconds(self, wait_s: float | None) -> float:
+        """A claim's ``wait_s`` checked against MCP_CLAIM_WAIT_MAX_S (None: do not wait)."""
+        if wait_s is None:
+            return 0.0
+        return validation.wait_seconds(wait_s, self.settings.claim_wait_max_s)
+
+    async def claim(
+        self,
+        agent_id: Callable[[], str],
+        lease_s: float | None,
+        wait_s: float,
+        *,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Claim | None:
+        """Claim for the agent ``agent_id()`` names (it authenticates), waiting up to
+        ``wait_s`` seconds for work: the one claim path of HTTP and MCP.
+
+        Authentication and the first claim share one worker-thread hop. A waiting
+        claim does not claim ahead of the claims already waiting on this server.
+        """
+        claim_now = wait_s <= 0 or not self.waiters.queued
+
+        def first() -> tuple[str, Claim | None]:
+            agent = agent_id()
+            return agent, (self.store.claim_next_task(agent, lease_s) if claim_now else None)
+
+        agent, claimed = await self.call("claim_next_task", first)
+        if claimed is None and wait_s > 0:
+            claimed = await self.waiters.wait(agent, lease_s, wait_s, disconnected=disconnected)
+        if claimed is None:
+            self.metrics.claims.labels("empty").inc()
+            return None
+        self.metrics.claims.labels("claimed").inc()
+        if claimed.attempt > 1:
+            self.metrics.reclaims.inc()
+        return claimed
 
     async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""
@@ -80,7 +138,10 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
-        return await anyio.to_thread.run_sync(timed)
+        result = await anyio.to_thread.run_sync(timed)
+        if operation in _MAY_RELEASE_WORK:
+            self.waiters.notify()
+        return result
 
     async def _health_database(self) -> dict[str, Any]:
         info = await self.call("database_info", self.database_info)
@@ -115,5 +176,6 @@ class Hub:
 
     def close(self) -> None:
         """Close the database if the hub opened it (checkpoints the WAL)."""
+        self.data_version.close()
         if self._owns_db:
             self.db.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Awaitable, Callable, Literal
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
@@ -39,7 +39,7 @@ from icn_mcp.server.errors import ApiError, to_api_error, validation_error
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.shapes import claim_shape, status_shape
 from icn_mcp.store.validation import LIST_LIMIT_MAX
-from icn_mcp.server.schemas import MAX_SQL_INT, Id, LeaseSeconds, MaxAttempts, Priority, pydantic_fields
+from icn_mcp.server.schemas import MAX_SQL_INT, Id, LeaseSeconds, MaxAttempts, Priority, WaitSeconds, pydantic_fields
 
 __all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES"]
 
@@ -117,8 +117,12 @@ class _Tools:
 
     async def run(self, tool: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` in a worker thread; its dict, or an MCP tool error with our code."""
+        return await self.run_async(tool, lambda: self.hub.call(tool, fn))
+
+    async def run_async(self, tool: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """``await fn()``; its dict, or an MCP tool error with our code."""
         try:
-            result = await self.hub.call(tool, fn)
+            result = await fn()
         except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
             error = to_api_error(exc)
             self.hub.metrics.tool_calls.labels(tool, error.code).inc()
@@ -229,24 +233,21 @@ def _register_tools(server: MCPServer, tools: _Tools) -> None:
     async def claim_task(
         lease_s: Annotated[LeaseSeconds | None,
                            Field(description="Lease length in seconds (default: the server's)")] = None,
+        wait_s: Annotated[WaitSeconds | None,
+                          Field(description="Seconds to wait for work when nothing is claimable "
+                                            "(default 0: answer at once)")] = None,
     ) -> dict[str, Any]:
-        """Claim the next claimable task for this agent.
+        """Claim the next claimable task for this agent, waiting up to wait_s seconds for one.
 
         Returns task_id, title, lease_expires_at and attempt (pass the attempt to
         report_run), or {"error": "no_available_tasks"} when nothing is claimable.
         """
 
-        def claim() -> dict[str, Any]:
-            claimed = store.claim_next_task(tools._agent(), lease_s)
-            if claimed is None:
-                hub.metrics.claims.labels("empty").inc()
-                return {"error": "no_available_tasks"}
-            hub.metrics.claims.labels("claimed").inc()
-            if claimed.attempt > 1:
-                hub.metrics.reclaims.inc()
-            return claim_shape(claimed)
+        async def claim() -> dict[str, Any]:
+            claimed = await hub.claim(tools._agent, lease_s, hub.wait_seconds(wait_s))
+            return {"error": "no_available_tasks"} if claimed is None else claim_shape(claimed)
 
-        return await tools.run("claim_task", claim)
+        return await tools.run_async("claim_task", claim)
 
     @server.tool()
     async def report_run(

@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -103,6 +103,24 @@ class ServerMetrics:
         )
         for part in ("healthz_db", "metrics"):
             self.health_cache_computations.labels(part)
+        # -- waiting claims (issue 11) --
+        self.claim_waiters = Gauge(
+            "icn_mcp_claim_waiters",
+            "Claims waiting for work now (POST /api/task/claim or claim_task with wait_s).",
+            registry=self.registry,
+        )
+        self.claim_wake_seconds = Histogram(
+            "icn_mcp_claim_wake_seconds",
+            "From noticing a change (a commit anywhere, or a lease due) to handing a waiting "
+            "claim its task.",
+            buckets=TRANSACTION_BUCKETS,
+            registry=self.registry,
+        )
+        self.claim_empty_wakes = Counter(
+            "icn_mcp_claim_empty_wakes",
+            "Times the waiting claims were woken by a change and found nothing to claim.",
+            registry=self.registry,
+        )
         self._stats = stats
         self._last_backup_at = last_backup_at
         self._state = _StateCollector(db_stats=db_stats, db_path=os.fspath(db_path),

@@ -6,10 +6,12 @@ most MCP_SHUTDOWN_TIMEOUT_S), then close the database, which checkpoints the WAL
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
 import threading
+from types import FrameType
 from typing import Callable
 
 import anyio
@@ -58,7 +60,9 @@ def serve_http(settings: Settings, *, announce: Callable[[str], None] | None = N
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         server_header=False,
     )
-    server = _AnnouncingServer(config, lambda: _announced(url, hub, announce))
+    server = _AnnouncingServer(
+        config, lambda: _announced(url, hub, announce), on_exit=hub.waiters.close
+    )
     log.info("icn-mcp %s starting on %s with database %s", __version__, url, hub.db.path)
     server.run(sockets=[sock])
 
@@ -72,14 +76,30 @@ def _announced(url: str, hub: Hub, announce: Callable[[str], None] | None) -> No
 class _AnnouncingServer(uvicorn.Server):
     """A uvicorn server that says when it is ready to accept connections."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[], None],
+        *,
+        on_exit: Callable[[], None],
+    ) -> None:
         super().__init__(config)
         self._on_ready = on_ready
+        self._on_exit = on_exit
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             self._on_ready()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # SIGTERM/SIGINT: waiting claims end at once with no_available_tasks, so that
+        # the graceful shutdown is not held up by them (issue 11).
+        super().handle_exit(sig, frame)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_exit)
 
 
 class LocalAgent:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from icn_mcp.config import CLAIM_WAIT_MAX_LIMIT_S
 from icn_mcp.server.errors import validation_error
 from icn_mcp.store.validation import (
     DEPENDS_ON_MAX,
@@ -63,6 +64,8 @@ Id = Annotated[int, Field(ge=1, le=MAX_SQL_INT)]
 Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 MaxAttempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_MAX)]
 LeaseSeconds = Annotated[float, Field(gt=0, le=LEASE_MAX_S)]
+#: How long a claim waits for work; the server's MCP_CLAIM_WAIT_MAX_S bounds it further.
+WaitSeconds = Annotated[float, Field(ge=0, le=CLAIM_WAIT_MAX_LIMIT_S)]
 
 
 class _Body(BaseModel):
@@ -99,9 +102,11 @@ class CreateTaskRequest(_Body):
 
 
 class ClaimRequest(_Body):
-    """``POST /api/task/claim``: optionally a lease length other than the default."""
+    """``POST /api/task/claim``: optionally a lease length other than the default, and
+    how long to wait for work when nothing is claimable (0: answer at once)."""
 
     lease_s: LeaseSeconds | None = None
+    wait_s: WaitSeconds | None = None
 
 
 class RunRequest(_Body):

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from icn_mcp.db import Database
-from icn_mcp.db.timestamps import format_ts
+from icn_mcp.db.timestamps import format_ts, parse_ts
 from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import validation as v
 from icn_mcp.store.models import (
@@ -333,6 +333,17 @@ class TasksMixin:
             attempt=task.attempt,
             task=task,
         )
+
+    def next_lease_expiry(self) -> datetime | None:
+        """When the earliest lease of a claimed task expires, or None when none is claimed.
+
+        Waiting claims use it to wake when a lease lapses (no commit announces that).
+        One probe of the partial index ``tasks_lease``.
+        """
+        row = self._db.connection().execute(
+            "SELECT min(lease_expires_at) FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed'"
+        ).fetchone()
+        return parse_ts(row[0]) if row is not None and row[0] is not None else None
 
     def report_run(
         self,

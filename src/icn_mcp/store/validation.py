@@ -132,6 +132,18 @@ def lease_seconds(value: object) -> float:
     return float(value)
 
 
+def wait_seconds(value: object, maximum: float) -> float:
+    """How long a claim may wait for work: a finite number from 0 to ``maximum``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not (0 <= value <= maximum)
+    ):
+        raise ValidationError({"wait_s": f"a number of seconds from 0 to {maximum:g}"})
+    return float(value)
+
+
 def dependency_ids(problems: Problems, value: object) -> list[int]:
     """The distinct dependency ids in the order given; problems noted, not raised."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
