@@ -49,7 +49,7 @@ DEFAULT_LEASE_S = 300
 #: Waiting claims: the longest wait a claim may ask for, and its hard upper bound.
 DEFAULT_CLAIM_WAIT_MAX_S = 60.0
 CLAIM_WAIT_MAX_LIMIT_S = 3600.0
-DEFAULT_CLAIM_POLL_INTERVAL_S = 0.05
+DEFAULT_CLAIM_POLL_INTERVAL_S = 0.01
 #: An agent kind: lower-case letter, then up to 31 lower-case letters, digits, _ or -.
 AGENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: Maintainer and admin tokens are guessable when short.

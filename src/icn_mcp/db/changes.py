@@ -18,11 +18,12 @@ __all__ = ["DataVersion"]
 class DataVersion:
     """``PRAGMA data_version`` read on one dedicated, read-only connection.
 
-    Calls are serialised by a lock, so the connection may be used from any one
-    thread at a time (a server reads it from worker threads, one call at a time).
+    Calls are serialised by a lock, so the connection may be used from any thread.
+    The busy timeout defaults to 0: a server reads it on its event loop, where it must
+    never wait; :meth:`read_or_none` answers None when the read would have to wait.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 0) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._busy_timeout_ms = busy_timeout_ms
@@ -46,6 +47,14 @@ class DataVersion:
                 # A broken connection (file replaced, I/O error): reopen on the next read.
                 self._close_locked()
                 raise
+
+    def read_or_none(self) -> int | None:
+        """:meth:`read`, or None when it cannot be read right now (busy, I/O error):
+        the caller cannot tell whether anything changed and should look."""
+        try:
+            return self.read()
+        except sqlite3.Error:
+            return None
 
     def close(self) -> None:
         with self._lock:

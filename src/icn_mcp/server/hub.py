@@ -76,7 +76,7 @@ class Hub:
             claim=lambda agent, lease_s: self.call(
                 "claim_next_task", self.store.claim_next_task, agent, lease_s
             ),
-            data_version=lambda: anyio.to_thread.run_sync(self.data_version.read),
+            data_version=self._data_version,
             next_lease_expiry=lambda: self.call("next_lease_expiry", self.store.next_lease_expiry),
             now=utc_now,
             poll_interval_s=settings.claim_poll_interval_s,
@@ -126,6 +126,10 @@ class Hub:
         if claimed.attempt > 1:
             self.metrics.reclaims.inc()
         return claimed
+
+    async def _data_version(self) -> int | None:
+        # On the event loop: a shared-memory read that never waits (busy timeout 0).
+        return self.data_version.read_or_none()
 
     async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""

@@ -7,7 +7,8 @@ offers it to the waiters in arrival order:
 
 - a commit by any connection, of this or another process (a task created, a
   dependency completed, a claim released): ``PRAGMA data_version`` on one dedicated
-  connection, read every ``poll_interval_s`` while anyone waits;
+  connection, read every ``poll_interval_s`` while anyone waits (a few microseconds
+  on the event loop, never waiting for a lock: when it cannot be read, look anyway);
 - a commit by this process: :meth:`ClaimWaiters.notify`, so it need not wait for
   the next poll;
 - a lease that expires (no commit announces it): the earliest lease among claimed
@@ -38,7 +39,7 @@ log = logging.getLogger("icn_mcp.server.waiting")
 
 #: How often the watcher reads ``PRAGMA data_version`` while anyone waits. A commit by
 #: another process is noticed within this time; one by this process at once.
-DEFAULT_POLL_INTERVAL_S = 0.05
+DEFAULT_POLL_INTERVAL_S = 0.01
 
 
 @dataclass(eq=False)
@@ -57,7 +58,8 @@ class ClaimWaiters:
     """The waiting claims of one server process and their one watcher.
 
     ``claim(agent_id, lease_s)`` claims like ``Store.claim_next_task`` (in a worker
-    thread); ``data_version()`` returns a number that changes when anyone commits;
+    thread); ``data_version()`` returns a number that changes when anyone commits, or
+    None when it cannot tell;
     ``next_lease_expiry()`` is the earliest lease of a claimed task, or None; ``now()``
     the clock leases are written with.
     """
@@ -66,7 +68,7 @@ class ClaimWaiters:
         self,
         *,
         claim: Callable[[str, float | None], Awaitable[Claim | None]],
-        data_version: Callable[[], Awaitable[int]],
+        data_version: Callable[[], Awaitable[int | None]],
         next_lease_expiry: Callable[[], Awaitable[datetime | None]],
         now: Callable[[], datetime],
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
@@ -199,11 +201,7 @@ class ClaimWaiters:
             changed.clear()
             if not self._live():
                 break
-            try:
-                current: int | None = await self._data_version()
-            except Exception:  # noqa: BLE001 - keep serving waiters by polling
-                log.warning("waiting claims: reading the data version failed", exc_info=True)
-                current = None
+            current = await self._data_version()
             due = next_expiry is not None and self._now() >= next_expiry
             if notified or due or current is None or current != version:
                 version = current
