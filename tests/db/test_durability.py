@@ -32,7 +32,15 @@ def test_acknowledged_commits_survive_kill_9_at_random_moments(db_path: Path) ->
         reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
         reader.start()
         # Random moments: sometimes during start-up and migration, mostly mid-writes.
-        time.sleep(rng.uniform(0.0, 0.05) if round_no % 4 == 0 else rng.uniform(0.15, 0.5))
+        # A mid-write kill waits for the writer to be writing first: on a loaded machine
+        # its imports alone can outlast a fixed delay, and the round would prove nothing.
+        if round_no % 4 == 0:
+            time.sleep(rng.uniform(0.0, 0.05))
+        else:
+            deadline = time.monotonic() + 60
+            while "ready" not in lines and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.05, 0.35))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         reader.join(timeout=30)
