@@ -216,7 +216,10 @@ def test_only_the_owner_releases_and_a_taken_over_lease_is_lost(db_path: Path) -
 @pytest.mark.slow
 def test_advisory_lock_across_processes_survives_kill_9_of_the_holder(db_path: Path) -> None:
     Database(db_path).close()
-    holder = run_worker("lock_holder", db_path, "singleton", 1.0, 0, 600)
+    # A lease long enough that the contender below starts inside it even on a loaded
+    # machine (with 1 s, its start-up alone could outlast the lease), short enough
+    # that the waiter after the kill gets the lock in seconds.
+    holder = run_worker("lock_holder", db_path, "singleton", 6.0, 0, 600)
     line = holder.stdout.readline().split()
     assert line[0] == "acquired", holder.stderr.read()
     holder_owner = line[1]
