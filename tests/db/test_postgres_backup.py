@@ -58,7 +58,7 @@ def test_backup_verify_and_restore_into_an_empty_database(source: Any, other_url
     assert backup.name.startswith("icn-mcp-") and backup.suffix == ".pgdump"
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     manifest = json.loads(Path(result.manifest_path).read_text())
-    assert manifest["row_counts"]["agents"] == 5 and manifest["latest_migration"] == "0003_local_agents"
+    assert manifest["row_counts"]["agents"] == 5 and manifest["latest_migration"] == sorted(p.stem for p in (Path(__file__).parents[2] / "src" / "icn_mcp" / "migrations" / "postgres").glob("*.sql"))[-1]
     assert manifest["sha256"] == result.sha256 and manifest["server_version"]
     assert [p.name for p in backup.parent.iterdir() if p.name.startswith(".")] == []  # no temp left
 
