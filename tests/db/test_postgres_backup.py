@@ -16,6 +16,9 @@ from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
+#: The PostgreSQL migrations the package ships, in order.
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[2] / "src" / "icn_mcp" / "migrations" / "postgres").glob("*.sql"))
+
 
 def _open(url: str, **options: Any) -> Any:
     from icn_mcp.db.postgres import PostgresDatabase
@@ -58,7 +61,7 @@ def test_backup_verify_and_restore_into_an_empty_database(source: Any, other_url
     assert backup.name.startswith("icn-mcp-") and backup.suffix == ".pgdump"
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     manifest = json.loads(Path(result.manifest_path).read_text())
-    assert manifest["row_counts"]["agents"] == 5 and manifest["latest_migration"] == sorted(p.stem for p in (Path(__file__).parents[2] / "src" / "icn_mcp" / "migrations" / "postgres").glob("*.sql"))[-1]
+    assert manifest["row_counts"]["agents"] == 5 and manifest["latest_migration"] == SHIPPED[-1]
     assert manifest["sha256"] == result.sha256 and manifest["server_version"]
     assert [p.name for p in backup.parent.iterdir() if p.name.startswith(".")] == []  # no temp left
 
@@ -71,7 +74,7 @@ def test_backup_verify_and_restore_into_an_empty_database(source: Any, other_url
         restored = target.restore_from_backup(backup, backup_dir=tmp_path / "backups")
         assert restored.safety_backup_path is None and restored.migrations_applied == []
         assert _agents(target) == [f"a{i}" for i in range(5)]
-        assert target.verify_migrations().to_dict()["counts"]["applied"] == 3
+        assert target.verify_migrations().to_dict()["counts"]["applied"] == len(SHIPPED)
     finally:
         target.close()
     info = source.get_database_info(backup_dir=tmp_path / "backups")
