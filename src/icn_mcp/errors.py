@@ -16,8 +16,10 @@ Errors carry their data as attributes, not only inside the message::
     │   ├── LockLost                an advisory lease was lost (expired, taken over)
     │   ├── BackupError             a backup could not be made, or a file is not a
     │   │                           valid backup (names the path and the cause)
-    │   └── RestoreError            a restore was refused or failed (the live
-    │                               database is left as it was when refused)
+    │   ├── RestoreError            a restore was refused or failed (the live
+    │   │                           database is left as it was when refused)
+    │   └── ReplicaError            continuous replication (Litestream) is missing,
+    │                               misconfigured or failed (names the replica)
     └── StoreError                  the agent HQ domain refused a request (icn_mcp.store)
         ├── ValidationError         bad input; ``fields`` maps each field to what is allowed
         ├── NotFound                no such agent, task...; ``kind`` and ``id``
@@ -41,6 +43,7 @@ __all__ = [
     "LockLost",
     "BackupError",
     "RestoreError",
+    "ReplicaError",
     "StoreError",
     "ValidationError",
     "NotFound",
@@ -202,6 +205,19 @@ class RestoreError(DatabaseError):
         self.path = path
         self.cause = cause
         super().__init__(f"restore from {path} failed: {cause}", hint=hint)
+
+
+class ReplicaError(DatabaseError):
+    """Replication with Litestream is not available, or one of its operations failed.
+
+    ``replica`` is the replica URL with any password removed (or the binary, when it
+    is missing) and ``cause`` says why.
+    """
+
+    def __init__(self, replica: str, cause: str, *, hint: str | None = None) -> None:
+        self.replica = replica
+        self.cause = cause
+        super().__init__(f"replica {replica}: {cause}", hint=hint)
 
 
 class StoreError(IcnMcpError):

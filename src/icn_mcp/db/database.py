@@ -55,6 +55,10 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = 30.0
 DEFAULT_RETRIES = 8
 DEFAULT_RETRY_BASE_DELAY_S = 0.01
 DEFAULT_RETRY_MAX_DELAY_S = 2.0
+#: SQLite's own default: a PASSIVE checkpoint after a commit leaves this many pages in
+#: the WAL. 0 means another process owns checkpointing (Litestream, see db/replica.py):
+#: this process then never checkpoints, not even when it closes.
+DEFAULT_WAL_AUTOCHECKPOINT = 1000
 
 _SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 _TEMP_STORE = {"DEFAULT": 0, "FILE": 1, "MEMORY": 2}
@@ -119,6 +123,7 @@ class Database:
         retry_max_delay_s: float = DEFAULT_RETRY_MAX_DELAY_S,
         allow_missing_migrations: bool = False,
         allow_out_of_order_migrations: bool = False,
+        wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT,
     ) -> None:
         synchronous = str(synchronous).upper()
         temp_store = str(temp_store).upper()
@@ -128,6 +133,7 @@ class Database:
         _require(_is_int(cache_size_kib) and cache_size_kib > 0, "cache_size_kib", cache_size_kib, "an integer > 0")
         _require(_is_int(journal_size_limit) and journal_size_limit >= -1, "journal_size_limit", journal_size_limit, "an integer >= -1")
         _require(_is_int(retries) and retries >= 0, "retries", retries, "an integer >= 0")
+        _require(_is_int(wal_autocheckpoint) and wal_autocheckpoint >= 0, "wal_autocheckpoint", wal_autocheckpoint, "an integer >= 0 (0: never checkpoint)")
         _require(health_check_interval_s >= 0, "health_check_interval_s", health_check_interval_s, "a number >= 0")
         raw_path = os.fspath(path)
         _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
@@ -148,6 +154,7 @@ class Database:
         self.retry_max_delay_s = retry_max_delay_s
         self.allow_missing_migrations = allow_missing_migrations
         self.allow_out_of_order_migrations = allow_out_of_order_migrations
+        self.wal_autocheckpoint = wal_autocheckpoint
 
         self._local = threading.local()
         self._registry_lock = threading.Lock()
@@ -281,6 +288,10 @@ class Database:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA journal_size_limit = {int(self.journal_size_limit)}")
         conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
+        # Litestream replicates WAL frames before it checkpoints them itself; a
+        # checkpoint it did not make forces it to snapshot the whole database again
+        # (its docs: disable autocheckpoints while it runs). Issue 12.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
         expected = self.expected_pragmas()
         actual = self.read_pragmas(conn)
         for name, value in expected.items():
@@ -299,13 +310,14 @@ class Database:
             "foreign_keys": 1,
             "journal_size_limit": self.journal_size_limit,
             "cache_size": -self.cache_size_kib,
+            "wal_autocheckpoint": self.wal_autocheckpoint,
         }
 
     @staticmethod
     def read_pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
         """The live values of the pragmas this module sets."""
         names = ("journal_mode", "busy_timeout", "synchronous", "temp_store",
-                 "foreign_keys", "journal_size_limit", "cache_size")
+                 "foreign_keys", "journal_size_limit", "cache_size", "wal_autocheckpoint")
         values = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
         values["journal_mode"] = str(values["journal_mode"]).lower()
         return values
@@ -550,7 +562,8 @@ class Database:
             self._connections.clear()
         self._local = threading.local()
         mine = [r for r in records if r.pid == os.getpid()]
-        if mine and self._file_error is None:
+        # wal_autocheckpoint 0: Litestream owns checkpointing (see __init__).
+        if mine and self._file_error is None and self.wal_autocheckpoint:
             conn = mine[0].conn
             try:
                 if not conn.in_transaction:

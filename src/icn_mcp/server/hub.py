@@ -21,6 +21,7 @@ import anyio.to_thread
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
+from icn_mcp.db.replica import Replicator
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics
@@ -44,8 +45,16 @@ class Hub:
         self.settings = settings
         self._owns_db = db is None
         self.db = db if db is not None else Database(settings.db_path, **settings.database_options())
+        #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
+        self.replicator: Replicator | None = None
         try:
             self.store = Store.from_settings(self.db, settings)
+            if settings.replica_url:
+                self.replicator = Replicator(
+                    self.db.path, settings.replica_url,
+                    sync_interval_s=settings.replica_sync_interval_s,
+                    retention_s=settings.replica_retention_s,
+                ).start()
         except BaseException:
             self.close()
             raise
@@ -56,6 +65,7 @@ class Hub:
             db_stats=self.db.get_stats,
             db_path=self.db.path,
             last_backup_at=self.last_backup_at,
+            replication=self.replicator.status if self.replicator is not None else None,
         )
         computations = self.metrics.health_cache_computations
         #: The ``database`` object of /healthz/db (counts every table: expensive).
@@ -113,7 +123,18 @@ class Hub:
             return None
         return parse_ts(last["created_at"]).timestamp()
 
+    def replication_status(self) -> dict[str, Any]:
+        """The ``replication`` object of /healthz/db: ``{"enabled": False}`` without a replica."""
+        if self.replicator is None:
+            return {"enabled": False}
+        return self.replicator.status()
+
     def close(self) -> None:
-        """Close the database if the hub opened it (checkpoints the WAL)."""
-        if self._owns_db:
-            self.db.close()
+        """Close the database if the hub opened it (checkpoints the WAL), then stop
+        Litestream: after the last write, so its final sync carries everything."""
+        try:
+            if self._owns_db:
+                self.db.close()
+        finally:
+            if self.replicator is not None:
+                self.replicator.stop()
