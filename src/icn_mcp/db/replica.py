@@ -315,6 +315,8 @@ class Replicator:
         self._behind_since: float | None = None
         self._last_replicated_at: str | None = None
         self._spawned_at = 0.0
+        #: The last error the current child logged, to say why it exited.
+        self._run_error: str | None = None
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -402,6 +404,7 @@ class Replicator:
 
     def _error(self, message: str) -> None:
         with self._lock:
+            self._run_error = message
             self._errors += 1
             self._last_error = message
             self._last_error_at = format_ts(utc_now())
@@ -470,6 +473,7 @@ class Replicator:
             with self._lock:
                 self._proc = proc
                 self._spawned_at = started
+                self._run_error = None
             self._first_spawn.set()
             log.info("litestream started (pid %d)", proc.pid)
             assert proc.stdout is not None
@@ -482,7 +486,8 @@ class Replicator:
                 log.info("litestream stopped (exit status %d)", code)
                 break
             how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            self._error(f"litestream {how}")
+            cause = self._run_error
+            self._error(f"litestream {how}" + (f" after {cause}" if cause else ""))
             with self._lock:
                 self._restarts += 1
             if time.monotonic() - started >= STABLE_AFTER_S:
