@@ -7,6 +7,7 @@ server supervises a real ``litestream replicate`` child, and restores with the r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -94,6 +95,37 @@ def _restore(db_dir: Path, replica: Path, *extra: str, env: dict[str, str] | Non
     return done.stdout
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_without_a_replica_nothing_runs_and_nothing_changes(server: ServerProcess) -> None:
+    with server.client() as client:
+        health = client.get("/healthz/db").json()
+        assert health["replication"] == {"enabled": False}
+        assert "icn_mcp_replication" not in client.get("/metrics").text
+    assert server.proc is not None and _children(server.proc.pid) == []
+    assert not list(server.db_dir.glob("*replica*")) and not list(server.db_dir.glob(".*litestream*"))
+
+
+def test_a_replicating_server_runs_one_litestream_child_and_stops_it_cleanly(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    server = _start(server_factory, tmp_path / "var", tmp_path / "replica")
+    with server.client() as client:
+        status = _wait_for("replication", lambda: _caught_up(client))
+    assert server.proc is not None and _children(server.proc.pid) == [status["pid"]]
+    assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    with pytest.raises(ProcessLookupError):
+        os.kill(status["pid"], 0)
+    lines = [json.loads(line) for line in server.stderr_lines if line.startswith("{")]
+    from_litestream = [r for r in lines if r["logger"] == "icn_mcp.replica" and "litestream" in r]
+    assert any(r["msg"] == "litestream: litestream shut down" for r in from_litestream)
+
+
 def test_loss_of_the_machine_loses_nothing_older_than_the_sync_interval(
     server_factory: type[ServerProcess], tmp_path: Path
 ) -> None:
@@ -175,8 +207,6 @@ def test_point_in_time_restore_gives_exactly_the_state_at_that_moment(
     report = run_cli("db", "replica", "--json", env={"MCP_DB_DIR": str(tmp_path / "var"),
                                                      "MCP_REPLICA_URL": f"file://{replica}"})
     assert report.returncode == 0, report.stderr
-    import json
-
     data = json.loads(report.stdout)
     assert data["earliest"] <= at <= data["latest"] or data["earliest"][:19] <= at[:19] <= data["latest"][:19]
     assert data["size_bytes"] > 0 and data["behind_txids"] == 0
