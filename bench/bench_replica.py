@@ -121,7 +121,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 # -- 1. recovery point ------------------------------------------------------------------
 
 
-def one_kill(work: Path, n: int, write_s: float) -> dict[str, Any]:
+def one_kill(work: Path, n: int, write_s: float, *, machine: bool = True) -> dict[str, Any]:
     replica = work / f"replica-{n}"
     server = Server(work / f"live-{n}", MCP_REPLICA_URL=f"file://{replica}")
     token = _agent(server, "writer")
@@ -145,12 +145,19 @@ def one_kill(work: Path, n: int, write_s: float) -> dict[str, Any]:
     writer.start()
     time.sleep(write_s)
     pid = _replication(server)["pid"]
-    os.kill(pid, signal.SIGKILL)  # the machine dies: both at once, neither syncs
+    if machine:
+        os.kill(pid, signal.SIGKILL)  # the machine dies: both at once, neither syncs
     killed_at = time.monotonic()
     server.proc.kill()
     server.proc.wait()
     stop.set()
     writer.join()
+    while not machine:  # only the server died: Litestream gets SIGTERM and syncs last
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
     target = work / f"restored-{n}"
     _cli("db", "restore", "--from-replica", f"file://{replica}", "--yes", env=_env(target))
     conn = sqlite3.connect(target / "icn-mcp.sqlite")
@@ -160,12 +167,13 @@ def one_kill(work: Path, n: int, write_s: float) -> dict[str, Any]:
     return {"acked": len(acked), "lost": len(lost), "oldest_lost_s": max((age for _, age in lost), default=0.0)}
 
 
-def bench_recovery_point(work: Path, kills: int) -> None:
-    print(f"\n1. recovery point: {kills} x kill -9 of server + Litestream under a steady writer "
+def bench_recovery_point(work: Path, kills: int, *, machine: bool = True) -> None:
+    what = "server + Litestream" if machine else "the server only"
+    print(f"\n1. recovery point: {kills} x kill -9 of {what} under a steady writer "
           f"(sync interval {DEFAULT_REPLICA_SYNC_INTERVAL_S:g} s, the default)", flush=True)
     rows = []
     for n in range(kills):
-        row = one_kill(work, n, write_s=2.0 + (n % 5) * 0.37)  # kill at varying phases
+        row = one_kill(work, n if machine else 1000 + n, write_s=2.0 + (n % 5) * 0.37, machine=machine)
         rows.append(row)
         print(f"   kill {n + 1:2d}: {row['acked']:4d} acknowledged, {row['lost']:3d} lost, "
               f"oldest lost acknowledged {row['oldest_lost_s'] * 1000:6.0f} ms before the kill", flush=True)
@@ -259,11 +267,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--only", choices=("recovery", "throughput", "restore"))
+    parser.add_argument("--server-kills", type=int, default=5,
+                        help="also kill -9 only the server this many times (a process crash)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="icn-bench-replica-"))
     print(f"work directory {work}")
     if args.only in (None, "recovery"):
-        bench_recovery_point(work, args.kills)
+        if args.kills:
+            bench_recovery_point(work, args.kills)
+        if args.server_kills:
+            bench_recovery_point(work, args.server_kills, machine=False)
     if args.only in (None, "throughput"):
         bench_throughput(work, args.clients, args.seconds)
     if args.only in (None, "restore"):
