@@ -301,3 +301,19 @@ def test_restore_from_a_replica_under_a_running_server_keeps_the_backup_guarante
     _wait_for("the restored state in the replica", lambda: _caught_up(client))
     _restore(tmp_path / "again", replica)
     assert _titles(tmp_path / "again" / "icn-mcp.sqlite") == [f"early-{n}" for n in range(5)] + ["after-restore"]
+
+
+def test_litestream_does_not_outlive_a_killed_server(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    server = _start(server_factory, tmp_path / "var", tmp_path / "replica")
+    with server.client() as client:
+        pid = _wait_for("replication", lambda: _caught_up(client))["pid"]
+    server.kill()  # kill -9: no shutdown code runs; the parent-death signal stops Litestream
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
+
+    _wait_for("Litestream to exit", gone)

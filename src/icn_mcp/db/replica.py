@@ -251,13 +251,23 @@ def _first_level(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Linux: the child gets SIGTERM (a final sync) if the thread that started it dies."""
+def _load_prctl() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+# Resolved here, in the parent: the child between fork and exec must not load libraries
+# (another thread of the server may hold the loader's lock at the fork).
+_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """Linux: the child gets SIGTERM if the thread that started it dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 # -- the supervisor ---------------------------------------------------------------------
@@ -461,7 +471,7 @@ class Replicator:
                     # Its own session: a terminal's Ctrl-C reaches only icn-mcp, which
                     # closes the database first and then stops Litestream (final sync).
                     start_new_session=True,
-                    preexec_fn=_set_parent_death_signal if sys.platform.startswith("linux") else None,
+                    preexec_fn=_set_parent_death_signal if _prctl is not None else None,
                 )
             except OSError as exc:
                 self._error(f"cannot start {self.binary}: {exc.strerror or exc}")
