@@ -317,3 +317,47 @@ def test_litestream_does_not_outlive_a_killed_server(server_factory: type[Server
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
 
     _wait_for("Litestream to exit", gone)
+
+
+def test_a_crashed_server_loses_no_acknowledged_write(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+    """kill -9 of the server alone (the machine lives): Litestream gets SIGTERM from the
+    kernel and its final sync carries every commit, so nothing acknowledged is lost."""
+    replica = tmp_path / "replica"
+    server = _start(server_factory, tmp_path / "var", replica)
+    client = server.client()
+    _, worker = _agents(client)
+    pid = _wait_for("the first replication", lambda: _caught_up(client))["pid"]
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        with server.client() as own:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    response = own.post("/api/task/create", json={"title": f"task-{n}"}, headers=bearer(worker))
+                except httpx.TransportError:
+                    return
+                assert response.status_code == 200, response.text
+                acknowledged.append(f"task-{n}")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(2 * SYNC_INTERVAL_S)
+    server.kill()
+    stop.set()
+    writer.join(30)
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+    _wait_for("Litestream's final sync and exit", gone)
+    assert len(acknowledged) > 20
+    _restore(tmp_path / "restored", replica)
+    restored = _titles(tmp_path / "restored" / "icn-mcp.sqlite")
+    assert [t for t in acknowledged if t not in restored] == []

@@ -45,7 +45,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ReplicaError
@@ -87,6 +87,9 @@ STOP_TIMEOUT_S = 20.0
 #: How often a standby replicator (another process holds the lock) tries to take over.
 STANDBY_RETRY_S = 2.0
 COMMAND_TIMEOUT_S = 120.0
+#: Litestream's log file (followed by the supervisor) is emptied past this size.
+LOG_ROTATE_BYTES = 4 * 1024 * 1024
+LOG_POLL_S = 0.05
 #: Environment variables whose values must never reach a log line.
 _SECRET_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "LITESTREAM_SECRET_ACCESS_KEY",
@@ -459,35 +462,47 @@ class Replicator:
             with self._lock:
                 self._standby = False
             started = time.monotonic()
+            # Its log goes to a private file that this thread follows, not to a pipe: if
+            # this process is killed, a pipe would break and Litestream would die of
+            # SIGPIPE at its next log line, before its final sync; with a file it gets
+            # SIGTERM (parent-death signal) and syncs the last commits first.
+            log_path = Path(config).parent / "litestream.log"
+            try:
+                out_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                self._error(f"cannot open {log_path}: {exc.strerror}")
+                self._first_spawn.set()
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
+                continue
+            offset = os.fstat(out_fd).st_size
             try:
                 proc = subprocess.Popen(
                     [str(self.binary), "replicate", "-no-expand-env", "-config", config],
                     stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
+                    stdout=out_fd,
                     stderr=subprocess.STDOUT,
-                    text=True,
-                    errors="replace",
-                    bufsize=1,
                     # Its own session: a terminal's Ctrl-C reaches only icn-mcp, which
                     # closes the database first and then stops Litestream (final sync).
                     start_new_session=True,
                     preexec_fn=_set_parent_death_signal if _prctl is not None else None,
                 )
             except OSError as exc:
+                os.close(out_fd)
                 self._error(f"cannot start {self.binary}: {exc.strerror or exc}")
                 log.error("cannot start litestream: %s", exc)
                 self._first_spawn.set()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
                 continue
+            os.close(out_fd)
             with self._lock:
                 self._proc = proc
                 self._spawned_at = started
                 self._run_error = None
             self._first_spawn.set()
             log.info("litestream started (pid %d)", proc.pid)
-            assert proc.stdout is not None
-            self._read_output(proc.stdout)
+            self._follow(log_path, offset, proc)
             code = proc.wait()
             with self._lock:
                 if self._behind_since is None:
@@ -508,9 +523,35 @@ class Replicator:
         with self._lock:
             self._proc = None
 
-    def _read_output(self, stream: IO[str]) -> None:
-        for raw in stream:
-            line = self._scrub(raw.rstrip("\n"))
+    def _follow(self, path: Path, offset: int, proc: "subprocess.Popen[bytes]") -> None:
+        """Handle each line Litestream appends to ``path`` until it exits.
+
+        The file is emptied whenever it passes LOG_ROTATE_BYTES while this thread has
+        read all of it (a line written in between may be missed: a log line, never
+        data). Litestream appends (O_APPEND), so it writes at the new end.
+        """
+        pending = b""
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            while True:
+                chunk = stream.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith(b"\n"):
+                        self._take(pending)
+                        pending = b""
+                    continue
+                if proc.poll() is not None:
+                    self._take(pending + stream.read())
+                    return
+                if not pending and stream.tell() > LOG_ROTATE_BYTES:
+                    os.truncate(path, 0)
+                    stream.seek(0)
+                time.sleep(LOG_POLL_S)
+
+    def _take(self, data: bytes) -> None:
+        for raw in data.decode("utf-8", errors="replace").splitlines():
+            line = self._scrub(raw)
             if line:
                 self._handle_line(line)
 
