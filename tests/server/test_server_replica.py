@@ -319,15 +319,18 @@ def test_litestream_does_not_outlive_a_killed_server(server_factory: type[Server
     _wait_for("Litestream to exit", gone)
 
 
-def test_a_crashed_server_loses_no_acknowledged_write(server_factory: type[ServerProcess], tmp_path: Path) -> None:
+def test_a_crashed_server_lets_litestream_make_its_final_sync(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
     """kill -9 of the server alone (the machine lives): Litestream gets SIGTERM from the
-    kernel and its final sync carries every commit, so nothing acknowledged is lost."""
+    kernel and exits after its final sync; nothing older than the sync interval is lost
+    (bench_replica.py --server-kills: usually nothing at all)."""
     replica = tmp_path / "replica"
     server = _start(server_factory, tmp_path / "var", replica)
     client = server.client()
     _, worker = _agents(client)
     pid = _wait_for("the first replication", lambda: _caught_up(client))["pid"]
-    acknowledged: list[str] = []
+    acknowledged: list[tuple[str, float]] = []
     stop = threading.Event()
 
     def write() -> None:
@@ -340,11 +343,12 @@ def test_a_crashed_server_loses_no_acknowledged_write(server_factory: type[Serve
                 except httpx.TransportError:
                     return
                 assert response.status_code == 200, response.text
-                acknowledged.append(f"task-{n}")
+                acknowledged.append((f"task-{n}", time.monotonic()))
 
     writer = threading.Thread(target=write)
     writer.start()
     time.sleep(2 * SYNC_INTERVAL_S)
+    killed_at = time.monotonic()
     server.kill()
     stop.set()
     writer.join(30)
@@ -357,7 +361,8 @@ def test_a_crashed_server_loses_no_acknowledged_write(server_factory: type[Serve
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
     _wait_for("Litestream's final sync and exit", gone)
-    assert len(acknowledged) > 20
+    old_enough = [title for title, at in acknowledged if at < killed_at - SYNC_INTERVAL_S]
+    assert len(old_enough) > 20
     _restore(tmp_path / "restored", replica)
     restored = _titles(tmp_path / "restored" / "icn-mcp.sqlite")
-    assert [t for t in acknowledged if t not in restored] == []
+    assert [t for t in old_enough if t not in restored] == []
