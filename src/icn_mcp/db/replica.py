@@ -326,6 +326,9 @@ class Replicator:
         self._local_txid = 0
         self._replica_txid = 0
         self._behind_since: float | None = None
+        #: Wall-clock time (like file mtimes) up to which the replica is known to hold
+        #: every commit: the last caught-up report, less one WAL poll.
+        self._synced_wall: float | None = None
         self._last_replicated_at: str | None = None
         self._spawned_at = 0.0
         #: The last error the current child logged, to say why it exited.
@@ -394,6 +397,16 @@ class Replicator:
             behind = self._behind_since
             if not running and not self._standby and self._thread is not None and behind is None:
                 behind = self._behind_since = time.monotonic()
+            lag = 0.0 if behind is None else time.monotonic() - behind
+            if behind is None and running and self._synced_wall is not None:
+                # Litestream reports the database's position only at its next sync: a
+                # commit since its last report shows as a WAL newer than that report.
+                try:
+                    changed = os.stat(f"{self.db_path}-wal").st_mtime
+                except OSError:
+                    changed = 0.0
+                if changed > self._synced_wall:
+                    lag = max(time.time() - changed, 0.001)
             return {
                 "enabled": True,
                 "running": running,
@@ -410,7 +423,7 @@ class Replicator:
                 "local_txid": self._local_txid,
                 "replica_txid": self._replica_txid,
                 "last_replicated_at": self._last_replicated_at,
-                "lag_s": 0.0 if behind is None else round(time.monotonic() - behind, 3),
+                "lag_s": round(lag, 3) if lag else 0.0,
             }
 
     # -- internals ----------------------------------------------------------------
@@ -595,6 +608,8 @@ class Replicator:
                 self._last_replicated_at = format_ts(utc_now())
             if self._replica_txid >= self._local_txid:
                 self._behind_since = None
+                if message == "replica sync":
+                    self._synced_wall = time.time() - self.sync_interval_s / 2 - 2 * LOG_POLL_S
             elif self._behind_since is None:
                 self._behind_since = time.monotonic()
 
