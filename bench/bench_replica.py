@@ -46,7 +46,7 @@ def _env(db_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
     env.update(MCP_DB_DIR=str(db_dir), MCP_HOST="127.0.0.1", MCP_PORT="0", MCP_ADMIN_TOKEN=ADMIN,
                MCP_RATE_LIMIT_IP_PER_MIN="0", MCP_RATE_LIMIT_TOKEN_PER_MIN="0", MCP_LOG_LEVEL="WARNING",
-               MCP_HEALTH_CACHE_S="0")
+               MCP_HEALTH_CACHE_S="0", TMPDIR=str(db_dir.parent))  # what kill -9 leaves stays in the work dir
     env.update(extra)
     return env
 

@@ -59,8 +59,14 @@ def _start(server_factory: type[ServerProcess], db_dir: Path, replica: Path, **e
         MCP_REPLICA_URL=f"file://{replica}",
         MCP_REPLICA_SYNC_INTERVAL_S=str(SYNC_INTERVAL_S),
         MCP_HEALTH_CACHE_S="0",
+        # A server killed -9 leaves Litestream's private directory behind: keep it here.
+        TMPDIR=str(tmp_path_of(db_dir)),
         **env,
     ).start()
+
+
+def tmp_path_of(db_dir: Path) -> Path:
+    return db_dir.parent
 
 
 def _agents(client: httpx.Client) -> tuple[str, str]:
