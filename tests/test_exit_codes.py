@@ -43,6 +43,9 @@ COMMANDS: dict[tuple[str, ...], tuple[tuple[str, ...], int | None]] = {
     ("db", "verify-backup"): (("BACKUP",), None),
     ("serve",): (("--port", "0"), None),
     ("agent", "revoke-tokens"): (("--all", "--yes"), 1),
+    ("agent", "register"): (("x", "--kind", "ops"), None),  # creates the database
+    ("db", "replicate"): ((), None),  # needs MCP_REPLICA_URL first (exit 2 without)
+    ("db", "replica"): ((), None),
 }
 DB_COMMANDS = [c for c in COMMANDS if c[0] == "db"]
 

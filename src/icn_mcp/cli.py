@@ -23,6 +23,7 @@ import click
 from icn_mcp import __version__
 from icn_mcp.config import MAX_BACKUP_KEEP, Settings, parse_host
 from icn_mcp.db import BaseDatabase, Database, MigrationPlan, open_database
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.sqlite.database import check_database_file
 from icn_mcp.errors import ConfigError, IcnMcpError
@@ -447,25 +448,57 @@ def backup(ctx: click.Context, path: str | None, keep: int | None) -> None:
 
 
 @db.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option(
     "--without-manifest",
     is_flag=True,
     help="Restore a backup whose manifest (PATH.json) is missing, on purpose; refused otherwise.",
 )
+@click.option(
+    "--from-replica",
+    "from_replica",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[URL]",
+    help="Restore from the Litestream replica at URL (default: MCP_REPLICA_URL) instead of a backup file.",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="With --from-replica: the moment to restore, RFC 3339 such as 2026-12-01T21:00:00Z "
+    "(default: the latest replicated state).",
+)
 @click.pass_context
-def restore(ctx: click.Context, path: Path, yes: bool, without_manifest: bool) -> None:
-    """Replace the database's content with the backup at PATH.
+def restore(
+    ctx: click.Context,
+    path: Path | None,
+    yes: bool,
+    without_manifest: bool = False,
+    from_replica: str | None = None,
+    at: str | None = None,
+) -> None:
+    """Replace the database's content with the backup at PATH (or a replica's state).
 
     The backup is verified first (and refused without its manifest unless
     --without-manifest); the current database is saved as a safety backup beside the
     others; other processes may keep the database open. When there is no database
     yet (a new machine), it is created from the backup. Asks for confirmation on a
     terminal; elsewhere refuses (exit status 2) unless --yes.
+
+    With --from-replica [URL] [--at TIME], Litestream restores the replica's state
+    into a private temporary file, which is then restored exactly like a backup file.
     """
     from icn_mcp.db.sqlite.backup import restore_new_database
 
+    if from_replica is not None or at is not None:
+        _restore_from_replica(ctx, path, from_replica, at, yes)
+        return
+    if path is None:
+        _fail("missing PATH: the backup file to restore", "or restore from a replica: --from-replica [URL]",
+              code=EXIT_USAGE)
     _backup_file_argument(path)
     target = Path(ctx.obj["path"]).absolute()
     # SQLite with no database file: a new machine, the database is created from the backup.
@@ -527,6 +560,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
     directory, _, _ = _backup_settings(ctx)
     with _inspect(ctx) as database:
         data = database.get_database_info(backup_dir=directory)
+    data["replication"] = _replication_info(ctx)
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -552,6 +586,8 @@ def info(ctx: click.Context, as_json: bool) -> None:
         if last
         else f"backup     none in {directory}"
     )
+    if data["replication"]["enabled"]:
+        click.echo(f"replica    {_replica_line(data['replication'])}")
     sizes = "" if data["size_method"] == "dbstat" else " (estimated)"
     names = [_printable(t["name"]) for t in data["tables"]] + [_printable(i["name"]) for i in data["indexes"]]
     width = max([len(n) for n in names] + [9])
@@ -713,6 +749,177 @@ def agent_register(ctx: click.Context, name: str, kind: str, agent_version: str 
         click.echo(f"token {registered.token}")
         click.echo(f"token_expires_at {registered.token_expires_at}")
     click.echo("the token is shown only this once; only its hash is stored", err=True)
+
+
+# -- replication (db/replica.py, issue 12) -------------------------------------------
+
+
+def _replica_url(explicit: str | None = None) -> str:
+    """The replica URL: ``explicit``, else MCP_REPLICA_URL; exit 2 when neither is usable."""
+    from icn_mcp.db.replica import check_replica_url, redact
+
+    url = explicit or Settings.from_env().replica_url
+    if not url:
+        _fail(
+            "no replica: MCP_REPLICA_URL is not set",
+            "set MCP_REPLICA_URL (file:///dir, s3://bucket/path, ...) or pass the URL",
+            code=EXIT_USAGE,
+        )
+    try:
+        return check_replica_url(url)
+    except ValueError as exc:
+        _fail(f"{redact(url)!r} is not a valid replica URL: expected {exc}", code=EXIT_USAGE)
+
+
+def _replication_info(ctx: click.Context) -> dict[str, Any]:
+    """``db info``'s ``replication`` object: ``{"enabled": False}`` without MCP_REPLICA_URL."""
+    from icn_mcp.db.replica import replica_report
+
+    url = Settings.from_env().replica_url
+    if not url:
+        return {"enabled": False}
+    try:
+        return {"enabled": True, "error": None, **replica_report(url, ctx.obj["path"])}
+    except IcnMcpError as exc:
+        return {"enabled": True, "error": str(exc), "url": getattr(exc, "replica", None)}
+
+
+def _require_sqlite(ctx: click.Context, command: str) -> None:
+    if ctx.obj["postgres"]:
+        _fail(f"'db {command}' is for the SQLite file: Litestream replicates SQLite, not PostgreSQL",
+              "unset MCP_DB_URL; for PostgreSQL use its own streaming replication", code=EXIT_USAGE)
+
+
+def _replica_line(report: dict[str, Any]) -> str:
+    if report.get("error"):
+        return f"{report.get('url')}: UNAVAILABLE: {report['error']}"
+    if not report["exists"]:
+        return f"{report['url']}: no replicated data yet"
+    behind = (
+        "unknown" if report["behind_txids"] is None
+        else f"{report['behind_txids']} transactions, {report['behind_s']:g} s"
+    )
+    return (
+        f"{report['url']}: restorable {report['earliest']} to {report['latest']}, "
+        f"{_human(report['size_bytes'])}; behind the database: {behind}"
+    )
+
+
+def _parse_moment(text: str) -> Any:
+    from datetime import datetime
+
+    allowed = "an RFC 3339 time with a time zone, such as 2026-12-01T21:00:00Z or 2026-12-01T23:00:00+02:00"
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"--at {text!r} is not valid: expected {allowed}", code=EXIT_USAGE)
+    if moment.tzinfo is None or "T" not in text.upper():
+        _fail(f"--at {text!r} is not valid: expected {allowed}", code=EXIT_USAGE)
+    return moment
+
+
+def _restore_from_replica(
+    ctx: click.Context, path: Path | None, url: str | None, at: str | None, yes: bool
+) -> None:
+    """``litestream restore`` into a private directory, then the backup-file restore."""
+    import shutil
+    import tempfile
+
+    from icn_mcp.db.replica import redact, restore_replica
+
+    if path is not None:
+        _fail("give either PATH or --from-replica, not both", code=EXIT_USAGE)
+    url = _replica_url(url or None)
+    moment = _parse_moment(at) if at is not None else None
+    target = Path(ctx.obj["path"]).absolute()
+    what = f"the state of {redact(url)} at {at}" if at else f"the latest state of {redact(url)}"
+    if ctx.obj["postgres"]:
+        _fail("--from-replica restores the SQLite file: Litestream replicates SQLite, not PostgreSQL",
+              "unset MCP_DB_URL, or restore PostgreSQL from a 'db backup' dump", code=EXIT_USAGE)
+    if not yes:
+        _confirm(
+            f"Replace the contents of {target} with {what}? (a safety backup is made first)"
+            if target.exists() else f"Create {target} from {what}?",
+            f"not restoring {target}",
+            "restore",
+        )
+    make_private_dirs(target.parent)
+    # Private (0700), beside the database (same file system, room for a copy of it).
+    work = Path(tempfile.mkdtemp(prefix=".icn-mcp-replica-restore-", dir=target.parent))
+    try:
+        fetched = restore_replica(url, work / "replica.sqlite", at=moment)
+        # A verified backup with its manifest, so the restore below is exactly the
+        # one of a backup file (verify, safety copy, migrations, report).
+        with Database(work / "replica.sqlite", migrate=False) as staged:
+            staged_backup = staged.create_backup(work / "replica-backup.sqlite", check="none")
+        txid = fetched["txid"]
+        click.echo(f"fetched {what} (transaction {txid if txid is not None else '?'}) in {fetched['elapsed_s']:g} s")
+        ctx.invoke(restore, path=Path(staged_backup.path), yes=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@db.command()
+@click.pass_context
+def replicate(ctx: click.Context) -> None:
+    """Replicate the database to MCP_REPLICA_URL with Litestream until SIGTERM/SIGINT.
+
+    For deployments where several processes share the database file: run this once
+    per host instead of each server replicating (a server with MCP_REPLICA_URL set
+    stands by while this runs). Logs are JSON lines on stderr.
+    """
+    import signal
+    import threading
+
+    from icn_mcp.db.replica import Replicator, redact
+    from icn_mcp.server.logs import configure_logging
+
+    url = _replica_url()
+    settings = Settings.from_env()
+    _require_sqlite(ctx, "replicate")
+    _require_database(ctx)
+    configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    replicator = Replicator(
+        ctx.obj["path"], url,
+        sync_interval_s=settings.replica_sync_interval_s,
+        retention_s=settings.replica_retention_s,
+    ).start()
+    click.echo(f"replicating {Path(ctx.obj['path']).absolute()} to {redact(url)} (SIGTERM or Ctrl-C stops)")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        replicator.stop()
+    status = replicator.status()
+    click.echo(f"stopped: replica at transaction {status['replica_txid']}, {status['restarts']} restarts")
+
+
+@db.command("replica")
+@click.option("--json", "as_json", is_flag=True, help="Print the same data as JSON.")
+@click.pass_context
+def replica_command(ctx: click.Context, as_json: bool) -> None:
+    """Show the replica's restorable window, its size and how far behind the database it is."""
+    from icn_mcp.db.replica import replica_report
+
+    _require_sqlite(ctx, "replica")
+    report = replica_report(_replica_url(), ctx.obj["path"])
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        if not report["exists"]:
+            sys.exit(EXIT_FAILED)
+        return
+    if not report["exists"]:
+        _fail(f"no replicated data at {report['url']} yet", "run 'icn-mcp serve' or 'icn-mcp db replicate' with MCP_REPLICA_URL set")
+    click.echo(f"replica    {report['url']}")
+    click.echo(f"window     {report['earliest']} to {report['latest']} (restorable with --at)")
+    click.echo(f"size       {_human(report['size_bytes'])} in {report['files']} LTX files; transaction {report['replica_txid']}")
+    if report["behind_txids"] is None:
+        click.echo(f"behind     unknown (no Litestream state for {report['database']})")
+    else:
+        click.echo(f"behind     {report['behind_txids']} transactions, {report['behind_s']:g} s of writes")
 
 
 @main.command()

@@ -31,6 +31,8 @@ __all__ = [
     "DEFAULT_BACKUP_KEEP",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "DEFAULT_REPLICA_SYNC_INTERVAL_S",
+    "DEFAULT_REPLICA_RETENTION_S",
 ]
 
 DEFAULT_DB_DIR = "./var"
@@ -40,6 +42,15 @@ DEFAULT_PORT = 8787
 #: 0 keeps every backup; N > 0 prunes all but the newest N after each backup.
 DEFAULT_BACKUP_KEEP = 0
 BACKUP_CHECKS = ("FULL", "QUICK")
+
+#: Continuous replication (MCP_REPLICA_*, issue 12): Litestream's own default sync
+#: interval, and a day of point-in-time history.
+DEFAULT_REPLICA_SYNC_INTERVAL_S = 1.0
+DEFAULT_REPLICA_RETENTION_S = 24 * 60 * 60
+REPLICA_SYNC_INTERVAL_RANGE_S = (0.1, 3600.0)
+REPLICA_RETENTION_RANGE_S = (60, 365 * 24 * 60 * 60)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 #: The agent HQ store's defaults (icn_mcp.store); the environment may override them.
 DEFAULT_AGENT_KINDS = ("planner", "architect", "reviewer", "ops")
@@ -238,6 +249,29 @@ def _nonempty(name: str, raw: str) -> str:
     return value
 
 
+def _replica_url(name: str, raw: str) -> str | None:
+    from icn_mcp.db.replica import check_replica_url  # the one rule, beside its user
+
+    if not raw.strip():
+        return None
+    try:
+        return check_replica_url(raw)
+    except ValueError as exc:  # the value may carry a password: never echo it whole
+        raise ConfigError(name, redact_url(raw.strip()), str(exc)) from None
+
+
+def _replica_retention(name: str, raw: str) -> int:
+    low, high = REPLICA_RETENTION_RANGE_S
+    allowed = "a duration from 1m to 365d: seconds, or a number with s, m, h or d (e.g. 24h)"
+    match = _DURATION.fullmatch(raw.strip().lower())
+    if match is None:
+        raise ConfigError(name, raw, allowed)
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not low <= seconds <= high:
+        raise ConfigError(name, raw, allowed)
+    return int(seconds)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every ``MCP_*`` setting icn-mcp understands, with its validated value."""
@@ -303,6 +337,13 @@ class Settings:
     #: How often the one watcher per server reads ``PRAGMA data_version`` while claims
     #: wait: a commit by another process is noticed within this time.
     claim_poll_interval_s: float = DEFAULT_CLAIM_POLL_INTERVAL_S
+    # -- replication (issue 12, db/replica.py) ------------------------------------------
+    #: Where Litestream replicates the database (file://, s3://, ...); None: no
+    #: replication. May hold a password (sftp://user:pass@...): never in repr.
+    replica_url: str | None = field(default=None, repr=False)
+    replica_sync_interval_s: float = DEFAULT_REPLICA_SYNC_INTERVAL_S
+    #: How far back a point-in-time restore can go.
+    replica_retention_s: int = DEFAULT_REPLICA_RETENTION_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -374,6 +415,8 @@ class Settings:
             retries=self.retries,
             allow_missing_migrations=self.allow_missing_migrations,
             allow_out_of_order_migrations=self.allow_out_of_order_migrations,
+            # With a replica, Litestream owns checkpointing (db/replica.py).
+            wal_autocheckpoint=0 if self.replica_url else 1000,
         )
 
     def postgres_options(self) -> dict[str, Any]:
@@ -517,6 +560,11 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _float_spec("MCP_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", 0, MAX_INTERVAL_S, _SECONDS),
     _float_spec("MCP_HEALTH_CACHE_S", "health_cache_s", 0, MAX_INTERVAL_S, _SECONDS),
     _float_spec("MCP_CLAIM_WAIT_MAX_S", "claim_wait_max_s", 0, CLAIM_WAIT_MAX_LIMIT_S, _SECONDS),
+    SettingSpec("MCP_REPLICA_URL", "replica_url", _replica_url,
+                "unset, or a Litestream replica URL (file:///abs/path, s3://bucket/path, ...)"),
+    _float_spec("MCP_REPLICA_SYNC_INTERVAL_S", "replica_sync_interval_s", *REPLICA_SYNC_INTERVAL_RANGE_S, _SECONDS),
+    SettingSpec("MCP_REPLICA_RETENTION", "replica_retention_s", _replica_retention,
+                "a duration from 1m to 365d: seconds, or a number with s, m, h or d (e.g. 24h)"),
     SettingSpec("MCP_CLAIM_POLL_INTERVAL_MS", "claim_poll_interval_s",
                 lambda n, r: _float(n, r, minimum=5, maximum=5000, unit=" (milliseconds)") / 1000.0,
                 "a number from 5 to 5000 (milliseconds)"),

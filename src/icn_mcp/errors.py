@@ -22,6 +22,8 @@ Errors carry their data as attributes, not only inside the message::
     │   ├── RestoreError            a restore was refused or failed (the live
     │   │                           database is left as it was when refused)
     │   └── StorageFull             a write was refused: the disk (or quota) is full
+    │   └── ReplicaError            continuous replication (Litestream) is missing,
+    │                               misconfigured or failed (names the replica)
     └── StoreError                  the agent HQ domain refused a request (icn_mcp.store)
         ├── ValidationError         bad input; ``fields`` maps each field to what is allowed
         ├── NotFound                no such agent, task...; ``kind`` and ``id``
@@ -48,6 +50,7 @@ __all__ = [
     "BackupError",
     "RestoreError",
     "StorageFull",
+    "ReplicaError",
     "StoreError",
     "ValidationError",
     "NotFound",
@@ -258,6 +261,17 @@ class StorageFull(DatabaseError):
             f"database {path}: the disk is full ({cause}); nothing was written",
             hint="free space on the filesystem holding the database; writes resume by themselves",
         )
+class ReplicaError(DatabaseError):
+    """Replication with Litestream is not available, or one of its operations failed.
+
+    ``replica`` is the replica URL with any password removed (or the binary, when it
+    is missing) and ``cause`` says why.
+    """
+
+    def __init__(self, replica: str, cause: str, *, hint: str | None = None) -> None:
+        self.replica = replica
+        self.cause = cause
+        super().__init__(f"replica {replica}: {cause}", hint=hint)
 
 
 class StoreError(IcnMcpError):

@@ -28,17 +28,18 @@ def test_default_pragmas_read_back_from_a_live_connection(db_path: Path) -> None
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == 64 * 1024 * 1024
         assert conn.execute("PRAGMA cache_size").fetchone()[0] == -8192  # 8 MiB
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000  # SQLite's own
         assert not conn.in_transaction  # autocommit: we issue BEGIN ourselves
         assert conn.isolation_level is None
 
 
 def test_every_pragma_is_overridable(db_path: Path) -> None:
     with Database(db_path, synchronous="full", busy_timeout_ms=1234, temp_store="FILE",
-                  cache_size_kib=4096, journal_size_limit=1 << 20) as db:
+                  cache_size_kib=4096, journal_size_limit=1 << 20, wal_autocheckpoint=0) as db:
         values = db.read_pragmas(db.connection())
     assert values == {"journal_mode": "wal", "busy_timeout": 1234, "synchronous": 2,
                       "temp_store": 1, "foreign_keys": 1, "journal_size_limit": 1 << 20,
-                      "cache_size": -4096}
+                      "cache_size": -4096, "wal_autocheckpoint": 0}
 
 
 def test_pragmas_hold_on_connections_opened_by_other_threads(db_path: Path) -> None:

@@ -185,7 +185,8 @@ def test_rapid_health_and_metrics_requests_compute_once_per_interval(
     assert _computations(server) == {"database_info": 1, "healthz_db": 1, "metrics": 1}
     for health in answers:
         # The exact shape, and the counts as of the one computation (the task came later).
-        assert set(health) == {"ok", "latency_ms", "database"} and health["ok"] is True
+        assert set(health) == {"ok", "latency_ms", "database", "replication"} and health["ok"] is True
+        assert health["replication"] == {"enabled": False}  # no MCP_REPLICA_URL (issue 12)
         assert health["database"] == first["database"]
         assert _task_count(health) == 0
         # The probe is live, not cached: every answer measured its own SELECT 1.

@@ -124,7 +124,8 @@ async def healthz_db(request: Request, hub: Hub) -> Response:
         return _ok(body, status=503, headers=error.headers)
     # The probe above is live; the counts are at most MCP_HEALTH_CACHE_S old.
     database = await hub.health_database.get()
-    return _ok({"ok": True, "latency_ms": health["latency_ms"], "database": database})
+    return _ok({"ok": True, "latency_ms": health["latency_ms"], "database": database,
+                "replication": hub.replication_status()})
 
 
 async def metrics(request: Request, hub: Hub) -> Response:

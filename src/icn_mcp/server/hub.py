@@ -22,6 +22,7 @@ from icn_mcp.config import Settings, redact_url
 from icn_mcp.db import Database, open_database
 from icn_mcp.db.changes import DataVersion
 from icn_mcp.db.sqlite.backup import backup_dir_for, latest_backup
+from icn_mcp.db.replica import Replicator
 from icn_mcp.db.timestamps import parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server import operations
@@ -59,8 +60,17 @@ class Hub:
             raise store_backend_refused(redact_url(settings.db_url))
         self._owns_db = db is None
         self.db = db if db is not None else open_database(settings)
+        #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
+        self.replicator: Replicator | None = None
+        self.data_version: DataVersion | None = None
         try:
             self.store = Store.from_settings(self.db, settings)
+            if settings.replica_url:
+                self.replicator = Replicator(
+                    self.db.path, settings.replica_url,
+                    sync_interval_s=settings.replica_sync_interval_s,
+                    retention_s=settings.replica_retention_s,
+                ).start()
         except BaseException:
             self.close()
             raise
@@ -72,6 +82,7 @@ class Hub:
             db_stats=self.db.get_stats,
             db_path=self.db.path,
             last_backup_at=self.last_backup_at,
+            replication=self.replicator.status if self.replicator is not None else None,
         )
         #: Refused token refreshes per token (429 past the limit).
         self.refused_refreshes = RefusalLimiter()
@@ -186,8 +197,20 @@ class Hub:
             return None
         return parse_ts(last["created_at"]).timestamp()
 
+    def replication_status(self) -> dict[str, Any]:
+        """The ``replication`` object of /healthz/db: ``{"enabled": False}`` without a replica."""
+        if self.replicator is None:
+            return {"enabled": False}
+        return self.replicator.status()
+
     def close(self) -> None:
-        """Close the database if the hub opened it (checkpoints the WAL)."""
-        self.data_version.close()
-        if self._owns_db:
-            self.db.close()
+        """Close the database if the hub opened it (checkpoints the WAL), then stop
+        Litestream: after the last write, so its final sync carries everything."""
+        try:
+            if self.data_version is not None:
+                self.data_version.close()
+            if self._owns_db:
+                self.db.close()
+        finally:
+            if self.replicator is not None:
+                self.replicator.stop()

@@ -50,6 +50,7 @@ class ServerMetrics:
         db_stats: Callable[[], dict[str, int]],
         db_path: str | os.PathLike[str],
         last_backup_at: Callable[[], float | None] | None = None,
+        replication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
@@ -125,6 +126,7 @@ class ServerMetrics:
         self._last_backup_at = last_backup_at
         self._state = _StateCollector(db_stats=db_stats, db_path=os.fspath(db_path),
                                       with_backup_age=last_backup_at is not None)
+        self._replication = _ReplicationCollector(replication) if replication is not None else None
 
     def read_state(self) -> MetricsState:
         """The expensive part of a scrape: ``store.stats()`` and the newest backup's time
@@ -149,7 +151,10 @@ class ServerMetrics:
         """
         if state is None:
             state = self.read_state()
-        return generate_latest(_Scrape(self.registry, self._state.bound(state)))
+        sources: list[Any] = [self.registry, self._state.bound(state)]
+        if self._replication is not None:
+            sources.append(self._replication)
+        return generate_latest(_Scrape(*sources))
 
 
 class _Scrape:
@@ -236,3 +241,27 @@ class _StateCollector(Collector):
             if last is not None:
                 age.add_metric([], max(0.0, time.time() - last))
             yield age
+
+
+class _ReplicationCollector(Collector):
+    """Litestream's state (db/replica.py), read live at each scrape; only with a replica."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        yield GaugeMetricFamily("icn_mcp_replication_running", "1 while Litestream runs for this server, else 0.",
+                                value=1 if status["running"] else 0)
+        yield GaugeMetricFamily(
+            "icn_mcp_replication_lag_seconds",
+            "How long the oldest change not yet in the replica has waited (0: caught up).",
+            value=status["lag_s"],
+        )
+        yield CounterMetricFamily("icn_mcp_replication_restarts", "Times Litestream died and was restarted.",
+                                  value=status["restarts"])
+        yield CounterMetricFamily("icn_mcp_replication_errors",
+                                  "Errors Litestream logged, plus its unexpected exits.", value=status["errors"])

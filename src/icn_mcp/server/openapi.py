@@ -252,8 +252,27 @@ def _response_schemas() -> dict[str, Any]:
                     },
                     ["path", "size_bytes", "tables", "last_migration", "total_migrations"],
                 ),
+                # Litestream (MCP_REPLICA_URL); only "enabled" (false) without a replica.
+                "replication": _obj(
+                    {
+                        "enabled": {"type": "boolean"},
+                        "running": {"type": "boolean"},
+                        "standby": {"type": "boolean"},
+                        "pid": {"type": ["integer", "null"]},
+                        "url": _STRING,
+                        "lag_s": {"type": "number"},
+                        "restarts": _INT,
+                        "errors": _INT,
+                        "last_error": _NULLABLE_STRING,
+                        "last_error_at": _NULLABLE_STRING,
+                        "local_txid": _INT,
+                        "replica_txid": _INT,
+                        "last_replicated_at": _NULLABLE_STRING,
+                    },
+                    ["enabled"],
+                ),
             },
-            ["ok", "latency_ms", "database"],
+            ["ok", "latency_ms", "database", "replication"],
         ),
     }
 

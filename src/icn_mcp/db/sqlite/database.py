@@ -68,6 +68,10 @@ DEFAULT_HEALTH_CHECK_INTERVAL_S = 30.0
 DEFAULT_RETRIES = 8
 DEFAULT_RETRY_BASE_DELAY_S = 0.01
 DEFAULT_RETRY_MAX_DELAY_S = 2.0
+#: SQLite's own default: a PASSIVE checkpoint after a commit leaves this many pages in
+#: the WAL. 0 means another process owns checkpointing (Litestream, see db/replica.py):
+#: this process then never checkpoints, not even when it closes.
+DEFAULT_WAL_AUTOCHECKPOINT = 1000
 
 _SYNCHRONOUS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 _TEMP_STORE = {"DEFAULT": 0, "FILE": 1, "MEMORY": 2}
@@ -137,6 +141,7 @@ class Database(BaseDatabase):
         allow_missing_migrations: bool = False,
         allow_out_of_order_migrations: bool = False,
         read_only: bool = False,
+        wal_autocheckpoint: int = DEFAULT_WAL_AUTOCHECKPOINT,
     ) -> None:
         synchronous = str(synchronous).upper()
         temp_store = str(temp_store).upper()
@@ -149,6 +154,7 @@ class Database(BaseDatabase):
         _require_seconds("health_check_interval_s", health_check_interval_s)
         _require_seconds("retry_base_delay_s", retry_base_delay_s)
         _require_seconds("retry_max_delay_s", retry_max_delay_s)
+        _require_int("wal_autocheckpoint", wal_autocheckpoint, 0, 2**31 - 1)
         raw_path = os.fspath(path)
         _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
 
@@ -170,6 +176,7 @@ class Database(BaseDatabase):
         self.allow_out_of_order_migrations = allow_out_of_order_migrations
         #: Opened for inspection: never creates, converts or writes the file.
         self.read_only = bool(read_only)
+        self.wal_autocheckpoint = wal_autocheckpoint
 
         self._local = threading.local()
         self._registry_lock = threading.Lock()
@@ -362,6 +369,10 @@ class Database(BaseDatabase):
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA journal_size_limit = {int(self.journal_size_limit)}")
         conn.execute(f"PRAGMA cache_size = {-int(self.cache_size_kib)}")
+        # Litestream replicates WAL frames before it checkpoints them itself; a
+        # checkpoint it did not make forces it to snapshot the whole database again
+        # (its docs: disable autocheckpoints while it runs). Issue 12.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(self.wal_autocheckpoint)}")
         expected = self.expected_pragmas()
         actual = self.read_pragmas(conn)
         for name, value in expected.items():
@@ -380,13 +391,14 @@ class Database(BaseDatabase):
             "foreign_keys": 1,
             "journal_size_limit": self.journal_size_limit,
             "cache_size": -self.cache_size_kib,
+            "wal_autocheckpoint": self.wal_autocheckpoint,
         }
 
     @staticmethod
     def read_pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
         """The live values of the pragmas this module sets."""
         names = ("journal_mode", "busy_timeout", "synchronous", "temp_store",
-                 "foreign_keys", "journal_size_limit", "cache_size")
+                 "foreign_keys", "journal_size_limit", "cache_size", "wal_autocheckpoint")
         values = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
         values["journal_mode"] = str(values["journal_mode"]).lower()
         return values
@@ -664,7 +676,8 @@ class Database(BaseDatabase):
             self._connections.clear()
         self._local = threading.local()
         mine = [r for r in records if r.pid == os.getpid()]
-        if mine and self._file_error is None:
+        # wal_autocheckpoint 0: Litestream owns checkpointing (see __init__).
+        if mine and self._file_error is None and self.wal_autocheckpoint:
             conn = mine[0].conn
             try:
                 if not conn.in_transaction:
