@@ -134,6 +134,10 @@ def test_a_file_that_is_not_a_database_exits_1_from_every_db_command(tmp_path: P
             code, err = _invoke(["db", "verify-backup", str(path)], {})
         elif command == ("db", "restore"):
             continue  # restoring over a non-database: db/backup.py's rules (recovery)
+        elif command in (("db", "replicate"), ("db", "replica")):
+            # With a replica configured: Litestream would retry a non-database forever.
+            replica = {"MCP_REPLICA_URL": (tmp_path / "replica").as_uri()}
+            code, err = _invoke(_args(command, backup, db_option=("--db", str(path))), replica)
         else:
             code, err = _invoke(_args(command, backup, db_option=("--db", str(path))), {})
         assert code == 1, (command, err)

@@ -878,6 +878,8 @@ def replicate(ctx: click.Context) -> None:
     settings = Settings.from_env()
     _require_sqlite(ctx, "replicate")
     _require_database(ctx)
+    # Litestream would retry a file that is not a database forever: refuse it here.
+    check_database_file(Path(ctx.obj["path"]))
     configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -905,7 +907,10 @@ def replica_command(ctx: click.Context, as_json: bool) -> None:
     from icn_mcp.db.replica import replica_report
 
     _require_sqlite(ctx, "replica")
-    report = replica_report(_replica_url(), ctx.obj["path"])
+    url = _replica_url()
+    _require_database(ctx)
+    check_database_file(Path(ctx.obj["path"]))
+    report = replica_report(url, ctx.obj["path"])
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         if not report["exists"]:

@@ -291,7 +291,7 @@ def test_restore_from_a_replica_under_a_running_server_keeps_the_backup_guarante
     # The server keeps the database open (and Litestream keeps replicating it).
     out = _restore(db_dir, replica, "--at", moment, env={"MCP_REPLICA_URL": f"file://{replica}"})
     assert "integrity_check ok" in out
-    safety = Path(out.rsplit("the previous database is saved in ", 1)[1].strip())
+    safety = Path(out.rsplit("the previous database is saved in ", 1)[1].splitlines()[0].strip())
     assert _titles(safety) == [f"early-{n}" for n in range(5)] + [f"late-{n}" for n in range(5)]
     assert os.stat(safety).st_mode & 0o777 == 0o600
 
