@@ -1,7 +1,14 @@
 """What the HTTP and MCP layers share: the database, the store, metrics, worker threads.
 
 Every store call goes through :meth:`Hub.call`, which runs it in a worker thread (SQLite
-calls block; the event loop must not) and times it for the transaction histogram.
+calls block; the event loop must not) and times it for the transaction histogram: one
+thread hop per request, with authentication done in the same hop as the store call.
+
+Calls that write (:data:`WRITE_OPERATIONS`) run one at a time per process, in arrival
+order: they wait on the event loop for a one-slot limiter, not inside SQLite. Threads
+of one process that contend for the write lock otherwise wait in SQLite's busy handler,
+which sleeps 1, 2, 5, 10 ... 100 ms between tries, and those sleeps were the p99 of
+every request (issue 14). The busy handler still arbitrates between processes.
 
 The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
 no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
@@ -16,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from icn_mcp.config import Settings
@@ -32,6 +40,12 @@ log = logging.getLogger("icn_mcp.server")
 
 T = TypeVar("T")
 
+#: ``Hub.call`` operations that open a write transaction (HTTP handlers and MCP tools).
+WRITE_OPERATIONS = frozenset({
+    "register_agent", "refresh_token", "create_task", "claim_next_task", "report_run",
+    "cleanup_expired", "claim_task", "add_artifact",
+})
+
 
 class Hub:
     """One server's database, store and metrics.
@@ -42,6 +56,7 @@ class Hub:
 
     def __init__(self, settings: Settings, *, db: Database | None = None) -> None:
         self.settings = settings
+        self._write_limiter = anyio.CapacityLimiter(1)
         self._owns_db = db is None
         self.db = db if db is not None else Database(settings.db_path, **settings.database_options())
         try:
@@ -80,6 +95,8 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
+        if operation in WRITE_OPERATIONS:
+            return await anyio.to_thread.run_sync(timed, limiter=self._write_limiter)
         return await anyio.to_thread.run_sync(timed)
 
     async def _health_database(self) -> dict[str, Any]:
