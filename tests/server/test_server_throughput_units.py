@@ -3,6 +3,8 @@ write at a time per process in ``Hub.call``, and cached metric children."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -160,3 +162,34 @@ def test_sigterm_writes_every_queued_log_line_before_the_process_ends(
     messages = [r["msg"] for r in lines]
     assert any(m.startswith("database ") and m.endswith(" closed") for m in messages)
     assert messages[-1].startswith("Finished server process")
+
+
+def test_a_cancelled_caller_waits_for_its_running_call_and_context_goes_along(tmp_path: Path) -> None:
+    hub = _hub(tmp_path)
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who")
+    started = threading.Event()
+    release = threading.Event()
+    finished: list[str] = []
+
+    def slow() -> None:
+        started.set()
+        release.wait(30)
+        finished.append(who.get())
+
+    async def main() -> None:
+        who.set("agent-7")
+        assert await hub.call("task_status", who.get) == "agent-7"
+        task = asyncio.create_task(hub.call("report_run", slow))
+        await asyncio.to_thread(started.wait, 30)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the caller gave up while its store call was still running"
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert finished == ["agent-7"]
+
+    try:
+        asyncio.run(main())
+    finally:
+        hub.close()

@@ -5,10 +5,14 @@ calls block; the event loop must not) and times it for the transaction histogram
 thread hop per request, with authentication done in the same hop as the store call.
 
 Calls that write (:data:`WRITE_OPERATIONS`) run one at a time per process, in arrival
-order: they wait on the event loop for a one-slot limiter, not inside SQLite. Threads
-of one process that contend for the write lock otherwise wait in SQLite's busy handler,
-which sleeps 1, 2, 5, 10 ... 100 ms between tries, and those sleeps were the p99 of
-every request (issue 14). The busy handler still arbitrates between processes.
+order, on one writer thread (so one writer connection): threads of one process that
+contend for the write lock otherwise wait in SQLite's busy handler, which sleeps 1, 2,
+5, 10 ... 100 ms between tries, and those sleeps were the p99 of every request (issue
+14). The busy handler still arbitrates between processes. Reads run on a pool of
+:data:`READ_THREADS`. Both are plain ``concurrent.futures`` executors, whose C queue
+hands a call to a thread more cheaply than anyio's worker threads did; as with
+``anyio.to_thread``, the caller's context variables go with the call, and a caller
+cancelled while its call runs still waits for it to finish.
 
 The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
 no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
@@ -18,13 +22,14 @@ concurrent requests.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import anyio
-import anyio.to_thread
 
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
@@ -39,6 +44,9 @@ __all__ = ["Hub"]
 log = logging.getLogger("icn_mcp.server")
 
 T = TypeVar("T")
+
+#: Threads for calls that only read (anyio's default thread limit was the same).
+READ_THREADS = 40
 
 #: ``Hub.call`` operations that open a write transaction (HTTP handlers and MCP tools).
 WRITE_OPERATIONS = frozenset({
@@ -56,7 +64,8 @@ class Hub:
 
     def __init__(self, settings: Settings, *, db: Database | None = None) -> None:
         self.settings = settings
-        self._write_limiter = anyio.CapacityLimiter(1)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
+        self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
         self._owns_db = db is None
         self.db = db if db is not None else Database(settings.db_path, **settings.database_options())
         try:
@@ -95,9 +104,8 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
-        if operation in WRITE_OPERATIONS:
-            return await anyio.to_thread.run_sync(timed, limiter=self._write_limiter)
-        return await anyio.to_thread.run_sync(timed)
+        executor = self._writer if operation in WRITE_OPERATIONS else self._readers
+        return await _in_thread(executor, contextvars.copy_context().run, timed)
 
     async def _health_database(self) -> dict[str, Any]:
         info = await self.call("database_info", self.database_info)
@@ -131,6 +139,30 @@ class Hub:
         return parse_ts(last["created_at"]).timestamp()
 
     def close(self) -> None:
-        """Close the database if the hub opened it (checkpoints the WAL)."""
+        """Stop the threads (after the calls already running), then close the database
+        if the hub opened it (checkpoints the WAL)."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
         if self._owns_db:
             self.db.close()
+
+
+async def _in_thread(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on ``executor``, awaited.
+
+    Cancelled before the call started: it never runs. Cancelled while it runs: wait
+    for it anyway (its transaction commits or rolls back on its own, and the database
+    must not be closed under it), then re-raise the cancellation.
+    """
+    future = executor.submit(fn, *args)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError as cancelled:
+        while not future.done():  # it was running: wrap_future could not cancel it
+            try:
+                await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:  # noqa: BLE001 - its own outcome; we were cancelled
+                break
+        raise cancelled
