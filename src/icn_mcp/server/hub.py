@@ -30,7 +30,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-
 from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.db.backup import BACKUP_DIR_NAME, latest_backup
