@@ -10,7 +10,7 @@ per request on the loop cost about a tenth of the server's CPU under load, and w
 a thread per record cost several percent more (issue 14).
 :func:`flush_logging` (called at the end of ``serve``, and at exit) writes whatever
 is queued, so a clean shutdown loses no line; a kill -9 loses at most the lines of
-the last few milliseconds.
+the last ``POLL_S`` (about 50 ms).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = ["JsonFormatter", "BackgroundLogHandler", "configure_logging", "flush_
 POLL_S = 0.05
 #: Lines are written in chunks of at most this many bytes (the atomic size of a pipe
 #: write), so that lines of several worker processes sharing stderr never interleave.
+#: (``json.dumps`` escapes non-ASCII, so characters are bytes here.)
 CHUNK_BYTES = 4096
 
 
