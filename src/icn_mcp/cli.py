@@ -935,16 +935,26 @@ def replica_command(ctx: click.Context, as_json: bool) -> None:
     help="Port to listen on; 0 picks a free one (default: MCP_PORT, else 8787).",
 )
 @click.option("--stdio", is_flag=True, help="Serve MCP over stdin/stdout instead of HTTP.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="HTTP server processes sharing the port, each with its own database connections.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool, workers: int) -> None:
     """Serve the HTTP worker API, MCP at /mcp, /healthz and /metrics.
 
     With --stdio, serve MCP over stdio for a desktop MCP client, acting for the local
     agent MCP_STDIO_AGENT_NAME. Logs are JSON lines on stderr. SIGTERM or SIGINT
-    finishes in-flight requests and closes the database.
+    finishes in-flight requests and closes the database. --workers N serves HTTP
+    from N processes; rate limits then apply per process.
     """
     import dataclasses
 
+    if stdio and workers != 1:
+        _fail("--workers applies to HTTP only; --stdio serves one client", code=EXIT_USAGE)
     from icn_mcp.server import serve_http, serve_stdio
     from icn_mcp.server.logs import configure_logging
 
@@ -958,7 +968,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool) -
         serve_stdio(settings)
         return
     try:
-        serve_http(settings, announce=lambda url: click.echo(f"serving {url} (MCP at {url}/mcp)"))
+        serve_http(settings, announce=lambda url: click.echo(f"serving {url} (MCP at {url}/mcp)"), workers=workers)
     except OSError as exc:
         where = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):

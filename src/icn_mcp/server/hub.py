@@ -1,7 +1,18 @@
 """What the HTTP and MCP layers share: the database, the store, metrics, worker threads.
 
 Every store call goes through :meth:`Hub.call`, which runs it in a worker thread (SQLite
-calls block; the event loop must not) and times it for the transaction histogram.
+calls block; the event loop must not) and times it for the transaction histogram: one
+thread hop per request, with authentication done in the same hop as the store call.
+
+Calls that write (:data:`WRITE_OPERATIONS`) run one at a time per process, in arrival
+order, on one writer thread (so one writer connection): threads of one process that
+contend for the write lock otherwise wait in SQLite's busy handler, which sleeps 1, 2,
+5, 10 ... 100 ms between tries, and those sleeps were the p99 of every request (issue
+14). The busy handler still arbitrates between processes. Reads run on a pool of
+:data:`READ_THREADS`. Both are plain ``concurrent.futures`` executors, whose C queue
+hands a call to a thread more cheaply than anyio's worker threads did; as with
+``anyio.to_thread``, the caller's context variables go with the call, and a caller
+cancelled while its call runs still waits for it to finish.
 
 The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
 no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
@@ -11,12 +22,13 @@ concurrent requests.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
-
-import anyio.to_thread
 
 from icn_mcp.config import Settings, redact_url
 from icn_mcp.db import Database, open_database
@@ -45,6 +57,15 @@ T = TypeVar("T")
 #: dependency, a failed attempt reopened): waiting claims look at once.
 _MAY_RELEASE_WORK = frozenset({"create_task", "report_run"})
 
+#: Threads for calls that only read (anyio's default thread limit was the same).
+READ_THREADS = 40
+
+#: ``Hub.call`` operations that open a write transaction (HTTP handlers and MCP tools).
+WRITE_OPERATIONS = frozenset({
+    "register_agent", "refresh_token", "create_task", "claim_next_task", "report_run",
+    "cleanup_expired", "claim_task", "add_artifact",
+})
+
 
 class Hub:
     """One server's database, store and metrics.
@@ -58,6 +79,8 @@ class Hub:
         if db is None and settings.db_url is not None:
             # Refused before connecting: the store does not run on PostgreSQL yet.
             raise store_backend_refused(redact_url(settings.db_url))
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
+        self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
         self._owns_db = db is None
         self.db = db if db is not None else open_database(settings)
         #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
@@ -161,7 +184,8 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
-        result = await anyio.to_thread.run_sync(timed)
+        executor = self._writer if operation in WRITE_OPERATIONS else self._readers
+        result = await _in_thread(executor, contextvars.copy_context().run, timed)
         if operation in _MAY_RELEASE_WORK:
             self.waiters.notify()
         return result
@@ -204,9 +228,12 @@ class Hub:
         return self.replicator.status()
 
     def close(self) -> None:
-        """Close the database if the hub opened it (checkpoints the WAL), then stop
-        Litestream: after the last write, so its final sync carries everything."""
+        """Stop the threads (after the calls already running), close the database if
+        the hub opened it (checkpoints the WAL), then stop Litestream: after the last
+        write, so its final sync carries everything."""
         try:
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            self._readers.shutdown(wait=True, cancel_futures=True)
             if self.data_version is not None:
                 self.data_version.close()
             if self._owns_db:
@@ -214,3 +241,24 @@ class Hub:
         finally:
             if self.replicator is not None:
                 self.replicator.stop()
+
+
+async def _in_thread(executor: Executor, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on ``executor``, awaited.
+
+    Cancelled before the call started: it never runs. Cancelled while it runs: wait
+    for it anyway (its transaction commits or rolls back on its own, and the database
+    must not be closed under it), then re-raise the cancellation.
+    """
+    future = executor.submit(fn, *args)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError as cancelled:
+        while not future.done():  # it was running: wrap_future could not cancel it
+            try:
+                await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                continue
+            except BaseException:  # noqa: BLE001 - its own outcome; we were cancelled
+                break
+        raise cancelled

@@ -9,6 +9,10 @@ is read at most once per ``MCP_HEALTH_CACHE_S`` by the server (``server/cache.py
 passed to :meth:`ServerMetrics.render`; file sizes and ``db.get_stats()`` are read on
 every scrape. Each server has its own registry, so several servers (tests) can live in
 one process.
+
+Labelled metrics are wrapped in :class:`CachedLabels`: a request looks its children up
+in a plain dict instead of paying ``labels()`` (a lock, label checks and string
+conversions) two or three times per request (issue 14).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ServerMetrics", "MetricsState", "CONTENT_TYPE"]
+__all__ = ["ServerMetrics", "MetricsState", "CachedLabels", "CONTENT_TYPE"]
 
 log = logging.getLogger("icn_mcp.server")
 
@@ -40,6 +44,32 @@ TASK_STATUSES = ("open", "claimed", "completed", "failed")
 MetricsState = dict[str, Any]
 
 
+class CachedLabels:
+    """A labelled metric whose child for given label values is looked up once.
+
+    ``labels(*values)`` returns the same child as the metric's own ``labels()``;
+    every other attribute is the metric's. Only for label values from a fixed set
+    (routes, methods, statuses, operations): the cache keeps every child it made,
+    as the metric itself does.
+    """
+
+    __slots__ = ("metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            # Two threads may both get here; the metric returns the same child to both.
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
+
+
 class ServerMetrics:
     """The metrics of one server; :meth:`render` produces the Prometheus text."""
 
@@ -53,55 +83,55 @@ class ServerMetrics:
         replication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self.requests = CachedLabels(Counter(
             "icn_mcp_http_requests",
             "HTTP requests served, by route, method and status.",
             ["route", "method", "status"],
             registry=self.registry,
-        )
-        self.request_seconds = Histogram(
+        ))
+        self.request_seconds = CachedLabels(Histogram(
             "icn_mcp_http_request_duration_seconds",
             "Time to serve an HTTP request, by route.",
             ["route"],
             registry=self.registry,
-        )
-        self.claims = Counter(
+        ))
+        self.claims = CachedLabels(Counter(
             "icn_mcp_claims",
             "Claim attempts, by result (claimed, empty).",
             ["result"],
             registry=self.registry,
-        )
+        ))
         self.reclaims = Counter(
             "icn_mcp_leases_reclaimed",
             "Claims of a task that had been claimed before (its lease expired or an attempt failed).",
             registry=self.registry,
         )
-        self.reports = Counter(
+        self.reports = CachedLabels(Counter(
             "icn_mcp_reports",
             "Run reports accepted, by status.",
             ["status"],
             registry=self.registry,
-        )
-        self.tool_calls = Counter(
+        ))
+        self.tool_calls = CachedLabels(Counter(
             "icn_mcp_mcp_tool_calls",
             "MCP tool calls, by tool and result (ok or the error code).",
             ["tool", "result"],
             registry=self.registry,
-        )
-        self.transaction_seconds = Histogram(
+        ))
+        self.transaction_seconds = CachedLabels(Histogram(
             "icn_mcp_db_transaction_duration_seconds",
             "Time of one store call (one database transaction), by operation.",
             ["operation"],
             buckets=TRANSACTION_BUCKETS,
             registry=self.registry,
-        )
-        self.health_cache_computations = Counter(
+        ))
+        self.health_cache_computations = CachedLabels(Counter(
             "icn_mcp_health_cache_computations",
             "Computations of the cached database part of /healthz/db and /metrics, by part "
             "(healthz_db, metrics): at most one per MCP_HEALTH_CACHE_S each, however many requests.",
             ["part"],
             registry=self.registry,
-        )
+        ))
         for part in ("healthz_db", "metrics"):
             self.health_cache_computations.labels(part)
         # -- waiting claims (issue 11) --

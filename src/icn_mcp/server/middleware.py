@@ -39,6 +39,9 @@ log = logging.getLogger("icn_mcp.server")
 
 #: Routes that are never rate limited: probes and scrapes must always get through.
 UNLIMITED_PATHS = frozenset({"/healthz", "/healthz/db", "/metrics"})
+#: Methods that label the request metrics as themselves; any other is ``OTHER``, so a
+#: client inventing methods cannot grow the metrics (or their cached children).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SCOPE_KEY = "icn_mcp.request"
 
 
@@ -154,7 +157,7 @@ class ObserveMiddleware:
     def _observe(self, scope: Scope, info: RequestInfo, status: int, elapsed: float) -> None:
         route = info.route or self._route(scope.get("path", ""))
         method = scope.get("method", "")
-        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.requests.labels(route, method if method in KNOWN_METHODS else "OTHER", str(status)).inc()
         self.metrics.request_seconds.labels(route).observe(elapsed)
         agent_id = info.agent_id or _mcp_client_id(scope)
         client = scope.get("client")
