@@ -67,9 +67,7 @@ def build(path: Path, size_mb: int) -> None:
     started = time.perf_counter()
     with Database(path) as db:
         conn = db.connection()
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS payload (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, body BLOB)"
-        )
+        conn.execute("CREATE TABLE IF NOT EXISTS payload (id INTEGER PRIMARY KEY, created_at TEXT NOT NULL, body BLOB)")
         conn.execute("CREATE INDEX IF NOT EXISTS payload_created_at ON payload (created_at)")
         conn.execute("CREATE TABLE IF NOT EXISTS ticks (id INTEGER PRIMARY KEY, at REAL)")
         target = size_mb * 1024 * 1024
@@ -88,7 +86,7 @@ def build(path: Path, size_mb: int) -> None:
 def max_gap_ms(times: list[float], start: float, end: float) -> float:
     """Longest interval between consecutive commits that overlaps [start, end]."""
     worst = 0.0
-    for before, after in zip(times, times[1:]):
+    for before, after in zip(times, times[1:], strict=False):
         if after >= start and before <= end:
             worst = max(worst, after - before)
     return worst * 1000
@@ -100,7 +98,8 @@ def commits_in(times: list[float], start: float, end: float) -> int:
 
 def gaps_over(times: list[float], start: float, end: float, limit_ms: float) -> int:
     return sum(
-        1 for before, after in zip(times, times[1:])
+        1
+        for before, after in zip(times, times[1:], strict=False)
         if after >= start and before <= end and (after - before) * 1000 > limit_ms
     )
 
@@ -122,8 +121,11 @@ def main() -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS ticks (id INTEGER PRIMARY KEY, at REAL)")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = os.path.getsize(path)
-    print(f"database {path}: {size / 2**20:.0f} MiB, SQLite {sqlite3.sqlite_version}, "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"database {path}: {size / 2**20:.0f} MiB, SQLite {sqlite3.sqlite_version}, "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     ready, stop, out = workdir / "writer.ready", workdir / "writer.stop", workdir / "writer.json"
     for f in (ready, stop, out):
@@ -165,6 +167,7 @@ def main() -> None:
             result = db.create_backup(backup_dir=workdir / "backups", check=check, keep=keep)
             created.append(result.path)
             print(f"    phases: {json.dumps(result.timings_s)}; pruned {len(result.pruned)}", flush=True)
+
         return run
 
     methods = [
@@ -215,13 +218,17 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, start, end in windows:
         seconds = end - start
-        print(f"| {name} | {seconds:.2f} | {seconds / cp_s:.2f} | {max_gap_ms(times, start, end):.1f} "
-              f"| {gaps_over(times, start, end, STALL_MS)} | {commits_in(times, start, end)} |")
+        print(
+            f"| {name} | {seconds:.2f} | {seconds / cp_s:.2f} | {max_gap_ms(times, start, end):.1f} "
+            f"| {gaps_over(times, start, end, STALL_MS)} | {commits_in(times, start, end)} |"
+        )
     print()
     print(f"{len(times)} commits in all")
-    print(f"get_database_info: {data['elapsed_ms']:.0f} ms ({len(data['tables'])} tables, "
-          f"{sum(t['row_count'] or 0 for t in data['tables'])} rows); of which row counts "
-          f"{count_s * 1000:.0f} ms, dbstat sizes {dbstat_s * 1000:.0f} ms")
+    print(
+        f"get_database_info: {data['elapsed_ms']:.0f} ms ({len(data['tables'])} tables, "
+        f"{sum(t['row_count'] or 0 for t in data['tables'])} rows); of which row counts "
+        f"{count_s * 1000:.0f} ms, dbstat sizes {dbstat_s * 1000:.0f} ms"
+    )
     db.close()
     if args.path is None and args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -82,8 +82,14 @@ def store_claimer(path: str, agent_id: str, barrier, results) -> None:
 
 def raw_claimer(path: str, agent_id: str, barrier, results) -> None:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "foreign_keys = ON",
-                   "temp_store = MEMORY", "cache_size = -8192", "busy_timeout = 30000"):
+    for pragma in (
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+        "foreign_keys = ON",
+        "temp_store = MEMORY",
+        "cache_size = -8192",
+        "busy_timeout = 30000",
+    ):
         conn.execute(f"PRAGMA {pragma}")
     barrier.wait()
     started, cpu = time.monotonic(), time.process_time()
@@ -109,8 +115,7 @@ def throughput(kind: str, workdir: Path, procs: int, tasks: int) -> tuple[float,
     barrier = CTX.Barrier(procs)
     results = CTX.Queue()
     target = store_claimer if kind == "store" else raw_claimer
-    workers = [CTX.Process(target=target, args=(str(path), agent_id, barrier, results))
-               for _ in range(procs)]
+    workers = [CTX.Process(target=target, args=(str(path), agent_id, barrier, results)) for _ in range(procs)]
     for worker in workers:
         worker.start()
     outcome = [results.get(timeout=600) for _ in workers]
@@ -165,24 +170,34 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-claims-"))
     try:
-        print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
-              f"{os.cpu_count()} cpus; {args.tasks} open tasks, median of {args.repeat}")
-        print(f"{'procs':>5} {'store claims/s':>15} {'raw claims/s':>13} {'store/raw':>9}"
-              f" {'store cpu µs':>12} {'raw cpu µs':>10}")
+        print(
+            f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
+            f"{os.cpu_count()} cpus; {args.tasks} open tasks, median of {args.repeat}"
+        )
+        print(
+            f"{'procs':>5} {'store claims/s':>15} {'raw claims/s':>13} {'store/raw':>9}"
+            f" {'store cpu µs':>12} {'raw cpu µs':>10}"
+        )
         for procs in [int(p) for p in args.procs.split(",")]:
             store_runs, raw_runs = [], []
             for _ in range(args.repeat):
                 raw_runs.append(throughput("raw", workdir, procs, args.tasks))
                 store_runs.append(throughput("store", workdir, procs, args.tasks))
             if args.verbose:
-                print("      raw:", " ".join(f"{r:,.0f}" for r, _ in raw_runs),
-                      " store:", " ".join(f"{r:,.0f}" for r, _ in store_runs))
+                print(
+                    "      raw:",
+                    " ".join(f"{r:,.0f}" for r, _ in raw_runs),
+                    " store:",
+                    " ".join(f"{r:,.0f}" for r, _ in store_runs),
+                )
             store_rate = statistics.median(r for r, _ in store_runs)
             raw_rate = statistics.median(r for r, _ in raw_runs)
             store_cpu = statistics.median(c for _, c in store_runs)
             raw_cpu = statistics.median(c for _, c in raw_runs)
-            print(f"{procs:>5} {store_rate:>15,.0f} {raw_rate:>13,.0f} {store_rate / raw_rate:>9.2f}"
-                  f" {store_cpu * 1e6:>12.0f} {raw_cpu * 1e6:>10.0f}")
+            print(
+                f"{procs:>5} {store_rate:>15,.0f} {raw_rate:>13,.0f} {store_rate / raw_rate:>9.2f}"
+                f" {store_cpu * 1e6:>12.0f} {raw_cpu * 1e6:>10.0f}"
+            )
 
         if args.no_latency:
             return

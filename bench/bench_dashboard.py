@@ -21,7 +21,7 @@ import argparse
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +32,7 @@ from icn_mcp.store.dashboard import agent_activity, task_graph
 
 
 def build(db: Database, tasks: int, agents: int) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stamp = format_ts(now)
     lease = format_ts(now, plus_s=3600)
     with db.write_transaction() as conn:
@@ -55,7 +55,12 @@ def build(db: Database, tasks: int, agents: int) -> None:
                 "INSERT INTO tasks (id, title, status, created_at, updated_at, depends_on, blocking_deps,"
                 " attempt, claimed_by, lease_expires_at, lease_s) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (
-                    n, f"task {n}", status, stamp, stamp, f"[{dep[0]}]" if dep else None,
+                    n,
+                    f"task {n}",
+                    status,
+                    stamp,
+                    stamp,
+                    f"[{dep[0]}]" if dep else None,
                     0 if status == "open" else 1,
                     None if status == "open" else agent,
                     lease if status == "claimed" else None,
@@ -66,7 +71,8 @@ def build(db: Database, tasks: int, agents: int) -> None:
                 conn.execute("INSERT INTO task_dependencies (task_id, depends_on_id) VALUES (?, ?)", (n, dep[0]))
             if status == "completed":
                 conn.execute(
-                    "INSERT INTO runs (task_id, agent_id, attempt, status, created_at) VALUES (?, ?, 1, 'completed', ?)",
+                    "INSERT INTO runs (task_id, agent_id, attempt, status, created_at) "
+                    "VALUES (?, ?, 1, 'completed', ?)",
                     (n, agent, stamp),
                 )
 
@@ -91,7 +97,7 @@ def main() -> None:
         build(db, args.tasks, args.agents)
         print(f"built {args.tasks} tasks, {args.agents} agents in {time.perf_counter() - started:.1f} s")
         store = Store(db)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         middle = (args.tasks // 20) * 10 + 5
         cases: list[tuple[str, Callable[[], Any]]] = [
             ("store.stats() [baseline]", store.stats),

@@ -107,8 +107,9 @@ def _client_process(host: str, port: int, tokens: list[str], barrier: Any, resul
                     continue
                 if "task_id" not in claim:
                     break
-                status, report = post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
-                                                        "attempt": claim["attempt"]})
+                status, report = post(
+                    "/api/task/run", {"task_id": claim["task_id"], "status": "completed", "attempt": claim["attempt"]}
+                )
                 t2 = time.perf_counter()
                 if status != 200:
                     with lock:
@@ -182,8 +183,9 @@ def bench_http(tasks: int, clients: int, workers: int, client_procs: int, python
             barrier = ctx.Barrier(procs_n + 1)
             results = ctx.Queue()
             shares = [tokens[n::procs_n] for n in range(procs_n)]
-            procs = [ctx.Process(target=_client_process, args=(host, int(port), share, barrier, results))
-                     for share in shares]
+            procs = [
+                ctx.Process(target=_client_process, args=(host, int(port), share, barrier, results)) for share in shares
+            ]
             for p in procs:
                 p.start()
             barrier.wait()
@@ -208,9 +210,17 @@ def bench_http(tasks: int, clients: int, workers: int, client_procs: int, python
         with Database(settings.db_path, **settings.database_options()) as db, db.read_transaction() as conn:
             completed = conn.execute("SELECT count(*) FROM tasks WHERE status = 'completed'").fetchone()[0]
         ok = completed == tasks and len(set(claimed)) == len(claimed) == tasks and all(a == 1 for _, a in claimed)
-        return {"cycles": len(cycles), "seconds": elapsed, "rate": len(cycles) / elapsed,
-                "claim": claims, "report": reports, "cycle": cycles, "errors": errors, "exactly_once": ok,
-                "cpu_ms": cpu * 1000 / max(1, len(cycles))}
+        return {
+            "cycles": len(cycles),
+            "seconds": elapsed,
+            "rate": len(cycles) / elapsed,
+            "claim": claims,
+            "report": reports,
+            "cycle": cycles,
+            "errors": errors,
+            "exactly_once": ok,
+            "cpu_ms": cpu * 1000 / max(1, len(cycles)),
+        }
 
 
 def bench_store(tasks: int, clients: int) -> dict[str, Any]:
@@ -250,19 +260,33 @@ def bench_store(tasks: int, clients: int) -> dict[str, Any]:
             thread.join()
         elapsed = time.perf_counter() - began
         store.db.close()
-        return {"cycles": len(cycles), "seconds": elapsed, "rate": len(cycles) / elapsed,
-                "claim": claims, "report": reports, "cycle": cycles, "errors": [], "exactly_once": True,
-                "cpu_ms": float("nan")}
+        return {
+            "cycles": len(cycles),
+            "seconds": elapsed,
+            "rate": len(cycles) / elapsed,
+            "claim": claims,
+            "report": reports,
+            "cycle": cycles,
+            "errors": [],
+            "exactly_once": True,
+            "cpu_ms": float("nan"),
+        }
 
 
-HEADER = (f"{'run':<22} {'cycles':>6} {'cyc/s':>7} {'claim p50':>9} {'p99':>7} {'report p50':>10} {'p99':>7} "
-          f"{'cycle p50':>9} {'p99':>7} {'err':>4} {'once':>4} {'srv CPU ms/cyc':>14}")
+HEADER = (
+    f"{'run':<22} {'cycles':>6} {'cyc/s':>7} {'claim p50':>9} {'p99':>7} {'report p50':>10} {'p99':>7} "
+    f"{'cycle p50':>9} {'p99':>7} {'err':>4} {'once':>4} {'srv CPU ms/cyc':>14}"
+)
 
 
 def _row(name: str, r: dict[str, Any]) -> None:
-    print(f"{name:<22} {r['cycles']:>6} {r['rate']:>7.0f} {_pct(r['claim'], .5):>9.2f} {_pct(r['claim'], .99):>7.2f} "
-          f"{_pct(r['report'], .5):>10.2f} {_pct(r['report'], .99):>7.2f} {_pct(r['cycle'], .5):>9.2f} "
-          f"{_pct(r['cycle'], .99):>7.2f} {len(r['errors']):>4} {'yes' if r['exactly_once'] else 'NO':>4} {r['cpu_ms']:>14.2f}", flush=True)
+    print(
+        f"{name:<22} {r['cycles']:>6} {r['rate']:>7.0f} {_pct(r['claim'], 0.5):>9.2f} {_pct(r['claim'], 0.99):>7.2f} "
+        f"{_pct(r['report'], 0.5):>10.2f} {_pct(r['report'], 0.99):>7.2f} {_pct(r['cycle'], 0.5):>9.2f} "
+        f"{_pct(r['cycle'], 0.99):>7.2f} {len(r['errors']):>4} "
+        f"{'yes' if r['exactly_once'] else 'NO':>4} {r['cpu_ms']:>14.2f}",
+        flush=True,
+    )
     for error in r["errors"][:3]:
         print(f"    error: {error[:200]}")
 
@@ -278,18 +302,22 @@ def main() -> None:
     parser.add_argument("--workers", type=_ints, default=[1, 2], help="comma-separated server process counts (1,2)")
     parser.add_argument("--client-procs", type=int, default=4, help="load-generator processes (default 4)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the whole set, interleaved")
-    parser.add_argument("--backend", choices=BACKENDS, default="sqlite",
-                        help="database backend (only sqlite in this version)")
-    parser.add_argument("--server-pythonpath", default=None,
-                        help="prepend to the server's PYTHONPATH (run another checkout's server)")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="sqlite", help="database backend (only sqlite in this version)"
+    )
+    parser.add_argument(
+        "--server-pythonpath", default=None, help="prepend to the server's PYTHONPATH (run another checkout's server)"
+    )
     parser.add_argument("--no-store", action="store_true", help="skip the store-direct baseline")
     args = parser.parse_args()
-    print(f"claim -> report cycles, {args.backend}: {args.tasks} tasks per run, Python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, {args.client_procs} client processes, {_load()}"
-          + (f", server PYTHONPATH {args.server_pythonpath}" if args.server_pythonpath else ""))
+    print(
+        f"claim -> report cycles, {args.backend}: {args.tasks} tasks per run, Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, {args.client_procs} client processes, {_load()}"
+        + (f", server PYTHONPATH {args.server_pythonpath}" if args.server_pythonpath else "")
+    )
     print("latencies in ms")
     print(HEADER)
-    for round_ in range(args.repeat):
+    for _round in range(args.repeat):
         for clients in args.clients:
             store = None if args.no_store else bench_store(args.tasks, clients)
             if store is not None:

@@ -56,8 +56,7 @@ def _claim_and_complete(conn: Any, me: str) -> bool:
 def worker_layer(url: str, out: Any, isolation: str = "serializable") -> None:
     from icn_mcp.db.postgres import PostgresDatabase
 
-    db = PostgresDatabase(url, migrate=False, pool_min=1, pool_max=1, retries=50,
-                          retry_base_delay_s=0.001)
+    db = PostgresDatabase(url, migrate=False, pool_min=1, pool_max=1, retries=50, retry_base_delay_s=0.001)
     me = f"layer-{os.getpid()}"
     done = 0
     while db.run_in_transaction(lambda conn: _claim_and_complete(conn, me), isolation=isolation):
@@ -128,8 +127,10 @@ def main() -> None:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SCHEMA)
-        print(f"{'procs':>5}  {'raw/s':>7}  {'layer RC/s':>10}  {'ratio':>5}  "
-              f"{'layer SER/s':>11}  {'ratio':>5}  SER retries")
+        print(
+            f"{'procs':>5}  {'raw/s':>7}  {'layer RC/s':>10}  {'ratio':>5}  "
+            f"{'layer SER/s':>11}  {'ratio':>5}  SER retries"
+        )
         for procs in (int(p) for p in args.procs.split(",")):
             raw, rc, ser, retries = [], [], [], 0
             for _ in range(args.rounds):
@@ -139,8 +140,10 @@ def main() -> None:
                 ser.append(rate)
                 retries += r
             best_raw = max(raw)
-            print(f"{procs:>5}  {best_raw:>7.0f}  {max(rc):>10.0f}  {max(rc) / best_raw:>5.2f}  "
-                  f"{max(ser):>11.0f}  {max(ser) / best_raw:>5.2f}  {retries}")
+            print(
+                f"{procs:>5}  {best_raw:>7.0f}  {max(rc):>10.0f}  {max(rc) / best_raw:>5.2f}  "
+                f"{max(ser):>11.0f}  {max(ser) / best_raw:>5.2f}  {retries}"
+            )
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -34,7 +34,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_backup  # noqa: E402  (the database builder)
-
 from icn_mcp.config import DEFAULT_REPLICA_SYNC_INTERVAL_S  # noqa: E402
 from icn_mcp.db import Database  # noqa: E402
 from icn_mcp.db.replica import Replicator  # noqa: E402
@@ -44,17 +43,30 @@ ADMIN = "admin-token-for-the-benchmark-0123"
 
 def _env(db_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
-    env.update(MCP_DB_DIR=str(db_dir), MCP_HOST="127.0.0.1", MCP_PORT="0", MCP_ADMIN_TOKEN=ADMIN,
-               MCP_RATE_LIMIT_IP_PER_MIN="0", MCP_RATE_LIMIT_TOKEN_PER_MIN="0", MCP_LOG_LEVEL="WARNING",
-               MCP_HEALTH_CACHE_S="0", TMPDIR=str(db_dir.parent))  # what kill -9 leaves stays in the work dir
+    env.update(
+        MCP_DB_DIR=str(db_dir),
+        MCP_HOST="127.0.0.1",
+        MCP_PORT="0",
+        MCP_ADMIN_TOKEN=ADMIN,
+        MCP_RATE_LIMIT_IP_PER_MIN="0",
+        MCP_RATE_LIMIT_TOKEN_PER_MIN="0",
+        MCP_LOG_LEVEL="WARNING",
+        MCP_HEALTH_CACHE_S="0",
+        TMPDIR=str(db_dir.parent),
+    )  # what kill -9 leaves stays in the work dir
     env.update(extra)
     return env
 
 
 class Server:
     def __init__(self, db_dir: Path, **extra: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "serve"], env=_env(db_dir, **extra),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "icn_mcp", "serve"],
+            env=_env(db_dir, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("serving "):
@@ -72,8 +84,9 @@ class Server:
         self.proc.wait(60)
 
 
-def _call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
-          token: str | None = None) -> dict[str, Any]:
+def _call(
+    conn: http.client.HTTPConnection, method: str, path: str, body: Any = None, token: str | None = None
+) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -169,18 +182,26 @@ def one_kill(work: Path, n: int, write_s: float, *, machine: bool = True) -> dic
 
 def bench_recovery_point(work: Path, kills: int, *, machine: bool = True) -> None:
     what = "server + Litestream" if machine else "the server only"
-    print(f"\n1. recovery point: {kills} x kill -9 of {what} under a steady writer "
-          f"(sync interval {DEFAULT_REPLICA_SYNC_INTERVAL_S:g} s, the default)", flush=True)
+    print(
+        f"\n1. recovery point: {kills} x kill -9 of {what} under a steady writer "
+        f"(sync interval {DEFAULT_REPLICA_SYNC_INTERVAL_S:g} s, the default)",
+        flush=True,
+    )
     rows = []
     for n in range(kills):
         row = one_kill(work, n if machine else 1000 + n, write_s=2.0 + (n % 5) * 0.37, machine=machine)
         rows.append(row)
-        print(f"   kill {n + 1:2d}: {row['acked']:4d} acknowledged, {row['lost']:3d} lost, "
-              f"oldest lost acknowledged {row['oldest_lost_s'] * 1000:6.0f} ms before the kill", flush=True)
+        print(
+            f"   kill {n + 1:2d}: {row['acked']:4d} acknowledged, {row['lost']:3d} lost, "
+            f"oldest lost acknowledged {row['oldest_lost_s'] * 1000:6.0f} ms before the kill",
+            flush=True,
+        )
     lost = [r["lost"] for r in rows]
-    print(f"   lost per kill: mean {statistics.mean(lost):.1f}, median {statistics.median(lost):.0f}, "
-          f"max {max(lost)} (of ~{statistics.mean(r['acked'] for r in rows):.0f} acknowledged each); "
-          f"oldest lost write {max(r['oldest_lost_s'] for r in rows) * 1000:.0f} ms before the kill")
+    print(
+        f"   lost per kill: mean {statistics.mean(lost):.1f}, median {statistics.median(lost):.0f}, "
+        f"max {max(lost)} (of ~{statistics.mean(r['acked'] for r in rows):.0f} acknowledged each); "
+        f"oldest lost write {max(r['oldest_lost_s'] for r in rows) * 1000:.0f} ms before the kill"
+    )
 
 
 # -- 2. throughput --------------------------------------------------------------------------
@@ -220,7 +241,9 @@ def bench_throughput(work: Path, clients: int, seconds: float) -> None:
             caught = ""
             if extra:
                 status = _wait_caught_up(server)
-                caught = f" (replica then caught up at transaction {status['replica_txid']}, {status['restarts']} restarts)"
+                caught = (
+                    f" (replica then caught up at transaction {status['replica_txid']}, {status['restarts']} restarts)"
+                )
         finally:
             server.stop()
         print(f"   {label:16s} {rate:7.0f} tasks/s{caught}", flush=True)
@@ -245,8 +268,10 @@ def bench_restore(work: Path, size_mb: int) -> None:
                 time.sleep(0.2)
         print(f"   first replication (snapshot) took {time.monotonic() - started:.1f} s", flush=True)
     timings = {}
-    for label, args in (("backup file", ["db", "restore", backup.path, "--yes"]),
-                        ("file:// replica", ["db", "restore", "--from-replica", url, "--yes"])):
+    for label, args in (
+        ("backup file", ["db", "restore", backup.path, "--yes"]),
+        ("file:// replica", ["db", "restore", "--from-replica", url, "--yes"]),
+    ):
         target = work / f"restore-{label.split()[0]}"
         # The same starting point for both: a new machine with an empty, migrated database
         # (a backup-file restore onto no database at all is issue 9's, not measured here).
@@ -267,8 +292,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--only", choices=("recovery", "throughput", "restore"))
-    parser.add_argument("--server-kills", type=int, default=5,
-                        help="also kill -9 only the server this many times (a process crash)")
+    parser.add_argument(
+        "--server-kills", type=int, default=5, help="also kill -9 only the server this many times (a process crash)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="icn-bench-replica-"))
     print(f"work directory {work}")

@@ -22,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_backup  # noqa: E402  (the writer process and the database builder)
-
 from icn_mcp.db import Database  # noqa: E402
 
 
@@ -42,8 +41,18 @@ def main() -> None:
     backup = db.create_backup(work / "backups", check="quick")
 
     ready, stop, out = work / "writer.ready", work / "writer.stop", work / "writer.json"
-    writer = subprocess.Popen([sys.executable, "-c", bench_backup.WRITER, str(path), str(ready),
-                               str(stop), str(out), str(bench_backup.WRITER_INTERVAL_S)])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            bench_backup.WRITER,
+            str(path),
+            str(ready),
+            str(stop),
+            str(out),
+            str(bench_backup.WRITER_INTERVAL_S),
+        ]
+    )
     while not ready.exists():
         time.sleep(0.01)
     time.sleep(0.5)
@@ -55,11 +64,15 @@ def main() -> None:
     writer.wait()
     db.close()
     times = json.loads(out.read_text())
-    waits = sorted((b - a for a, b in zip(times, times[1:]) if b > started and a < ended), reverse=True)
-    print(f"restore of {backup.size_bytes / 2**20:.0f} MiB with a writer committing every "
-          f"{bench_backup.WRITER_INTERVAL_S * 1000:.0f} ms: {ended - started:.2f} s")
-    print(f"writer's longest wait {waits[0]:.2f} s (next {waits[1]:.2f} s); writer exit status "
-          f"{writer.returncode}; {len(times)} commits")
+    waits = sorted((b - a for a, b in zip(times, times[1:], strict=False) if b > started and a < ended), reverse=True)
+    print(
+        f"restore of {backup.size_bytes / 2**20:.0f} MiB with a writer committing every "
+        f"{bench_backup.WRITER_INTERVAL_S * 1000:.0f} ms: {ended - started:.2f} s"
+    )
+    print(
+        f"writer's longest wait {waits[0]:.2f} s (next {waits[1]:.2f} s); writer exit status "
+        f"{writer.returncode}; {len(times)} commits"
+    )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,13 @@ def bench_http(tasks: int, clients: int) -> tuple[float, list[float]]:
         store, tokens = _prepare(db_dir, tasks, clients)
         store.db.close()
         log = open(Path(tmp) / "server.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "serve"], env=_settings(db_dir),
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "icn_mcp", "serve"],
+            env=_settings(db_dir),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()
@@ -132,9 +137,12 @@ def bench_http(tasks: int, clients: int) -> tuple[float, list[float]]:
                     claim = session.post("/api/task/claim", {})
                     if "task_id" not in claim:
                         return False
-                    session.post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
-                                                   "attempt": claim["attempt"]})
+                    session.post(
+                        "/api/task/run",
+                        {"task_id": claim["task_id"], "status": "completed", "attempt": claim["attempt"]},
+                    )
                     return True
+
                 return cycle
 
             result = _run_clients(clients, [make_cycle(session) for session in sessions])
@@ -159,6 +167,7 @@ def bench_store(tasks: int, clients: int) -> tuple[float, list[float]]:
                     return False
                 store.report_run(claim.task_id, agent_id, "completed", attempt=claim.attempt)
                 return True
+
             return cycle
 
         try:
@@ -179,8 +188,9 @@ def bench_backup_while_serving(size_mb: int, clients: int) -> None:
         store.db.close()
         env = _settings(db_dir)
         log = open(Path(tmp) / "server.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "serve"], env=env,
-                                stdout=subprocess.PIPE, stderr=log, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "icn_mcp", "serve"], env=env, stdout=subprocess.PIPE, stderr=log, text=True
+        )
         stop = threading.Event()
         cycles: list[tuple[float, float]] = []  # (start, end), monotonic
         lock = threading.Lock()
@@ -198,8 +208,10 @@ def bench_backup_while_serving(size_mb: int, clients: int) -> None:
                     claim = session.post("/api/task/claim", {})
                     if "task_id" not in claim:
                         return
-                    session.post("/api/task/run", {"task_id": claim["task_id"], "status": "completed",
-                                                   "attempt": claim["attempt"]})
+                    session.post(
+                        "/api/task/run",
+                        {"task_id": claim["task_id"], "status": "completed", "attempt": claim["attempt"]},
+                    )
                     with lock:
                         cycles.append((began, time.monotonic()))
                 session.conn.close()
@@ -209,8 +221,9 @@ def bench_backup_while_serving(size_mb: int, clients: int) -> None:
                 thread.start()
             time.sleep(2.0)
             backup_began = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", "icn_mcp", "db", "backup"], env=env,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "icn_mcp", "db", "backup"], env=env, capture_output=True, text=True
+            )
             backup_ended = time.monotonic()
             if done.returncode != 0:
                 raise RuntimeError(f"backup failed: {done.stderr}")
@@ -224,14 +237,18 @@ def bench_backup_while_serving(size_mb: int, clients: int) -> None:
             log.close()
     before = sorted(e - b for b, e in cycles if e < backup_began)
     during = sorted(e - b for b, e in cycles if b < backup_ended and e > backup_began)
-    print(f"\nbackup while serving: ~{size_mb} MB database, `icn-mcp db backup` took "
-          f"{backup_ended - backup_began:.2f} s (full check), {clients} clients cycling")
+    print(
+        f"\nbackup while serving: ~{size_mb} MB database, `icn-mcp db backup` took "
+        f"{backup_ended - backup_began:.2f} s (full check), {clients} clients cycling"
+    )
     print(f"{'window':<8} {'cycles':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
     for name, sample in (("before", before), ("during", during)):
         if sample:
             p99 = sample[min(len(sample) - 1, int(len(sample) * 0.99))]
-            print(f"{name:<8} {len(sample):>7} {statistics.median(sample) * 1000:>9.2f} "
-                  f"{p99 * 1000:>9.2f} {sample[-1] * 1000:>9.2f}")
+            print(
+                f"{name:<8} {len(sample):>7} {statistics.median(sample) * 1000:>9.2f} "
+                f"{p99 * 1000:>9.2f} {sample[-1] * 1000:>9.2f}"
+            )
 
 
 def _summary(name: str, elapsed: float, latencies: list[float]) -> tuple[float, float, float]:
@@ -247,16 +264,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--backup-mb", type=int, default=0,
-                        help="also time cycles while `icn-mcp db backup` copies a database of this size")
+    parser.add_argument(
+        "--backup-mb",
+        type=int,
+        default=0,
+        help="also time cycles while `icn-mcp db backup` copies a database of this size",
+    )
     args = parser.parse_args()
-    print(f"claim+complete cycles: {args.tasks} tasks, {args.clients} concurrent clients, "
-          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"claim+complete cycles: {args.tasks} tasks, {args.clients} concurrent clients, "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
     print(f"{'run':<6} {'cycles':>7} {'seconds':>9} {'cycles/s':>12} {'p50 ms':>9} {'p99 ms':>9}")
     http = _summary("http", *bench_http(args.tasks, args.clients))
     store = _summary("store", *bench_store(args.tasks, args.clients))
-    print(f"http/store: throughput {http[0] / store[0]:.2f}x, p50 latency {http[1] / store[1]:.1f}x, "
-          f"p99 latency {http[2] / store[2]:.1f}x")
+    print(
+        f"http/store: throughput {http[0] / store[0]:.2f}x, p50 latency {http[1] / store[1]:.1f}x, "
+        f"p99 latency {http[2] / store[2]:.1f}x"
+    )
     if args.backup_mb:
         bench_backup_while_serving(args.backup_mb, args.clients)
 

@@ -26,9 +26,15 @@ CREATE = "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, payload TEXT
 
 def raw_connection(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
-                   "temp_store = MEMORY", "foreign_keys = ON",
-                   "journal_size_limit = 67108864", "cache_size = -8192"):
+    for pragma in (
+        "busy_timeout = 30000",
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+        "temp_store = MEMORY",
+        "foreign_keys = ON",
+        "journal_size_limit = 67108864",
+        "cache_size = -8192",
+    ):
         conn.execute(f"PRAGMA {pragma}")
     conn.execute(CREATE)
     return conn
@@ -36,7 +42,7 @@ def raw_connection(path: Path) -> sqlite3.Connection:
 
 def bench_raw(conn: sqlite3.Connection, ops: int) -> float:
     started = time.perf_counter()
-    for i in range(ops):
+    for _ in range(ops):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(INSERT, ("x",))
         conn.execute("COMMIT")
@@ -48,7 +54,7 @@ def bench_layer(db: Database, ops: int) -> float:
         conn.execute(INSERT, ("x",))
 
     started = time.perf_counter()
-    for i in range(ops):
+    for _ in range(ops):
         db.run_in_transaction(insert)
     return ops / (time.perf_counter() - started)
 
@@ -58,8 +64,7 @@ def bench_open(tmp: Path, count: int, repeats: int) -> tuple[float, float]:
     migrations.mkdir()
     for n in range(1, count + 1):
         (migrations / f"{n:04d}_table_{n}.sql").write_text(
-            f"CREATE TABLE t{n} (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"
-            f"CREATE INDEX t{n}_name ON t{n} (name);\n"
+            f"CREATE TABLE t{n} (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\nCREATE INDEX t{n}_name ON t{n} (name);\n"
         )
     path = tmp / "migrated.sqlite"
     started = time.perf_counter()
@@ -100,8 +105,10 @@ def main() -> None:
         print(f"  cost of the layer (raw / layer)          : {raw_med / layer_med:10.2f}x  (target <= 1.30x)")
 
         first, reopen = bench_open(tmp, args.migrations, repeats=10)
-        print(f"open with {args.migrations} migrations: first open (applies all) {first * 1000:.1f} ms, "
-              f"reopen (all applied, median of 10) {reopen * 1000:.1f} ms")
+        print(
+            f"open with {args.migrations} migrations: first open (applies all) {first * 1000:.1f} ms, "
+            f"reopen (all applied, median of 10) {reopen * 1000:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

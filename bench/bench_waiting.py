@@ -52,11 +52,24 @@ db.close()
 
 def _start_server(db_dir: Path) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
-    env.update(MCP_DB_DIR=str(db_dir), MCP_PORT="0", MCP_ADMIN_TOKEN=ADMIN_TOKEN,
-               MCP_RATE_LIMIT_IP_PER_MIN="0", MCP_RATE_LIMIT_TOKEN_PER_MIN="0",
-               MCP_LOG_LEVEL="WARNING", MCP_HEALTH_CACHE_S="0", MCP_CLAIM_WAIT_MAX_S="600")
-    proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "serve"], env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    env.update(
+        MCP_DB_DIR=str(db_dir),
+        MCP_PORT="0",
+        MCP_ADMIN_TOKEN=ADMIN_TOKEN,
+        MCP_RATE_LIMIT_IP_PER_MIN="0",
+        MCP_RATE_LIMIT_TOKEN_PER_MIN="0",
+        MCP_LOG_LEVEL="WARNING",
+        MCP_HEALTH_CACHE_S="0",
+        MCP_CLAIM_WAIT_MAX_S="600",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "serve"],
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("serving "):
@@ -103,8 +116,11 @@ def _round(url: str, token: str, creator: subprocess.Popen[str], mode: str, n: i
                     time.sleep(POLL_INTERVAL_S)
             answered.append(time.time())
             assert "task_id" in answer, answer
-            client.post("/api/task/run", headers=headers,
-                        json={"task_id": answer["task_id"], "status": "completed", "attempt": answer["attempt"]})
+            client.post(
+                "/api/task/run",
+                headers=headers,
+                json={"task_id": answer["task_id"], "status": "completed", "attempt": answer["attempt"]},
+            )
 
     thread = threading.Thread(target=claim)
     thread.start()
@@ -126,9 +142,9 @@ async def _idle(url: str, token: str, count: int, seconds: float) -> list[httpx.
     limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
     async with httpx.AsyncClient(base_url=url, timeout=seconds + 60, limits=limits) as client:
         headers = {"Authorization": f"Bearer {token}"}
-        return await asyncio.gather(*(
-            client.post("/api/task/claim", json={"wait_s": seconds}, headers=headers) for _ in range(count)
-        ))
+        return await asyncio.gather(
+            *(client.post("/api/task/claim", json={"wait_s": seconds}, headers=headers) for _ in range(count))
+        )
 
 
 def main() -> None:
@@ -143,20 +159,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="icn-bench-waiting-") as tmp:
         db_dir = Path(tmp) / "var"
         server, url = _start_server(db_dir)
-        creator = subprocess.Popen([sys.executable, "-c", _CREATOR, str(db_dir / "icn-mcp.sqlite")],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        creator = subprocess.Popen(
+            [sys.executable, "-c", _CREATOR, str(db_dir / "icn-mcp.sqlite")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             with httpx.Client(base_url=url, timeout=30) as client:
-                token = client.post("/api/agent/register", json={"name": "bench", "kind": "ops"},
-                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["token"]
+                token = client.post(
+                    "/api/agent/register",
+                    json={"name": "bench", "kind": "ops"},
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                ).json()["token"]
             latencies: dict[str, list[float]] = {"waiting": [], "polling": []}
             for n in range(args.rounds):
                 for mode in ("waiting", "polling"):
                     latencies[mode].append(_round(url, token, creator, mode, n))
             print(f"wake-up latency from the creating COMMIT (another process), {args.rounds} rounds each:")
             for mode, values in latencies.items():
-                print(f"  {mode:8} p50 {1000 * statistics.median(values):7.1f} ms   "
-                      f"p99 {1000 * _percentile(values, 0.99):7.1f} ms   max {1000 * max(values):7.1f} ms")
+                print(
+                    f"  {mode:8} p50 {1000 * statistics.median(values):7.1f} ms   "
+                    f"p99 {1000 * _percentile(values, 0.99):7.1f} ms   max {1000 * max(values):7.1f} ms"
+                )
             ratio = statistics.median(latencies["polling"]) / statistics.median(latencies["waiting"])
             print(f"  polling/waiting p50: {ratio:.1f}x")
 
@@ -164,8 +189,7 @@ def main() -> None:
             time.sleep(args.idle_s)
             idle_cpu = _cpu_s(server.pid) - idle_before
             answers: list[httpx.Response] = []
-            waits = threading.Thread(
-                target=lambda: answers.extend(asyncio.run(_idle(url, token, args.idle, 600))))
+            waits = threading.Thread(target=lambda: answers.extend(asyncio.run(_idle(url, token, args.idle, 600))))
             waits.start()
             with httpx.Client(base_url=url, timeout=30) as probe:
                 while _waiters(probe) < args.idle:
@@ -176,11 +200,15 @@ def main() -> None:
             server.terminate()  # SIGTERM ends every wait at once
             waits.join()
             empty = sum(1 for a in answers if a.json() == {"error": "no_available_tasks"})
-            print(f"{args.idle} waiting claims, all waiting, for {args.idle_s:g} s: server CPU "
-                  f"{waiting_cpu:.3f} s; the same server with no waiter for {args.idle_s:g} s: "
-                  f"{idle_cpu:.3f} s; after SIGTERM, answered no_available_tasks: {empty}/{args.idle}")
-            print(json.dumps({"latency_ms": {m: [round(1000 * v, 2) for v in vs] for m, vs in latencies.items()}}),
-                  file=sys.stderr)
+            print(
+                f"{args.idle} waiting claims, all waiting, for {args.idle_s:g} s: server CPU "
+                f"{waiting_cpu:.3f} s; the same server with no waiter for {args.idle_s:g} s: "
+                f"{idle_cpu:.3f} s; after SIGTERM, answered no_available_tasks: {empty}/{args.idle}"
+            )
+            print(
+                json.dumps({"latency_ms": {m: [round(1000 * v, 2) for v in vs] for m, vs in latencies.items()}}),
+                file=sys.stderr,
+            )
         finally:
             if creator.stdin is not None:
                 creator.stdin.close()

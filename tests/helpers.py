@@ -10,6 +10,7 @@ from pathlib import Path
 
 WORKERS = Path(__file__).parent / "workers"
 
+
 def write_migration(directory: Path, name: str, sql: str) -> Path:
     path = directory / name
     path.write_text(sql, encoding="utf-8")
@@ -27,8 +28,9 @@ def run_worker(name: str, *args: object, **kwargs: object) -> subprocess.Popen[s
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m icn_mcp ARGS`` as a user would, in a clean environment."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
     full_env.update(env or {})

@@ -13,10 +13,7 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 ENV = "MCP_TEST_DATABASE_URL"
-SKIP_REASON = (
-    f"PostgreSQL tests need {ENV}=postgresql://... (a server where databases may be "
-    "created); .ci/run sets it"
-)
+SKIP_REASON = f"PostgreSQL tests need {ENV}=postgresql://... (a server where databases may be created); .ci/run sets it"
 
 
 def admin_url() -> str | None:
@@ -53,8 +50,7 @@ def terminate_backends(admin: str, url: str) -> int:
     name = urlsplit(url).path.lstrip("/")
     with psycopg.connect(admin, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         ).fetchall()
     return sum(1 for (ok,) in rows if ok)

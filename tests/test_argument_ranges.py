@@ -23,13 +23,15 @@ from tests.helpers import run_cli
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"busy_timeout_ms": 2**31}, "busy_timeout_ms=2147483648 is not valid: expected an integer from 0 to"),
-     ({"cache_size_kib": 2**40}, "cache_size_kib=1099511627776 is not valid"),
-     ({"journal_size_limit": 2**63}, "journal_size_limit=9223372036854775808 is not valid"),
-     ({"retries": 10**6}, "retries=1000000 is not valid"),
-     ({"health_check_interval_s": "30"}, "health_check_interval_s='30' is not valid"),
-     ({"health_check_interval_s": math.nan}, "health_check_interval_s=nan is not valid"),
-     ({"retry_max_delay_s": math.inf}, "retry_max_delay_s=inf is not valid")],
+    [
+        ({"busy_timeout_ms": 2**31}, "busy_timeout_ms=2147483648 is not valid: expected an integer from 0 to"),
+        ({"cache_size_kib": 2**40}, "cache_size_kib=1099511627776 is not valid"),
+        ({"journal_size_limit": 2**63}, "journal_size_limit=9223372036854775808 is not valid"),
+        ({"retries": 10**6}, "retries=1000000 is not valid"),
+        ({"health_check_interval_s": "30"}, "health_check_interval_s='30' is not valid"),
+        ({"health_check_interval_s": math.nan}, "health_check_interval_s=nan is not valid"),
+        ({"retry_max_delay_s": math.inf}, "retry_max_delay_s=inf is not valid"),
+    ],
 )
 def test_database_arguments_out_of_range_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(DatabaseError) as info:
@@ -40,11 +42,13 @@ def test_database_arguments_out_of_range_are_named(tmp_path: Path, kwargs: dict,
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"ttl_s": 1e12}, "ttl_s=1000000000000.0 is not valid"),
-     ({"ttl_s": math.nan}, "ttl_s=nan is not valid"),
-     ({"ttl_s": "5"}, "ttl_s='5' is not valid"),
-     ({"ttl_s": 5, "wait_s": math.nan}, "wait_s=nan is not valid"),
-     ({"ttl_s": 5, "wait_s": math.inf}, "wait_s=inf is not valid")],
+    [
+        ({"ttl_s": 1e12}, "ttl_s=1000000000000.0 is not valid"),
+        ({"ttl_s": math.nan}, "ttl_s=nan is not valid"),
+        ({"ttl_s": "5"}, "ttl_s='5' is not valid"),
+        ({"ttl_s": 5, "wait_s": math.nan}, "wait_s=nan is not valid"),
+        ({"ttl_s": 5, "wait_s": math.inf}, "wait_s=inf is not valid"),
+    ],
 )
 def test_advisory_lock_arguments_out_of_range_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
     with Database(tmp_path / "x.sqlite") as db:

@@ -41,8 +41,9 @@ def _checkout(tmp_path: Path) -> tuple[Path, Path]:
 
 def _bootstrap(root: Path, fake: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHON": str(fake)}
-    return subprocess.run([str(root / "scripts" / "bootstrap"), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(root / "scripts" / "bootstrap"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_first_run_says_once_what_it_installs_and_later_runs_are_silent(tmp_path: Path) -> None:
@@ -71,6 +72,5 @@ def test_the_first_run_says_once_what_it_installs_and_later_runs_are_silent(tmp_
 
 def test_an_installed_checkout_prints_nothing() -> None:
     """The real .venv this suite runs in was installed by scripts/test: silence."""
-    result = subprocess.run([str(REPO / "scripts" / "bootstrap"), "test"], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run([str(REPO / "scripts" / "bootstrap"), "test"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import click
-import pytest
 
-from tests.helpers import run_cli, shipped_versions, write_migration
 from icn_mcp.cli import main
+from tests.helpers import run_cli, shipped_versions, write_migration
 
 
 def test_every_command_has_help_text() -> None:
@@ -85,7 +83,8 @@ def test_bad_setting_is_a_usage_error_of_one_line(tmp_path: Path) -> None:
     result = run_cli("db", "status", env={"MCP_DB_BUSY_TIMEOUT_MS": "forever"})
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer from 0 to 86400000 (milliseconds)")
+        "error: MCP_DB_BUSY_TIMEOUT_MS='forever' is not valid: expected an integer from 0 to 86400000 (milliseconds)"
+    )
 
 
 def test_bad_usage_exits_2() -> None:
@@ -124,8 +123,9 @@ def test_a_reader_closing_the_pipe_early_is_not_reported_as_an_error(tmp_path: P
     assert run_cli("db", "migrate", env={"MCP_DB_DIR": env["MCP_DB_DIR"]}).returncode == 0
     # `icn-mcp db status | head -0`: the reader is gone before the first write (closing
     # our end at once, long before the interpreter has started, makes that certain).
-    proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "db", "status"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "db", "status"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)

@@ -27,11 +27,15 @@ def test_db_path_defaults_inside_db_dir_and_can_be_set_alone() -> None:
 
 
 def test_values_are_parsed() -> None:
-    s = Settings.from_env({
-        "MCP_DB_BUSY_TIMEOUT_MS": " 500 ", "MCP_DB_SYNCHRONOUS": "full",
-        "MCP_MIGRATIONS_ALLOW_MISSING": "yes", "MCP_DB_HEALTH_CHECK_INTERVAL_S": "2.5",
-        "MCP_MIGRATIONS_DIR": "/m",
-    })
+    s = Settings.from_env(
+        {
+            "MCP_DB_BUSY_TIMEOUT_MS": " 500 ",
+            "MCP_DB_SYNCHRONOUS": "full",
+            "MCP_MIGRATIONS_ALLOW_MISSING": "yes",
+            "MCP_DB_HEALTH_CHECK_INTERVAL_S": "2.5",
+            "MCP_MIGRATIONS_DIR": "/m",
+        }
+    )
     assert s.busy_timeout_ms == 500 and s.synchronous == "FULL"
     assert s.allow_missing_migrations is True and s.health_check_interval_s == 2.5
     assert s.migrations_dir == Path("/m")
@@ -92,7 +96,9 @@ import dataclasses  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 
-from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given  # noqa: E402
+from hypothesis import settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from icn_mcp.config import SETTINGS, SettingSpec  # noqa: E402
 
@@ -123,8 +129,11 @@ def test_the_readme_env_table_names_every_setting_with_its_range() -> None:
         assert row is not None, f"README's env table lacks {spec.variable}"
         if spec.minimum is not None:
             # the allowed range, as the error message says it, appears in the row
-            low, high = (f"{spec.minimum:g}", f"{spec.maximum:g}") if not spec.integer else (
-                str(int(spec.minimum)), str(int(spec.maximum)))
+            low, high = (
+                (f"{spec.minimum:g}", f"{spec.maximum:g}")
+                if not spec.integer
+                else (str(int(spec.minimum)), str(int(spec.maximum)))
+            )
             numbers = set(re.findall(r"-?\d+(?:\.\d+)?", row.replace(",", "").replace("_", "")))
             assert low in numbers and high in numbers, (spec.variable, low, high, row)
 
@@ -168,11 +177,14 @@ def _in_range(draw: st.DrawFn) -> tuple[SettingSpec, str, float]:
     spec = draw(st.sampled_from(NUMERIC))
     assert spec.minimum is not None and spec.maximum is not None
     if spec.integer:
-        value = draw(st.one_of(st.integers(int(spec.minimum), int(spec.maximum)),
-                               st.sampled_from([int(spec.minimum), int(spec.maximum)])))
+        value = draw(
+            st.one_of(
+                st.integers(int(spec.minimum), int(spec.maximum)),
+                st.sampled_from([int(spec.minimum), int(spec.maximum)]),
+            )
+        )
         return spec, f" {value} ", value
-    value = draw(st.one_of(st.floats(spec.minimum, spec.maximum),
-                           st.sampled_from([spec.minimum, spec.maximum])))
+    value = draw(st.one_of(st.floats(spec.minimum, spec.maximum), st.sampled_from([spec.minimum, spec.maximum])))
     return spec, repr(value), value
 
 
@@ -201,9 +213,7 @@ def test_every_out_of_range_setting_exits_2_with_one_line_naming_it(tmp_path: Pa
         env = {"MCP_DB_DIR": str(tmp_path / "var"), spec.variable: raw}
         result = run_cli("db", "status", env=env)
         assert result.returncode == 2, (spec.variable, result.stderr)
-        assert result.stderr.splitlines() == [
-            f"error: {spec.variable}={raw!r} is not valid: expected {spec.allowed}"
-        ]
+        assert result.stderr.splitlines() == [f"error: {spec.variable}={raw!r} is not valid: expected {spec.allowed}"]
     assert not (tmp_path / "var").exists()
 
 
@@ -211,8 +221,11 @@ def test_the_largest_database_settings_work(tmp_path: Path) -> None:
     """Each maximum is one SQLite really holds (it read back as 0 beyond 2**31 - 1)."""
     from icn_mcp.db import Database
 
-    env = {spec.variable: _raw(spec.maximum, spec.integer) for spec in NUMERIC  # type: ignore[arg-type]
-           if spec.field in Settings().database_options()}
+    env = {
+        spec.variable: _raw(spec.maximum, spec.integer)
+        for spec in NUMERIC  # type: ignore[arg-type]
+        if spec.field in Settings().database_options()
+    }
     assert {"MCP_DB_BUSY_TIMEOUT_MS", "MCP_DB_CACHE_SIZE_KIB", "MCP_DB_JOURNAL_SIZE_LIMIT"} <= set(env)
     options = Settings.from_env(env).database_options()
     with Database(tmp_path / "max.sqlite", **options) as db:
@@ -224,8 +237,12 @@ def test_the_longest_token_lifetime_grace_and_lease_work(tmp_path: Path) -> None
     from icn_mcp.db import Database
     from icn_mcp.store import Store
 
-    longest = {name: _raw(spec.maximum, True) for spec in NUMERIC  # type: ignore[arg-type]
-               for name in [spec.variable] if name in ("MCP_TOKEN_TTL_S", "MCP_REFRESH_GRACE_S", "MCP_LEASE_S")}
+    longest = {
+        name: _raw(spec.maximum, True)
+        for spec in NUMERIC  # type: ignore[arg-type]
+        for name in [spec.variable]
+        if name in ("MCP_TOKEN_TTL_S", "MCP_REFRESH_GRACE_S", "MCP_LEASE_S")
+    }
     settings = Settings.from_env(longest)
     with Database(tmp_path / "hq.sqlite") as db:
         store = Store.from_settings(db, settings)
@@ -239,9 +256,11 @@ def test_the_longest_token_lifetime_grace_and_lease_work(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"token_ttl_s": 300_000_000_000}, "token_ttl_s=300000000000"),
-     ({"refresh_grace_s": 10**12}, "refresh_grace_s=1000000000000"),
-     ({"default_lease_s": 700_000}, "default_lease_s=700000")],
+    [
+        ({"token_ttl_s": 300_000_000_000}, "token_ttl_s=300000000000"),
+        ({"refresh_grace_s": 10**12}, "refresh_grace_s=1000000000000"),
+        ({"default_lease_s": 700_000}, "default_lease_s=700000"),
+    ],
 )
 def test_the_store_refuses_durations_a_timestamp_cannot_hold(tmp_path: Path, kwargs: dict, message: str) -> None:
     from icn_mcp.db import Database
@@ -259,7 +278,9 @@ def test_stdio_agent_settings_are_checked_like_a_registration() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({"MCP_STDIO_AGENT_NAME": "my agent"})
     assert info.value.variable == "MCP_STDIO_AGENT_NAME"
-    assert Settings.from_env({"MCP_AGENT_KINDS": "wizard", "MCP_STDIO_AGENT_KIND": "wizard"}).stdio_agent_kind == "wizard"
+    assert (
+        Settings.from_env({"MCP_AGENT_KINDS": "wizard", "MCP_STDIO_AGENT_KIND": "wizard"}).stdio_agent_kind == "wizard"
+    )
 
 
 def test_the_lease_setting_allows_exactly_what_a_claim_may_ask_for() -> None:

@@ -38,8 +38,9 @@ def test_a_dry_run_of_a_failing_migration_on_a_missing_database_reports_it(tmp_p
     write_migration(migrations, "0001_ok.sql", "CREATE TABLE a (x);\n")
     write_migration(migrations, "0002_bad.sql", "INSERT INTO nope VALUES (1);\n")
     before = _tree(tmp_path)
-    result = run_cli("db", "--db", str(tmp_path / "var" / "db.sqlite"),
-                     "--migrations-dir", str(migrations), "migrate", "--dry-run")
+    result = run_cli(
+        "db", "--db", str(tmp_path / "var" / "db.sqlite"), "--migrations-dir", str(migrations), "migrate", "--dry-run"
+    )
     assert result.returncode == 1
     assert "would apply 0001_ok" in result.stdout and "would FAIL  0002_bad" in result.stdout
     assert "no such table: nope" in result.stdout

@@ -72,8 +72,9 @@ def _invoke(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     return result.exit_code, result.stderr
 
 
-def _args(command: tuple[str, ...], backup: Path, *, extra: tuple[str, ...] = (),
-          db_option: tuple[str, ...] = ()) -> list[str]:
+def _args(
+    command: tuple[str, ...], backup: Path, *, extra: tuple[str, ...] = (), db_option: tuple[str, ...] = ()
+) -> list[str]:
     required = [str(backup) if a == "BACKUP" else a for a in COMMANDS[command][0]]
     group, *rest = command
     return [group, *db_option, *rest, *required, *extra]
@@ -94,7 +95,8 @@ def test_an_unknown_option_exits_2(tmp_path: Path, backup: Path, command: tuple[
 
 @pytest.mark.parametrize("command", list(COMMANDS), ids=" ".join)
 def test_a_directory_as_the_database_exits_2_from_the_setting_and_the_option(
-        tmp_path: Path, backup: Path, command: tuple[str, ...]) -> None:
+    tmp_path: Path, backup: Path, command: tuple[str, ...]
+) -> None:
     directory = tmp_path / "a-directory"
     directory.mkdir()
     code, err = _invoke(_args(command, backup), {"MCP_DB_PATH": str(directory)})

@@ -40,7 +40,8 @@ def _fingerprint(directory: Path) -> dict[str, tuple[int, str, float]]:
 @pytest.mark.parametrize("content", [b"", b"hello " * 100], ids=["empty", "text"])
 @pytest.mark.parametrize("args", INSPECTIONS, ids=" ".join)
 def test_a_file_that_is_not_a_database_is_reported_and_left_alone(
-        tmp_path: Path, content: bytes, args: tuple[str, ...]) -> None:
+    tmp_path: Path, content: bytes, args: tuple[str, ...]
+) -> None:
     path = tmp_path / "hq.sqlite"
     path.write_bytes(content)
     before = _fingerprint(tmp_path)
@@ -103,12 +104,14 @@ def _as_other_user(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
             pytest.skip("running as root without setpriv: file modes cannot be tested")
         prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         full["HOME"] = "/"
-        probe = subprocess.run([*prefix, sys.executable, "-c", "import icn_mcp"], env=full,
-                               capture_output=True, text=True, timeout=60)
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", "import icn_mcp"], env=full, capture_output=True, text=True, timeout=60
+        )
         if probe.returncode != 0:
             pytest.skip(f"uid {NOBODY} cannot run this interpreter: {probe.stderr.strip()[:200]}")
-    return subprocess.run([*prefix, sys.executable, "-m", "icn_mcp", *args], env=full,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "icn_mcp", *args], env=full, capture_output=True, text=True, timeout=120
+    )
 
 
 def _read_only_database(shared_dir: Path, *, directory_read_only: bool) -> Path:
@@ -124,8 +127,7 @@ def _read_only_database(shared_dir: Path, *, directory_read_only: bool) -> Path:
 
 
 @pytest.mark.parametrize("directory_read_only", [False, True], ids=["file-0400", "dir-0500"])
-def test_a_read_only_database_can_be_inspected_and_is_not_changed(
-        shared_dir: Path, directory_read_only: bool) -> None:
+def test_a_read_only_database_can_be_inspected_and_is_not_changed(shared_dir: Path, directory_read_only: bool) -> None:
     path = _read_only_database(shared_dir, directory_read_only=directory_read_only)
     before = _fingerprint(path.parent)
     env = {"MCP_BACKUP_DIR": str(shared_dir / "backups")}

@@ -33,9 +33,10 @@ def _levels(top: Path, leaf: Path) -> list[Path]:
 
 def _cli_with_umask(umask: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")} | env
-    command = f"umask {umask} && exec \"$0\" -m icn_mcp \"$@\""
-    return subprocess.run(["sh", "-c", command, sys.executable, *args], env=full,
-                          capture_output=True, text=True, timeout=120)
+    command = f'umask {umask} && exec "$0" -m icn_mcp "$@"'
+    return subprocess.run(
+        ["sh", "-c", command, sys.executable, *args], env=full, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("umask", ["022", "000"])
@@ -51,8 +52,7 @@ def test_database_and_backup_directories_are_0700_at_every_level(tmp_path: Path,
     explicit = tmp_path / "by-hand" / "nested" / "one.sqlite"
     by_path = _cli_with_umask(umask, "db", "backup", str(explicit), env=env)
     assert by_path.returncode == 0, by_path.stderr
-    created = (_levels(tmp_path, db_dir) + _levels(tmp_path, backups)
-               + _levels(tmp_path, explicit.parent))
+    created = _levels(tmp_path, db_dir) + _levels(tmp_path, backups) + _levels(tmp_path, explicit.parent)
     assert {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in created} == {
         str(p.relative_to(tmp_path)): "0o700" for p in created
     }

@@ -6,14 +6,32 @@ import icn_mcp.db
 import icn_mcp.errors
 
 EXPECTED_DB = {
-    "Database", "get_db", "close_db", "with_lock", "KeyedLocks", "AdvisoryLease",
+    "Database",
+    "get_db",
+    "close_db",
+    "with_lock",
+    "KeyedLocks",
+    "AdvisoryLease",
     # the contract and the backend choice (issue 10)
-    "BaseDatabase", "open_database",
-    "MigrationPlan", "MigrationState", "AppliedMigration", "FailedMigration", "DryRunResult",
+    "BaseDatabase",
+    "open_database",
+    "MigrationPlan",
+    "MigrationState",
+    "AppliedMigration",
+    "FailedMigration",
+    "DryRunResult",
     # backup.py and info.py (issue 3), each with an async variant for servers
-    "create_backup", "create_backup_async", "verify_backup", "verify_backup_async",
-    "restore_from_backup", "restore_from_backup_async", "get_database_info",
-    "get_database_info_async", "BackupResult", "BackupVerification", "RestoreResult",
+    "create_backup",
+    "create_backup_async",
+    "verify_backup",
+    "verify_backup_async",
+    "restore_from_backup",
+    "restore_from_backup_async",
+    "get_database_info",
+    "get_database_info_async",
+    "BackupResult",
+    "BackupVerification",
+    "RestoreResult",
 }
 
 

@@ -281,8 +281,7 @@ def verify(ctx: click.Context) -> None:
         with _open(ctx, migrate=False) as database:
             current = database.verify_migrations()
         click.echo(
-            f"ok: {len(current.applied)} migrations applied with matching checksums, "
-            f"{len(current.pending)} pending"
+            f"ok: {len(current.applied)} migrations applied with matching checksums, {len(current.pending)} pending"
         )
         return
     if not path.exists():
@@ -295,10 +294,8 @@ def verify(ctx: click.Context) -> None:
         _fail(f"database {path} failed quick_check: {problems[0]}", "restore it from a verified backup")
     pending = len(current.pending)
     click.echo(
-        f"ok: {len(current.applied)} migrations applied with matching checksums, "
-        f"{pending} pending; quick_check ok"
+        f"ok: {len(current.applied)} migrations applied with matching checksums, {pending} pending; quick_check ok"
     )
-
 
 
 # -- backup, restore and diagnostics (db/backup.py, db/info.py) ---------------------
@@ -343,8 +340,11 @@ def _backup_file_argument(path: Path) -> None:
     """The same answer from every command taking a backup PATH (README's exit codes):
     a directory is bad usage (2), a missing file a failed operation (1)."""
     if path.is_dir():
-        _fail(f"{path} is a directory, not a backup file", "give the path of a backup file "
-              "(icn-mcp-<UTC time>.sqlite)", code=EXIT_USAGE)
+        _fail(
+            f"{path} is a directory, not a backup file",
+            "give the path of a backup file (icn-mcp-<UTC time>.sqlite)",
+            code=EXIT_USAGE,
+        )
     if not path.exists():
         _fail(f"backup {path} does not exist", "check the path; 'icn-mcp db info' shows the last backup")
 
@@ -497,8 +497,11 @@ def restore(
         _restore_from_replica(ctx, path, from_replica, at, yes)
         return
     if path is None:
-        _fail("missing PATH: the backup file to restore", "or restore from a replica: --from-replica [URL]",
-              code=EXIT_USAGE)
+        _fail(
+            "missing PATH: the backup file to restore",
+            "or restore from a replica: --from-replica [URL]",
+            code=EXIT_USAGE,
+        )
     _backup_file_argument(path)
     target = Path(ctx.obj["path"]).absolute()
     # SQLite with no database file: a new machine, the database is created from the backup.
@@ -545,9 +548,7 @@ def restore(
     elif result.safety_backup_path is None:
         click.echo(f"check {result.integrity}; the database held no data, so no safety copy was needed")
     else:
-        click.echo(
-            f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}"
-        )
+        click.echo(f"integrity_check {result.integrity}; the previous database is saved in {result.safety_backup_path}")
     click.echo("tokens are as the backup had them: 'icn-mcp agent revoke-tokens --all' revokes every one")
 
 
@@ -577,8 +578,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
     else:
         _print_sqlite_summary(data)
     click.echo(
-        f"health     {'ok' if health['ok'] else 'FAILING: ' + str(health['error'])} "
-        f"({health['latency_ms']} ms probe)"
+        f"health     {'ok' if health['ok'] else 'FAILING: ' + str(health['error'])} ({health['latency_ms']} ms probe)"
     )
     last = data["last_backup"]
     click.echo(
@@ -600,7 +600,9 @@ def info(ctx: click.Context, as_json: bool) -> None:
         click.echo("")
         click.echo(f"{'INDEX':<{width}}  {'SIZE':>12}  TABLE")
         for index in data["indexes"]:
-            click.echo(f"{_printable(index['name']):<{width}}  {_human(index['size_bytes']):>12}  {_printable(index['table'])}")
+            click.echo(
+                f"{_printable(index['name']):<{width}}  {_human(index['size_bytes']):>12}  {_printable(index['table'])}"
+            )
     click.echo("")
     vwidth = max([len(m["version"]) for m in data["migrations"]] + [9])
     click.echo(f"{'MIGRATION':<{vwidth}}  {'APPLIED AT':<27}  {'MS':>9}  CHECKSUM")
@@ -739,11 +741,13 @@ def agent_register(ctx: click.Context, name: str, kind: str, agent_version: str 
                 name, kind, agent_version, operator=True
             )
         except ValidationError as exc:
-            _fail(str(exc), "see 'icn-mcp agent register --help'; kinds come from MCP_AGENT_KINDS",
-                  code=EXIT_USAGE)
+            _fail(str(exc), "see 'icn-mcp agent register --help'; kinds come from MCP_AGENT_KINDS", code=EXIT_USAGE)
     if as_json:
-        click.echo(json.dumps({"id": registered.id, "token": registered.token,
-                               "token_expires_at": registered.token_expires_at}))
+        click.echo(
+            json.dumps(
+                {"id": registered.id, "token": registered.token, "token_expires_at": registered.token_expires_at}
+            )
+        )
     else:
         click.echo(f"id {registered.id}")
         click.echo(f"token {registered.token}")
@@ -786,8 +790,11 @@ def _replication_info(ctx: click.Context) -> dict[str, Any]:
 
 def _require_sqlite(ctx: click.Context, command: str) -> None:
     if ctx.obj["postgres"]:
-        _fail(f"'db {command}' is for the SQLite file: Litestream replicates SQLite, not PostgreSQL",
-              "unset MCP_DB_URL; for PostgreSQL use its own streaming replication", code=EXIT_USAGE)
+        _fail(
+            f"'db {command}' is for the SQLite file: Litestream replicates SQLite, not PostgreSQL",
+            "unset MCP_DB_URL; for PostgreSQL use its own streaming replication",
+            code=EXIT_USAGE,
+        )
 
 
 def _replica_line(report: dict[str, Any]) -> str:
@@ -796,7 +803,8 @@ def _replica_line(report: dict[str, Any]) -> str:
     if not report["exists"]:
         return f"{report['url']}: no replicated data yet"
     behind = (
-        "unknown" if report["behind_txids"] is None
+        "unknown"
+        if report["behind_txids"] is None
         else f"{report['behind_txids']} transactions, {report['behind_s']:g} s"
     )
     return (
@@ -818,9 +826,7 @@ def _parse_moment(text: str) -> Any:
     return moment
 
 
-def _restore_from_replica(
-    ctx: click.Context, path: Path | None, url: str | None, at: str | None, yes: bool
-) -> None:
+def _restore_from_replica(ctx: click.Context, path: Path | None, url: str | None, at: str | None, yes: bool) -> None:
     """``litestream restore`` into a private directory, then the backup-file restore."""
     import shutil
     import tempfile
@@ -834,12 +840,16 @@ def _restore_from_replica(
     target = Path(ctx.obj["path"]).absolute()
     what = f"the state of {redact(url)} at {at}" if at else f"the latest state of {redact(url)}"
     if ctx.obj["postgres"]:
-        _fail("--from-replica restores the SQLite file: Litestream replicates SQLite, not PostgreSQL",
-              "unset MCP_DB_URL, or restore PostgreSQL from a 'db backup' dump", code=EXIT_USAGE)
+        _fail(
+            "--from-replica restores the SQLite file: Litestream replicates SQLite, not PostgreSQL",
+            "unset MCP_DB_URL, or restore PostgreSQL from a 'db backup' dump",
+            code=EXIT_USAGE,
+        )
     if not yes:
         _confirm(
             f"Replace the contents of {target} with {what}? (a safety backup is made first)"
-            if target.exists() else f"Create {target} from {what}?",
+            if target.exists()
+            else f"Create {target} from {what}?",
             f"not restoring {target}",
             "restore",
         )
@@ -885,7 +895,8 @@ def replicate(ctx: click.Context) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     replicator = Replicator(
-        ctx.obj["path"], url,
+        ctx.obj["path"],
+        url,
         sync_interval_s=settings.replica_sync_interval_s,
         retention_s=settings.replica_retention_s,
     ).start()
@@ -917,10 +928,16 @@ def replica_command(ctx: click.Context, as_json: bool) -> None:
             sys.exit(EXIT_FAILED)
         return
     if not report["exists"]:
-        _fail(f"no replicated data at {report['url']} yet", "run 'icn-mcp serve' or 'icn-mcp db replicate' with MCP_REPLICA_URL set")
+        _fail(
+            f"no replicated data at {report['url']} yet",
+            "run 'icn-mcp serve' or 'icn-mcp db replicate' with MCP_REPLICA_URL set",
+        )
     click.echo(f"replica    {report['url']}")
     click.echo(f"window     {report['earliest']} to {report['latest']} (restorable with --at)")
-    click.echo(f"size       {_human(report['size_bytes'])} in {report['files']} LTX files; transaction {report['replica_txid']}")
+    click.echo(
+        f"size       {_human(report['size_bytes'])} in {report['files']} LTX files; "
+        f"transaction {report['replica_txid']}"
+    )
     if report["behind_txids"] is None:
         click.echo(f"behind     unknown (no Litestream state for {report['database']})")
     else:
@@ -973,11 +990,14 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool, w
         where = f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
         if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
             # The host is wrong for this machine: a bad setting, and nothing about the port.
-            _fail(where, "choose an address of this machine (--host or MCP_HOST), such as "
-                  "127.0.0.1, 0.0.0.0 or a name that resolves to one", code=EXIT_USAGE)
+            _fail(
+                where,
+                "choose an address of this machine (--host or MCP_HOST), such as "
+                "127.0.0.1, 0.0.0.0 or a name that resolves to one",
+                code=EXIT_USAGE,
+            )
         if exc.errno == errno.EACCES:
-            _fail(where, "ports below 1024 need privileges; choose a port from 1024 "
-                  "(--port or MCP_PORT)")
+            _fail(where, "ports below 1024 need privileges; choose a port from 1024 (--port or MCP_PORT)")
         _fail(where, "choose another port (--port or MCP_PORT) or stop the process using it")
 
 

@@ -178,9 +178,7 @@ def _agent_kinds(name: str, raw: str) -> tuple[str, ...]:
 
 
 def _secret_ok(token: str) -> bool:
-    return len(token) >= MIN_MAINTAINER_TOKEN_LENGTH and not any(
-        ch.isspace() or ch == "," for ch in token
-    )
+    return len(token) >= MIN_MAINTAINER_TOKEN_LENGTH and not any(ch.isspace() or ch == "," for ch in token)
 
 
 def _admin_token(name: str, raw: str) -> str | None:
@@ -191,8 +189,7 @@ def _admin_token(name: str, raw: str) -> str | None:
         raise ConfigError(
             name,
             "<redacted>",
-            f"unset, empty, or a token of at least {MIN_MAINTAINER_TOKEN_LENGTH} "
-            "characters without spaces or commas",
+            f"unset, empty, or a token of at least {MIN_MAINTAINER_TOKEN_LENGTH} characters without spaces or commas",
         )
     return raw
 
@@ -203,8 +200,7 @@ def _maintainer_tokens(name: str, raw: str) -> tuple[str, ...]:
         raise ConfigError(
             name,
             "<redacted>",
-            f"a comma-separated list of tokens, each at least "
-            f"{MIN_MAINTAINER_TOKEN_LENGTH} characters without spaces",
+            f"a comma-separated list of tokens, each at least {MIN_MAINTAINER_TOKEN_LENGTH} characters without spaces",
         )
     return tokens
 
@@ -346,7 +342,7 @@ class Settings:
     replica_retention_s: int = DEFAULT_REPLICA_RETENTION_S
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the settings from ``environ`` (default: ``os.environ``).
 
         Every variable is parsed by its entry in :data:`SETTINGS` and range-checked
@@ -377,7 +373,8 @@ class Settings:
         """Checks that need more than one setting, or the filesystem."""
         if self.pool_max < self.pool_min:
             raise ConfigError(
-                "MCP_DB_POOL_MAX", env.get("MCP_DB_POOL_MAX", str(self.pool_max)),
+                "MCP_DB_POOL_MAX",
+                env.get("MCP_DB_POOL_MAX", str(self.pool_max)),
                 f"an integer >= MCP_DB_POOL_MIN ({self.pool_min})",
             )
         if "MCP_STDIO_AGENT_KIND" in env and self.stdio_agent_kind not in self.agent_kinds:
@@ -474,16 +471,18 @@ def _int_spec(variable: str, field_name: str, minimum: int, maximum: int, unit: 
     def parse(name: str, raw: str) -> int:
         return _int(name, raw, minimum=minimum, maximum=maximum, unit=unit)
 
-    return SettingSpec(variable, field_name, parse, f"an integer from {minimum} to {maximum}{unit}",
-                       minimum, maximum, True)
+    return SettingSpec(
+        variable, field_name, parse, f"an integer from {minimum} to {maximum}{unit}", minimum, maximum, True
+    )
 
 
 def _float_spec(variable: str, field_name: str, minimum: float, maximum: float, unit: str = "") -> SettingSpec:
     def parse(name: str, raw: str) -> float:
         return _float(name, raw, minimum=minimum, maximum=maximum, unit=unit)
 
-    return SettingSpec(variable, field_name, parse, f"a number from {minimum:g} to {maximum:g}{unit}",
-                       minimum, maximum, False)
+    return SettingSpec(
+        variable, field_name, parse, f"a number from {minimum:g} to {maximum:g}{unit}", minimum, maximum, False
+    )
 
 
 def _choice_spec(variable: str, field_name: str, choices: tuple[str, ...]) -> SettingSpec:
@@ -531,13 +530,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _choice_spec("MCP_DB_SYNCHRONOUS", "synchronous", SYNCHRONOUS_MODES),
     _choice_spec("MCP_DB_TEMP_STORE", "temp_store", TEMP_STORES),
     _int_spec("MCP_DB_CACHE_SIZE_KIB", "cache_size_kib", 1, MAX_CACHE_SIZE_KIB, " (KiB)"),
-    _int_spec("MCP_DB_JOURNAL_SIZE_LIMIT", "journal_size_limit", -1, MAX_JOURNAL_SIZE_LIMIT,
-              " (bytes; -1: no limit)"),
+    _int_spec("MCP_DB_JOURNAL_SIZE_LIMIT", "journal_size_limit", -1, MAX_JOURNAL_SIZE_LIMIT, " (bytes; -1: no limit)"),
     _float_spec("MCP_DB_HEALTH_CHECK_INTERVAL_S", "health_check_interval_s", 0, MAX_INTERVAL_S, _SECONDS),
     _int_spec("MCP_DB_RETRIES", "retries", 0, MAX_RETRIES),
     SettingSpec("MCP_MIGRATIONS_ALLOW_MISSING", "allow_missing_migrations", _bool, "1/0, true/false, yes/no, on/off"),
-    SettingSpec("MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", "allow_out_of_order_migrations", _bool,
-                "1/0, true/false, yes/no, on/off"),
+    SettingSpec(
+        "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER", "allow_out_of_order_migrations", _bool, "1/0, true/false, yes/no, on/off"
+    ),
     SettingSpec("MCP_BACKUP_DIR", "backup_dir", _path, "a directory path"),
     _int_spec("MCP_BACKUP_KEEP", "backup_keep", 0, MAX_BACKUP_KEEP, " (0: keep all)"),
     _choice_spec("MCP_BACKUP_CHECK", "backup_check", BACKUP_CHECKS),
@@ -546,26 +545,40 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _int_spec("MCP_REFRESH_GRACE_S", "refresh_grace_s", 0, MAX_REFRESH_GRACE_S, _SECONDS),
     _int_spec("MCP_LEASE_S", "lease_s", 1, MAX_LEASE_S, _SECONDS),
     SettingSpec("MCP_ADMIN_TOKEN", "admin_token", _admin_token, "a token of at least 16 characters"),
-    SettingSpec("MCP_MAINTAINER_TOKENS", "maintainer_tokens", _maintainer_tokens,
-                "comma-separated tokens of at least 16 characters"),
+    SettingSpec(
+        "MCP_MAINTAINER_TOKENS",
+        "maintainer_tokens",
+        _maintainer_tokens,
+        "comma-separated tokens of at least 16 characters",
+    ),
     SettingSpec("MCP_HOST", "host", parse_host, "a host name or IP address"),
     SettingSpec("MCP_PORT", "port", _port, "an integer from 0 to 65535 (0: any free port)", 0, 65535, True),
     _int_spec("MCP_MAX_BODY_BYTES", "max_body_bytes", MIN_MAX_BODY_BYTES, MAX_MAX_BODY_BYTES, " (bytes)"),
     _int_spec("MCP_RATE_LIMIT_IP_PER_MIN", "rate_limit_ip_per_min", 0, MAX_RATE_LIMIT_PER_MIN, " (0: no limit)"),
-    _int_spec("MCP_RATE_LIMIT_TOKEN_PER_MIN", "rate_limit_token_per_min", 0, MAX_RATE_LIMIT_PER_MIN,
-              " (0: no limit)"),
+    _int_spec("MCP_RATE_LIMIT_TOKEN_PER_MIN", "rate_limit_token_per_min", 0, MAX_RATE_LIMIT_PER_MIN, " (0: no limit)"),
     SettingSpec("MCP_STDIO_AGENT_NAME", "stdio_agent_name", _agent_name, _AGENT_NAME_RULE),
     SettingSpec("MCP_STDIO_AGENT_KIND", "stdio_agent_kind", _nonempty, "one of MCP_AGENT_KINDS"),
     _choice_spec("MCP_LOG_LEVEL", "log_level", LOG_LEVELS),
     _float_spec("MCP_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", 0, MAX_INTERVAL_S, _SECONDS),
     _float_spec("MCP_HEALTH_CACHE_S", "health_cache_s", 0, MAX_INTERVAL_S, _SECONDS),
     _float_spec("MCP_CLAIM_WAIT_MAX_S", "claim_wait_max_s", 0, CLAIM_WAIT_MAX_LIMIT_S, _SECONDS),
-    SettingSpec("MCP_REPLICA_URL", "replica_url", _replica_url,
-                "unset, or a Litestream replica URL (file:///abs/path, s3://bucket/path, ...)"),
+    SettingSpec(
+        "MCP_REPLICA_URL",
+        "replica_url",
+        _replica_url,
+        "unset, or a Litestream replica URL (file:///abs/path, s3://bucket/path, ...)",
+    ),
     _float_spec("MCP_REPLICA_SYNC_INTERVAL_S", "replica_sync_interval_s", *REPLICA_SYNC_INTERVAL_RANGE_S, _SECONDS),
-    SettingSpec("MCP_REPLICA_RETENTION", "replica_retention_s", _replica_retention,
-                "a duration from 1m to 365d: seconds, or a number with s, m, h or d (e.g. 24h)"),
-    SettingSpec("MCP_CLAIM_POLL_INTERVAL_MS", "claim_poll_interval_s",
-                lambda n, r: _float(n, r, minimum=5, maximum=5000, unit=" (milliseconds)") / 1000.0,
-                "a number from 5 to 5000 (milliseconds)"),
+    SettingSpec(
+        "MCP_REPLICA_RETENTION",
+        "replica_retention_s",
+        _replica_retention,
+        "a duration from 1m to 365d: seconds, or a number with s, m, h or d (e.g. 24h)",
+    ),
+    SettingSpec(
+        "MCP_CLAIM_POLL_INTERVAL_MS",
+        "claim_poll_interval_s",
+        lambda n, r: _float(n, r, minimum=5, maximum=5000, unit=" (milliseconds)") / 1000.0,
+        "a number from 5 to 5000 (milliseconds)",
+    ),
 )

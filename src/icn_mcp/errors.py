@@ -182,8 +182,7 @@ class ChecksumMismatch(MigrationError):
         self.stored = stored
         self.current = current
         super().__init__(
-            f"migration {version} was changed after it was applied: "
-            f"stored checksum {stored}, current file {current}",
+            f"migration {version} was changed after it was applied: stored checksum {stored}, current file {current}",
             version=version,
             hint="restore the original file; schema changes belong in a new migration",
         )
@@ -261,6 +260,8 @@ class StorageFull(DatabaseError):
             f"database {path}: the disk is full ({cause}); nothing was written",
             hint="free space on the filesystem holding the database; writes resume by themselves",
         )
+
+
 class ReplicaError(DatabaseError):
     """Replication with Litestream is not available, or one of its operations failed.
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,8 +20,8 @@ import pytest
 from icn_mcp.db.sqlite import backup as backup_module
 from icn_mcp.db.sqlite.backup import BACKUP_NAME, manifest_path, prune_backups
 from icn_mcp.errors import BackupError
-from tests.helpers import shipped_versions
 from tests.db.backup_support import SQLITE3_CLI, WRITER_SCRIPT, file_state, make_db
+from tests.helpers import shipped_versions
 
 
 @pytest.fixture
@@ -87,7 +87,10 @@ def test_backup_while_another_process_commits_holds_a_gap_free_prefix(tmp_path):
             continue
         out = subprocess.run(
             [SQLITE3_CLI, str(path), "PRAGMA integrity_check; SELECT count(*), max(n) FROM numbers;"],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout.split()
         assert out == ["ok", f"{count}|{count}"]
         assert not Path(f"{path}-wal").exists()
@@ -120,7 +123,7 @@ def test_backup_files_are_private_and_the_manifest_describes_the_file(db):
 
 
 def test_two_backups_in_the_same_microsecond_get_distinct_ordered_names(db, monkeypatch):
-    frozen = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    frozen = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     monkeypatch.setattr(backup_module, "utc_now", lambda: frozen)
     first, second = db.create_backup(), db.create_backup()
     assert first.path != second.path
@@ -268,8 +271,12 @@ def test_not_enough_free_space_is_refused_before_writing(db, monkeypatch):
 def test_pruning_keeps_exactly_n_and_never_touches_other_files(db):
     directory = db.path.parent / "backups"
     directory.mkdir(mode=0o700)
-    strangers = ["icn-mcp-notes.sqlite", "mine.sqlite", "icn-mcp-20200101T000000Z.sqlite",
-                 "icn-mcp-pre-restore-20200101T000000.000000Z.sqlite"]
+    strangers = [
+        "icn-mcp-notes.sqlite",
+        "mine.sqlite",
+        "icn-mcp-20200101T000000Z.sqlite",
+        "icn-mcp-pre-restore-20200101T000000.000000Z.sqlite",
+    ]
     for name in strangers:
         (directory / name).write_text("not ours to delete")
     made = [db.create_backup(keep=3) for _ in range(5)]

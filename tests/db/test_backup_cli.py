@@ -85,7 +85,9 @@ def test_restore_needs_yes_without_a_terminal(env, tmp_path):
     (tmp_path / "text.sqlite").write_text("hello")
     bad = run_cli("db", "restore", "--yes", str(tmp_path / "text.sqlite"), env=env)
     assert bad.returncode == 1 and "not an SQLite database" in bad.stderr and "Traceback" not in bad.stderr
-    assert run_cli("db", "restore", "--yes", str(tmp_path / "absent"), env=env).returncode == 1  # a missing PATH: 1, as from verify-backup (issue 9 item 22)
+    assert (
+        run_cli("db", "restore", "--yes", str(tmp_path / "absent"), env=env).returncode == 1
+    )  # a missing PATH: 1, as from verify-backup (issue 9 item 22)
 
 
 def test_restore_asks_on_a_terminal(env, tmp_path, monkeypatch):

@@ -173,8 +173,12 @@ def test_a_reused_pid_does_not_make_a_temp_file_look_alive(tmp_path):
     for path in (mine, reused, elsewhere, legacy):
         path.write_bytes(b"x" * 10)
     states = {Path(t["path"]).name: t["state"] for t in backup_module.list_temp_files(directory)}
-    assert states == {mine.name: "in_progress", reused.name: "orphan",
-                      elsewhere.name: "unknown", legacy.name: "unknown"}
+    assert states == {
+        mine.name: "in_progress",
+        reused.name: "orphan",
+        elsewhere.name: "unknown",
+        legacy.name: "unknown",
+    }
     assert backup_module.remove_orphan_temp_files(directory) == [str(reused)]
 
 
@@ -182,8 +186,9 @@ def test_the_free_space_check_counts_the_space_orphans_free(db, tmp_path):
     """On a real full filesystem: an orphan's space is freed before the check."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
     try:

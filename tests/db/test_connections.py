@@ -34,12 +34,26 @@ def test_default_pragmas_read_back_from_a_live_connection(db_path: Path) -> None
 
 
 def test_every_pragma_is_overridable(db_path: Path) -> None:
-    with Database(db_path, synchronous="full", busy_timeout_ms=1234, temp_store="FILE",
-                  cache_size_kib=4096, journal_size_limit=1 << 20, wal_autocheckpoint=0) as db:
+    with Database(
+        db_path,
+        synchronous="full",
+        busy_timeout_ms=1234,
+        temp_store="FILE",
+        cache_size_kib=4096,
+        journal_size_limit=1 << 20,
+        wal_autocheckpoint=0,
+    ) as db:
         values = db.read_pragmas(db.connection())
-    assert values == {"journal_mode": "wal", "busy_timeout": 1234, "synchronous": 2,
-                      "temp_store": 1, "foreign_keys": 1, "journal_size_limit": 1 << 20,
-                      "cache_size": -4096, "wal_autocheckpoint": 0}
+    assert values == {
+        "journal_mode": "wal",
+        "busy_timeout": 1234,
+        "synchronous": 2,
+        "temp_store": 1,
+        "foreign_keys": 1,
+        "journal_size_limit": 1 << 20,
+        "cache_size": -4096,
+        "wal_autocheckpoint": 0,
+    }
 
 
 def test_pragmas_hold_on_connections_opened_by_other_threads(db_path: Path) -> None:
@@ -53,10 +67,12 @@ def test_pragmas_hold_on_connections_opened_by_other_threads(db_path: Path) -> N
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"synchronous": "SOMETIMES"}, "synchronous='SOMETIMES'"),
-     ({"busy_timeout_ms": -1}, "busy_timeout_ms=-1"),
-     ({"cache_size_kib": 0}, "cache_size_kib=0"),
-     ({"retries": True}, "retries=True")],
+    [
+        ({"synchronous": "SOMETIMES"}, "synchronous='SOMETIMES'"),
+        ({"busy_timeout_ms": -1}, "busy_timeout_ms=-1"),
+        ({"cache_size_kib": 0}, "cache_size_kib=0"),
+        ({"retries": True}, "retries=True"),
+    ],
 )
 def test_bad_arguments_are_clear_errors(db_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(DatabaseError, match=message):
@@ -175,8 +191,7 @@ def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
 def _child_uses_database(db: Database, queue) -> None:
     before = db.get_stats()["connections_opened"]
     db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (?)", (os.getpid(),)))
-    queue.put((before, db.get_stats()["connections_opened"],
-               len(database_module._inherited_after_fork)))
+    queue.put((before, db.get_stats()["connections_opened"], len(database_module._inherited_after_fork)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
@@ -244,8 +259,9 @@ def test_get_db_reopens_after_the_file_was_replaced(tmp_path: Path, monkeypatch)
         os.replace(replacement, path)
         second = get_db()
         assert second is not first and first.closed
-        assert second.connection().execute(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'marker'").fetchone()[0] == 0
+        assert (
+            second.connection().execute("SELECT count(*) FROM sqlite_master WHERE name = 'marker'").fetchone()[0] == 0
+        )
     finally:
         close_db()
 

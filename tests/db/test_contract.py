@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -107,9 +107,10 @@ def test_run_in_transaction_returns_and_a_failure_leaves_no_trace(db: BaseDataba
         db.run_in_transaction(insert_two)
     assert "unique" in str(info.value).lower()
     assert names(db) == []
-    assert db.run_in_transaction(
-        lambda conn: conn.execute(q(db, "INSERT INTO items (name) VALUES (?)"), ("b",)).rowcount
-    ) == 1
+    assert (
+        db.run_in_transaction(lambda conn: conn.execute(q(db, "INSERT INTO items (name) VALUES (?)"), ("b",)).rowcount)
+        == 1
+    )
     assert names(db) == ["b"]
 
 
@@ -192,9 +193,7 @@ def test_a_waiter_gets_the_lock_when_the_holder_releases_it(opener: Opener, db: 
 
 
 @pytest.mark.slow
-def test_a_lock_holder_killed_with_minus_9_loses_the_lock_when_its_lease_ends(
-    opener: Opener, db: BaseDatabase
-) -> None:
+def test_a_lock_holder_killed_with_minus_9_loses_the_lock_when_its_lease_ends(opener: Opener, db: BaseDatabase) -> None:
     holder = run_worker("lock_holder", opener.target, "singleton", 4.0, 0, 600)
     try:
         line = holder.stdout.readline().split()  # type: ignore[union-attr]
@@ -283,7 +282,8 @@ def test_a_changed_applied_migration_stops_start_up(opener: Opener, migrations_d
 def test_six_processes_migrating_at_once_apply_each_version_once(opener: Opener, migrations_dir: Path) -> None:
     for i in range(1, 6):
         write_migration(
-            migrations_dir, f"000{i}_t{i}.sql",
+            migrations_dir,
+            f"000{i}_t{i}.sql",
             f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY);\nINSERT INTO t{i} (id) VALUES (1);\n",
         )
     procs = [run_worker("migrator", opener.target, migrations_dir) for _ in range(6)]

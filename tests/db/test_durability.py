@@ -53,12 +53,8 @@ def test_acknowledged_commits_survive_kill_9_at_random_moments(db_path: Path) ->
         conn = sqlite3.connect(db_path)
         try:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            has_table = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'numbers'"
-            ).fetchone()
-            present = (
-                {row[0] for row in conn.execute("SELECT n FROM numbers")} if has_table else set()
-            )
+            has_table = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'numbers'").fetchone()
+            present = {row[0] for row in conn.execute("SELECT n FROM numbers")} if has_table else set()
         finally:
             conn.close()
         lost = acknowledged - present

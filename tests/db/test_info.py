@@ -9,16 +9,29 @@ import pytest
 
 from icn_mcp.db.sqlite import info as info_module
 from icn_mcp.db.sqlite.info import quote_identifier
-from tests.helpers import shipped_versions
 from tests.db.backup_support import copy_migrations, make_db
-from tests.helpers import run_cli
+from tests.helpers import run_cli, shipped_versions
 
 ODD_NAMES = ['we"ird ta ble', "[brackets]", "semi;colon -- dash", "new\nline", "select", "ünïcødé 表", "'quoted'"]
 
 KEYS = {
-    "path", "size_bytes", "wal_size_bytes", "page_size", "page_count", "freelist_count",
-    "journal_mode", "sqlite_version", "size_method", "tables", "indexes", "migrations",
-    "failed_migrations", "last_backup", "backup_temp_files", "health", "elapsed_ms",
+    "path",
+    "size_bytes",
+    "wal_size_bytes",
+    "page_size",
+    "page_count",
+    "freelist_count",
+    "journal_mode",
+    "sqlite_version",
+    "size_method",
+    "tables",
+    "indexes",
+    "migrations",
+    "failed_migrations",
+    "last_backup",
+    "backup_temp_files",
+    "health",
+    "elapsed_ms",
 }
 
 

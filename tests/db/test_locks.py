@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_worker
 from icn_mcp.db import Database, KeyedLocks, with_lock
 from icn_mcp.db.timestamps import parse_ts
 from icn_mcp.errors import DatabaseError, LockLost, LockTimeout
+from tests.helpers import run_worker
 
 
 def _unsafe_increment(box: list[int]) -> None:
@@ -208,8 +208,9 @@ def test_only_the_owner_releases_and_a_taken_over_lease_is_lost(db_path: Path) -
         with pytest.raises(LockLost):
             first.renew()
         assert first.release() is False  # not the owner any more: nothing deleted
-        assert db.connection().execute(
-            "SELECT owner FROM advisory_locks WHERE name = 'job'").fetchone()[0] == second.owner
+        assert (
+            db.connection().execute("SELECT owner FROM advisory_locks WHERE name = 'job'").fetchone()[0] == second.owner
+        )
         assert second.release() is True
 
 
@@ -231,8 +232,9 @@ def test_advisory_lock_across_processes_survives_kill_9_of_the_holder(db_path: P
     assert out.split() == ["timeout", holder_owner]
 
     with Database(db_path) as db:
-        row = db.connection().execute(
-            "SELECT owner, expires_at FROM advisory_locks WHERE name = 'singleton'").fetchone()
+        row = (
+            db.connection().execute("SELECT owner, expires_at FROM advisory_locks WHERE name = 'singleton'").fetchone()
+        )
         assert row[0] == holder_owner
         holder_expiry = parse_ts(row[1])
 

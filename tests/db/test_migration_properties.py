@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from icn_mcp.db.sqlite.migrations import checksum, discover, split_statements
 
-lines = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30), max_size=8)
+lines = st.lists(
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30), max_size=8
+)
 
 
 @given(lines, st.sampled_from(["\n", "\r\n", "\r"]), st.booleans())
@@ -49,7 +51,8 @@ def test_split_statements_round_trips_through_sqlite(rows: list[tuple[str, str, 
     for st_ in statements:
         conn.execute(st_.sql)
     assert [tuple(r) for r in conn.execute("SELECT name, v FROM t")] == [
-        (name, literal + ";") for name, literal, _ in rows]
+        (name, literal + ";") for name, literal, _ in rows
+    ]
     # Line numbers point at the first token of each statement.
     text_lines = text.split("\n")
     for st_ in statements:
@@ -57,8 +60,10 @@ def test_split_statements_round_trips_through_sqlite(rows: list[tuple[str, str, 
 
 
 def test_trigger_bodies_are_one_statement() -> None:
-    text = ("CREATE TABLE a (x);\nCREATE TRIGGER trg AFTER INSERT ON a BEGIN\n"
-            "  UPDATE a SET x = x + 1;\n  SELECT 1;\nEND;\nSELECT 2;\n")
+    text = (
+        "CREATE TABLE a (x);\nCREATE TRIGGER trg AFTER INSERT ON a BEGIN\n"
+        "  UPDATE a SET x = x + 1;\n  SELECT 1;\nEND;\nSELECT 2;\n"
+    )
     assert [s.line for s in split_statements(text)] == [1, 2, 6]
 
 
@@ -71,8 +76,14 @@ def test_an_unterminated_statement_is_an_error() -> None:
         raise AssertionError("accepted an incomplete statement")
 
 
-@given(st.lists(st.tuples(st.integers(0, 9999), st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)),
-                min_size=1, max_size=12, unique_by=lambda t: t[0]))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9999), st.from_regex(r"[a-z][a-z0-9_]{0,12}", fullmatch=True)),
+        min_size=1,
+        max_size=12,
+        unique_by=lambda t: t[0],
+    )
+)
 @settings(max_examples=40)
 def test_discover_orders_numerically_for_padded_names(entries: list[tuple[int, str]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_worker, write_migration
 from icn_mcp.db import Database
 from icn_mcp.db.sqlite.migrations import discover, plan
 from icn_mcp.errors import ChecksumMismatch, MigrationError
+from tests.helpers import run_worker, write_migration
 
 FAILING_THIRD = """\
 CREATE TABLE first_table (id INTEGER PRIMARY KEY);
@@ -56,9 +56,7 @@ def test_failing_third_statement_leaves_no_trace_and_is_recorded(
     assert "first_table" not in tables  # no trace of statements 1 and 2
     conn = sqlite3.connect(db_path)
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    failures = conn.execute(
-        "SELECT version, statement_index, line, error FROM schema_migration_failures"
-    ).fetchall()
+    failures = conn.execute("SELECT version, statement_index, line, error FROM schema_migration_failures").fetchall()
     conn.close()
     assert versions == ["0001_base"]
     assert failures == [("0002_broken", 3, 3, "no such table: no_such_table")]
@@ -69,7 +67,9 @@ def test_failing_third_statement_leaves_no_trace_and_is_recorded(
         assert states == {"0001_base": "applied", "0002_broken": "failed"}
 
     # After fixing the file the next open applies it.
-    path.write_text(FAILING_THIRD.replace("no_such_table", "first_table").replace("VALUES (1);\nCREATE", "VALUES (2);\nCREATE"))
+    path.write_text(
+        FAILING_THIRD.replace("no_such_table", "first_table").replace("VALUES (1);\nCREATE", "VALUES (2);\nCREATE")
+    )
     with Database(db_path, migrations_dir=migrations_dir) as db:
         assert [m.version for m in db.migration_history()] == ["0001_base", "0002_broken"]
         rows = db.connection().execute("SELECT id FROM first_table ORDER BY id").fetchall()
@@ -144,9 +144,7 @@ def test_missing_applied_file_is_refused_unless_allowed(db_path: Path, migration
         assert [i.state for i in db.migration_plan().items] == ["missing", "applied"]
 
 
-def test_new_file_sorting_before_latest_applied_is_refused_unless_allowed(
-    db_path: Path, migrations_dir: Path
-) -> None:
+def test_new_file_sorting_before_latest_applied_is_refused_unless_allowed(db_path: Path, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
     write_migration(migrations_dir, "0003_later.sql", "CREATE TABLE later (id INTEGER);\n")
     Database(db_path, migrations_dir=migrations_dir).close()
@@ -161,15 +159,19 @@ def test_new_file_sorting_before_latest_applied_is_refused_unless_allowed(
 
 @pytest.mark.parametrize(
     "statement",
-    ["VACUUM;", "PRAGMA journal_mode = DELETE;", "PRAGMA main.foreign_keys = OFF;", "COMMIT;",
-     "BEGIN TRANSACTION;", "ATTACH DATABASE 'x.db' AS x;"],
+    [
+        "VACUUM;",
+        "PRAGMA journal_mode = DELETE;",
+        "PRAGMA main.foreign_keys = OFF;",
+        "COMMIT;",
+        "BEGIN TRANSACTION;",
+        "ATTACH DATABASE 'x.db' AS x;",
+    ],
 )
 def test_statement_that_cannot_run_in_a_transaction_is_refused(
     db_path: Path, migrations_dir: Path, statement: str
 ) -> None:
-    write_migration(
-        migrations_dir, "0001_bad.sql", f"CREATE TABLE t (id INTEGER);\n-- why\n{statement}\n"
-    )
+    write_migration(migrations_dir, "0001_bad.sql", f"CREATE TABLE t (id INTEGER);\n-- why\n{statement}\n")
     with pytest.raises(MigrationError) as info:
         Database(db_path, migrations_dir=migrations_dir)
     assert "cannot run inside the migration's transaction" in str(info.value)
@@ -288,7 +290,8 @@ def test_plan_on_an_empty_database_lists_everything_pending(migrations_dir: Path
 def test_failed_no_transaction_migration_keeps_no_history_row(db_path: Path, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
     write_migration(
-        migrations_dir, "0002_outside.sql",
+        migrations_dir,
+        "0002_outside.sql",
         "-- icn-mcp: no-transaction\nCREATE TABLE kept (id INTEGER);\nINSERT INTO nope VALUES (1);\n",
     )
     with pytest.raises(MigrationError) as info:
@@ -348,9 +351,7 @@ def test_a_table_rebuild_does_not_cascade_into_child_tables(db_path: Path, migra
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1  # back on after
 
 
-def test_a_migration_leaving_dangling_references_is_refused_and_recorded(
-    db_path: Path, migrations_dir: Path
-) -> None:
+def test_a_migration_leaving_dangling_references_is_refused_and_recorded(db_path: Path, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "0001_tables.sql", PARENT_CHILD)
     Database(db_path, migrations_dir=migrations_dir).close()
     write_migration(migrations_dir, "0002_orphan.sql", "INSERT INTO child VALUES (11, 99);\n")
@@ -365,13 +366,12 @@ def test_a_migration_leaving_dangling_references_is_refused_and_recorded(
         assert [r.version for r in db.dry_run_migrations() if not r.ok] == ["0002_orphan"]
 
 
-def test_dry_run_reports_a_statement_that_ended_the_transaction_itself(
-    db_path: Path, migrations_dir: Path
-) -> None:
+def test_dry_run_reports_a_statement_that_ended_the_transaction_itself(db_path: Path, migrations_dir: Path) -> None:
     write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE u (x INTEGER UNIQUE);\n")
     Database(db_path, migrations_dir=migrations_dir).close()
-    write_migration(migrations_dir, "0002_rollback.sql",
-                    "INSERT INTO u VALUES (1);\nINSERT OR ROLLBACK INTO u VALUES (1);\n")
+    write_migration(
+        migrations_dir, "0002_rollback.sql", "INSERT INTO u VALUES (1);\nINSERT OR ROLLBACK INTO u VALUES (1);\n"
+    )
     with Database(db_path, migrations_dir=migrations_dir, migrate=False) as db:
         (result,) = db.dry_run_migrations()
         assert not result.ok and "UNIQUE constraint failed" in (result.error or "")

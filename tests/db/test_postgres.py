@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Iterator
 
 import pytest
@@ -30,9 +30,7 @@ def pgdb(pg_url: str) -> Iterator[Any]:
     from icn_mcp.db.postgres import PostgresDatabase
 
     db = PostgresDatabase(pg_url, pool_min=3, pool_max=5, retry_base_delay_s=0.001)
-    db.run_in_transaction(
-        lambda c: c.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-    )
+    db.run_in_transaction(lambda c: c.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
     db.run_in_transaction(lambda c: c.execute("INSERT INTO counter VALUES (1, 0)"))
     try:
         yield db
@@ -62,9 +60,7 @@ def test_the_pool_recovers_after_every_backend_is_terminated(pgdb: Any, pg_url: 
     assert pgdb.get_stats()["reconnects"] >= 1
 
 
-def test_a_connection_lost_before_commit_is_retried_once_more_and_applies_once(
-    pgdb: Any, pg_url: str
-) -> None:
+def test_a_connection_lost_before_commit_is_retried_once_more_and_applies_once(pgdb: Any, pg_url: str) -> None:
     import psycopg
 
     admin = pg.admin_url()
@@ -123,12 +119,14 @@ def test_a_connection_lost_during_commit_is_never_retried(pgdb: Any, pg_url: str
     import psycopg
 
     admin = pg.admin_url()
-    pgdb.run_in_transaction(lambda c: c.execute("""
+    pgdb.run_in_transaction(
+        lambda c: c.execute("""
         CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
         $$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$;
         CREATE CONSTRAINT TRIGGER slow AFTER UPDATE ON counter
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
-    """))
+    """)
+    )
     calls: list[int] = []
     pids: list[int] = []
 
@@ -141,9 +139,7 @@ def test_a_connection_lost_during_commit_is_never_retried(pgdb: Any, pg_url: str
         with psycopg.connect(admin, autocommit=True) as killer:
             for _ in range(3000):
                 if pids:
-                    row = killer.execute(
-                        "SELECT query FROM pg_stat_activity WHERE pid = %s", (pids[0],)
-                    ).fetchone()
+                    row = killer.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pids[0],)).fetchone()
                     if row and row[0].strip().upper() == "COMMIT":
                         killer.execute("SELECT pg_terminate_backend(%s)", (pids[0],))
                         return
@@ -163,7 +159,7 @@ def test_lease_times_come_from_the_server_clock_not_the_host(pgdb: Any, monkeypa
     """A host clock an hour off changes nothing: expiry is the server's now() + ttl."""
     import icn_mcp.db.timestamps as timestamps
 
-    skewed = lambda: datetime.now(timezone.utc) + timedelta(hours=1)  # noqa: E731
+    skewed = lambda: datetime.now(UTC) + timedelta(hours=1)  # noqa: E731
     monkeypatch.setattr(timestamps, "utc_now", skewed)
     with pgdb.advisory_lock("clock", ttl_s=30) as lease:
         with pgdb.read_transaction() as conn:
@@ -184,7 +180,10 @@ def test_get_db_opens_postgresql_when_mcp_db_url_is_set(pg_url: str, monkeypatch
         db = get_db()
         assert db.backend == "postgresql" and get_db() is db
         assert [m.version for m in db.migration_history()][:3] == [
-            "0001_advisory_locks", "0002_agent_hq", "0003_local_agents"]
+            "0001_advisory_locks",
+            "0002_agent_hq",
+            "0003_local_agents",
+        ]
     finally:
         close_db()
 
@@ -228,7 +227,9 @@ def test_without_the_driver_mcp_db_url_fails_with_one_line_naming_the_extra(pg_u
     )
     result = subprocess.run(
         [sys.executable, "-c", code, "db", "status"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "MCP_DB_URL": pg_url},
     )
     assert result.returncode == 1
@@ -266,19 +267,23 @@ def test_a_no_transaction_migration_runs_create_index_concurrently(pg_url: str, 
 
     write_migration(migrations_dir, "0001_things.sql", "CREATE TABLE things (id INTEGER, name TEXT);\n")
     write_migration(
-        migrations_dir, "0002_index.sql",
+        migrations_dir,
+        "0002_index.sql",
         "-- icn-mcp: no-transaction\nCREATE INDEX CONCURRENTLY things_name ON things (name);\n",
     )
     db = PostgresDatabase(pg_url, migrations_dir=migrations_dir, migrate=False)
     try:
         results = db.dry_run_migrations()
         assert [(r.version, r.ok, r.skipped) for r in results] == [
-            ("0001_things", True, False), ("0002_index", False, True)]
+            ("0001_things", True, False),
+            ("0002_index", False, True),
+        ]
         assert db.migrate() == ["0001_things", "0002_index"]
         with db.read_transaction() as conn:
             valid = conn.execute(
                 "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = 'things_name'").fetchone()
+                "WHERE c.relname = 'things_name'"
+            ).fetchone()
         assert valid == (True,)
         assert [m.version for m in db.migration_history()] == ["0001_things", "0002_index"]
     finally:
@@ -321,7 +326,8 @@ def test_read_committed_is_available_for_statement_level_work_and_bad_levels_are
     from icn_mcp.errors import DatabaseError
 
     level = pgdb.run_in_transaction(
-        lambda c: c.execute("SHOW transaction_isolation").fetchone()[0], isolation="read committed")
+        lambda c: c.execute("SHOW transaction_isolation").fetchone()[0], isolation="read committed"
+    )
     assert level == "read committed"
     assert pgdb.run_in_transaction(lambda c: c.execute("SHOW transaction_isolation").fetchone()[0]) == "serializable"
     with pytest.raises(DatabaseError, match="isolation='chaos' is not valid"):

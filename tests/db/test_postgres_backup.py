@@ -17,7 +17,9 @@ from tests.helpers import run_cli
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 #: The PostgreSQL migrations the package ships, in order.
-SHIPPED = sorted(p.stem for p in (Path(__file__).parents[2] / "src" / "icn_mcp" / "migrations" / "postgres").glob("*.sql"))
+SHIPPED = sorted(
+    p.stem for p in (Path(__file__).parents[2] / "src" / "icn_mcp" / "migrations" / "postgres").glob("*.sql")
+)
 
 
 def _open(url: str, **options: Any) -> Any:
@@ -29,10 +31,12 @@ def _open(url: str, **options: Any) -> Any:
 @pytest.fixture
 def source(pg_url: str) -> Iterator[Any]:
     db = _open(pg_url)
-    db.run_in_transaction(lambda c: c.cursor().executemany(
-        "INSERT INTO agents (id, name, kind, created_at) VALUES (%s, %s, 'ops', now())",
-        [(f"a{i}", f"agent {i}") for i in range(5)],
-    ))
+    db.run_in_transaction(
+        lambda c: c.cursor().executemany(
+            "INSERT INTO agents (id, name, kind, created_at) VALUES (%s, %s, 'ops', now())",
+            [(f"a{i}", f"agent {i}") for i in range(5)],
+        )
+    )
     try:
         yield db
     finally:
@@ -102,8 +106,9 @@ def test_a_truncated_dump_fails_verification_and_is_never_restored(source: Any, 
 
 def test_restore_over_data_keeps_a_safety_dump_first(source: Any, tmp_path: Path) -> None:
     backup = source.create_backup(backup_dir=tmp_path).path
-    source.run_in_transaction(lambda c: c.execute(
-        "INSERT INTO agents (id, name, kind, created_at) VALUES ('late', 'late', 'ops', now())"))
+    source.run_in_transaction(
+        lambda c: c.execute("INSERT INTO agents (id, name, kind, created_at) VALUES ('late', 'late', 'ops', now())")
+    )
     restored = source.restore_from_backup(backup, backup_dir=tmp_path)
     assert "late" not in _agents(source) and len(_agents(source)) == 5
     safety = Path(restored.safety_backup_path)
@@ -125,8 +130,7 @@ def test_cli_backup_and_verify_backup_on_postgresql(source: Any, pg_url: str, tm
 def test_cli_restore_onto_a_new_empty_database(source: Any, other_url: str, tmp_path: Path) -> None:
     """The disaster-recovery path: a new server, an empty database, `db restore --yes`."""
     backup = source.create_backup(backup_dir=tmp_path).path
-    restored = run_cli("db", "restore", backup, "--yes",
-                       env={"MCP_DB_URL": other_url, "MCP_BACKUP_DIR": str(tmp_path)})
+    restored = run_cli("db", "restore", backup, "--yes", env={"MCP_DB_URL": other_url, "MCP_BACKUP_DIR": str(tmp_path)})
     assert restored.returncode == 0, restored.stderr
     assert "no safety copy was needed" in restored.stdout and "agents 5" in restored.stdout
     target = _open(other_url, migrate=False)

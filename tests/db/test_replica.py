@@ -52,14 +52,26 @@ def _caught_up(replicator: Replicator) -> dict[str, Any] | None:
 # -- URLs and settings ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["file:///srv/replica", "s3://bucket/path/db", "gs://b/p", "abs://acct@container/p",
-                                 "sftp://user:pw@host:22/p", "webdav://host/p", "nats://host/bucket"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///srv/replica",
+        "s3://bucket/path/db",
+        "gs://b/p",
+        "abs://acct@container/p",
+        "sftp://user:pw@host:22/p",
+        "webdav://host/p",
+        "nats://host/bucket",
+    ],
+)
 def test_replica_urls_litestream_understands_are_accepted(url: str) -> None:
     assert check_replica_url(f" {url} ") == url
 
 
-@pytest.mark.parametrize("url", ["", "/srv/replica", "file://relative/dir", "file:///", "http://host/p",
-                                 "s3://", "s3:///path", "file:///a b"])
+@pytest.mark.parametrize(
+    "url",
+    ["", "/srv/replica", "file://relative/dir", "file:///", "http://host/p", "s3://", "s3:///path", "file:///a b"],
+)
 def test_other_replica_urls_are_refused_with_what_is_allowed(url: str) -> None:
     with pytest.raises(ValueError) as info:
         check_replica_url(url)
@@ -91,10 +103,14 @@ def test_bad_replica_settings_stop_start_up_naming_the_variable(variable: str, v
 
 
 def test_replica_settings_parse_and_default() -> None:
-    settings = Settings.from_env({"MCP_REPLICA_URL": "file:///srv/r", "MCP_REPLICA_SYNC_INTERVAL_S": "0.5",
-                                  "MCP_REPLICA_RETENTION": "72h"})
+    settings = Settings.from_env(
+        {"MCP_REPLICA_URL": "file:///srv/r", "MCP_REPLICA_SYNC_INTERVAL_S": "0.5", "MCP_REPLICA_RETENTION": "72h"}
+    )
     assert (settings.replica_url, settings.replica_sync_interval_s, settings.replica_retention_s) == (
-        "file:///srv/r", 0.5, 72 * 3600)
+        "file:///srv/r",
+        0.5,
+        72 * 3600,
+    )
     assert settings.database_options()["wal_autocheckpoint"] == 0
     assert Settings.from_env({"MCP_REPLICA_RETENTION": "3600"}).replica_retention_s == 3600
     default = Settings.from_env({})
@@ -105,7 +121,9 @@ def test_a_password_in_the_replica_url_never_shows(tmp_path: Path) -> None:
     settings = Settings.from_env({"MCP_REPLICA_URL": "sftp://bob:hunter2-secret@host/p"})
     assert "hunter2" not in repr(settings)
     assert redact("sftp://bob:hunter2-secret@host/p") == "sftp://bob:***@host/p"
-    done = run_cli("db", "replica", env={"MCP_DB_DIR": str(tmp_path), "MCP_REPLICA_URL": "sftp://bob:hunter2-secret@/p"})
+    done = run_cli(
+        "db", "replica", env={"MCP_DB_DIR": str(tmp_path), "MCP_REPLICA_URL": "sftp://bob:hunter2-secret@/p"}
+    )
     assert done.returncode == 2 and "MCP_REPLICA_URL" in done.stderr and "hunter2" not in done.stderr
 
 
@@ -119,8 +137,12 @@ def test_generated_configuration_is_private_and_read_by_litestream(tmp_path: Pat
     assert config.stat().st_mode & 0o777 == 0o600
     text = config.read_text()
     assert "access-key" not in text and "secret" not in text.lower().replace("secrets", "")
-    out = subprocess.run([find_litestream(), "databases", "-no-expand-env", "-json", "-config", str(config)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [find_litestream(), "databases", "-no-expand-env", "-json", "-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     [entry] = json.loads(out)
     assert entry["path"] == str(tmp_path / "d$HOME.sqlite")  # not expanded
     assert '"sync-interval": "1000ms"' in text.replace("sync-interval: ", '"sync-interval": ')
@@ -154,8 +176,9 @@ def _python_without_litestream(tmp_path: Path) -> tuple[str, dict[str, str]]:
     return str(python), env
 
 
-@pytest.mark.parametrize("command", [["db", "replicate"], ["db", "replica"], ["serve"],
-                                     ["db", "restore", "--from-replica", "--yes"]])
+@pytest.mark.parametrize(
+    "command", [["db", "replicate"], ["db", "replica"], ["serve"], ["db", "restore", "--from-replica", "--yes"]]
+)
 def test_a_missing_litestream_binary_says_what_to_install(tmp_path: Path, command: list[str]) -> None:
     python, env = _python_without_litestream(tmp_path)
     assert run_cli("db", "migrate", env={"MCP_DB_DIR": env["MCP_DB_DIR"]}).returncode == 0
@@ -181,8 +204,9 @@ def test_a_failing_litestream_is_restarted_with_backoff_and_its_errors_recorded(
     caplog.set_level(logging.DEBUG, logger="icn_mcp.replica")
     with Database(tmp_path / "db.sqlite", wal_autocheckpoint=0) as db:
         # Nothing listens on port 1: Litestream exits at once, every time.
-        replicator = Replicator(db.path, "sftp://bob:hunter2-secret@127.0.0.1:1/replica",
-                                backoff_initial_s=0.05, backoff_max_s=0.4).start()
+        replicator = Replicator(
+            db.path, "sftp://bob:hunter2-secret@127.0.0.1:1/replica", backoff_initial_s=0.05, backoff_max_s=0.4
+        ).start()
         try:
             status = _wait_for("three restarts", lambda: (s := replicator.status())["restarts"] >= 3 and s)
         finally:
@@ -204,7 +228,8 @@ def test_litestream_log_lines_become_structured_records_without_secrets(
     for line in [
         '{"time":"t","level":"ERROR","msg":"sync error","error":"auth hunter2-secret aws-secret-value-42 refused"}',
         '{"time":"t","level":"DEBUG","msg":"no compaction","system":"store","level":2}',
-        '{"time":"t","level":"DEBUG","msg":"replica sync","txid":{"replica":"000000000000000a","db":"000000000000000c"}}',
+        '{"time":"t","level":"DEBUG","msg":"replica sync",'
+        '"txid":{"replica":"000000000000000a","db":"000000000000000c"}}',
         "Error: cannot open store: hunter2-secret",
     ]:
         replicator._handle_line(replicator._scrub(line))
@@ -289,7 +314,7 @@ def test_a_process_with_a_replica_never_checkpoints_even_at_close(
             opened = path.stat().st_size  # page 1, written when WAL mode was set
             assert db.connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == autocheckpoint
             for n in range(50):
-                db.run_in_transaction(lambda c: c.execute(f"CREATE TABLE t{n} (x)"))
+                db.run_in_transaction(lambda c, n=n: c.execute(f"CREATE TABLE t{n} (x)"))
         # Every page is still only in the WAL unless this process checkpointed.
         assert (path.stat().st_size > opened) is checkpoints
     finally:
@@ -301,18 +326,30 @@ def test_a_process_with_a_replica_never_checkpoints_even_at_close(
 
 @pytest.mark.slow
 def test_db_replicate_runs_until_sigterm_and_leaves_no_process(tmp_path: Path) -> None:
-    env = {"MCP_DB_DIR": str(tmp_path / "var"), "MCP_REPLICA_URL": f"file://{tmp_path}/replica",
-           "MCP_REPLICA_SYNC_INTERVAL_S": "0.5"}
+    env = {
+        "MCP_DB_DIR": str(tmp_path / "var"),
+        "MCP_REPLICA_URL": f"file://{tmp_path}/replica",
+        "MCP_REPLICA_SYNC_INTERVAL_S": "0.5",
+    }
     assert run_cli("db", "migrate", env=env).returncode == 0
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")} | env
-    proc = subprocess.Popen([sys.executable, "-m", "icn_mcp", "db", "replicate"], env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "db", "replicate"],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with Database(tmp_path / "var" / "icn-mcp.sqlite", **Settings.from_env(env).database_options()) as db:
             db.run_in_transaction(lambda c: c.execute("CREATE TABLE marker (x)"))
             db.run_in_transaction(lambda c: c.execute("INSERT INTO marker VALUES (42)"))
-            report = _wait_for("the replica to have the marker", lambda: (
-                r := replica_report(env["MCP_REPLICA_URL"], db.path))["exists"] and r["behind_txids"] == 0 and r)
+            report = _wait_for(
+                "the replica to have the marker",
+                lambda: (
+                    (r := replica_report(env["MCP_REPLICA_URL"], db.path))["exists"] and r["behind_txids"] == 0 and r
+                ),
+            )
         assert report["earliest"] <= report["latest"] and report["size_bytes"] > 0
     finally:
         proc.send_signal(signal.SIGTERM)

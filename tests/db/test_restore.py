@@ -17,8 +17,8 @@ from icn_mcp.db import Database
 from icn_mcp.db.sqlite import backup as backup_module
 from icn_mcp.db.sqlite.backup import SAFETY_BACKUP_PREFIX, manifest_path
 from icn_mcp.errors import RestoreError
-from tests.helpers import shipped_versions
 from tests.db.backup_support import WRITER_SCRIPT, copy_migrations, file_state, make_db
+from tests.helpers import shipped_versions
 
 
 @pytest.fixture
@@ -49,7 +49,9 @@ def _text(path: Path) -> None:
     path.write_text("this is not a database\n" * 500)
 
 
-@pytest.mark.parametrize("damage, expected", [(_corrupt, "integrity"), (_truncate, "truncated"), (_text, "not an SQLite")])
+@pytest.mark.parametrize(
+    "damage, expected", [(_corrupt, "integrity"), (_truncate, "truncated"), (_text, "not an SQLite")]
+)
 @pytest.mark.parametrize("with_manifest", [False, True])
 def test_bad_backup_is_refused_and_the_live_database_is_unchanged(db, tmp_path, damage, expected, with_manifest):
     backup = Path(db.create_backup(tmp_path / "b.sqlite").path)
@@ -128,9 +130,18 @@ def test_restore_keeps_a_safety_backup_and_reports(db, tmp_path):
     with Database(safety, migrate=False) as old:  # the safety copy holds what was replaced
         assert _count(old) == 50
     assert set(result.to_dict()) == {
-        "database", "backup_path", "safety_backup_path", "backup_created_at",
-        "backup_latest_migration", "latest_migration", "migrations_applied", "row_counts", "integrity",
-        "without_manifest", "database_created", "elapsed_s",
+        "database",
+        "backup_path",
+        "safety_backup_path",
+        "backup_created_at",
+        "backup_latest_migration",
+        "latest_migration",
+        "migrations_applied",
+        "row_counts",
+        "integrity",
+        "without_manifest",
+        "database_created",
+        "elapsed_s",
     }
     assert result.without_manifest is False and result.database_created is False
 
@@ -152,7 +163,9 @@ def test_restore_while_another_process_holds_a_connection(db, tmp_path):
         conn.executemany("INSERT INTO numbers (n) VALUES (?)", [(i,) for i in range(201, 301)])
     reader = subprocess.Popen(
         [sys.executable, "-c", READER_SCRIPT, str(db.path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert reader.stdout.readline().strip() == "300"
@@ -246,7 +259,9 @@ def test_restore_while_a_writer_process_commits_loses_no_acknowledged_row(tmp_pa
         ready, stop = tmp_path / "ready", tmp_path / "stop"
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER_SCRIPT, str(db.path), str(ready), str(stop)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 60
@@ -521,7 +536,8 @@ def test_a_concurrent_reader_never_sees_the_old_schema_during_a_restore(tmp_path
     ready, stop = tmp_path / "ready", tmp_path / "stop"
     watcher = subprocess.Popen(
         [sys.executable, "-c", SCHEMA_WATCHER, str(live.path), "9001_extra", "extra", str(ready), str(stop)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         while not ready.exists():
@@ -587,7 +603,8 @@ def small_filesystem(tmp_path):
     mount_point.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.strip()}")

@@ -46,7 +46,10 @@ def test_storage_full_is_one_incident_and_ends_when_space_returns(
         assert is_storage_full_error(first.__cause__)
         stats = db.get_stats()
         assert (stats["storage_full"], stats["storage_full_errors"], stats["storage_full_incidents"]) == (
-            1, len(refused), 1)
+            1,
+            len(refused),
+            1,
+        )
         assert db.check_storage() == {"full": True, "since": first.since}
         assert db.connection().execute("SELECT count(*) FROM notes").fetchone()[0] >= 1  # reads work
         full_lines = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from icn_mcp.db.timestamps import format_ts, parse_ts
 
 moments = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 30),
-    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
-                               timezone(timedelta(hours=-8))]),
+    min_value=datetime(1, 1, 1),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]),
 )
 
 
@@ -26,7 +26,7 @@ def test_fixed_width_round_trip_and_text_order_is_time_order(a: datetime, b: dat
 
 
 def test_plus_seconds_and_naive_datetimes_refused() -> None:
-    base = datetime(2026, 11, 24, 1, 0, 0, tzinfo=timezone.utc)
+    base = datetime(2026, 11, 24, 1, 0, 0, tzinfo=UTC)
     assert format_ts(base, plus_s=1.5) == "2026-11-24T01:00:01.500000Z"
     with pytest.raises(ValueError, match="timezone-aware"):
         format_ts(datetime(2026, 1, 1))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_worker
 from icn_mcp.db import Database
 from icn_mcp.db.sqlite.database import is_busy_error
 from icn_mcp.errors import BusyError, DatabaseError
+from tests.helpers import run_worker
 
 SQLITE_BUSY_SNAPSHOT = 517
 
@@ -18,9 +18,7 @@ SQLITE_BUSY_SNAPSHOT = 517
 @pytest.fixture
 def db(db_path: Path):
     with Database(db_path) as database:
-        database.run_in_transaction(
-            lambda c: c.execute("CREATE TABLE counter (value INTEGER NOT NULL)")
-        )
+        database.run_in_transaction(lambda c: c.execute("CREATE TABLE counter (value INTEGER NOT NULL)"))
         database.run_in_transaction(lambda c: c.execute("INSERT INTO counter VALUES (0)"))
         yield database
 
@@ -55,7 +53,9 @@ def _snapshot_writer(path: Path):
 
     proc = subprocess.Popen(
         [sys.executable, str(WORKERS / "snapshot_writer.py"), str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "ready"
     return proc
@@ -105,8 +105,7 @@ def test_read_then_write_race_gives_busy_snapshot_raw_and_success_through_the_la
 
 
 def test_busy_is_retried_until_the_lock_is_released(db_path: Path) -> None:
-    with Database(db_path, busy_timeout_ms=20, retries=200, retry_base_delay_s=0.005,
-                  retry_max_delay_s=0.02) as db:
+    with Database(db_path, busy_timeout_ms=20, retries=200, retry_base_delay_s=0.005, retry_max_delay_s=0.02) as db:
         db.run_in_transaction(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
         locker = run_worker("write_locker", db_path, 0.5)
         assert locker.stdout.readline().strip() == "locked"
@@ -117,8 +116,7 @@ def test_busy_is_retried_until_the_lock_is_released(db_path: Path) -> None:
 
 
 def test_busy_after_the_whole_budget_raises_busy_error(db_path: Path) -> None:
-    with Database(db_path, busy_timeout_ms=10, retries=2, retry_base_delay_s=0.001,
-                  retry_max_delay_s=0.002) as db:
+    with Database(db_path, busy_timeout_ms=10, retries=2, retry_base_delay_s=0.001, retry_max_delay_s=0.002) as db:
         locker = run_worker("write_locker", db_path, 10)
         try:
             assert locker.stdout.readline().strip() == "locked"
@@ -140,7 +138,7 @@ def test_write_transaction_commits_and_rolls_back(db: Database) -> None:
     with pytest.raises(ZeroDivisionError):
         with db.write_transaction() as conn:
             conn.execute("UPDATE counter SET value = 11")
-            1 / 0
+            raise ZeroDivisionError("boom")
     assert _value(db) == 10
     assert not db.connection().in_transaction
 

@@ -47,7 +47,7 @@ class ServerProcess:
         self.stderr_lines: list[str] = []
         self._drain: threading.Thread | None = None
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.stderr_lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "icn_mcp", "serve", *self.args],

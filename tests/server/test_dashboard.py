@@ -62,12 +62,22 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             lone = _post(client, "/api/task/create", ann["token"], {"title": "lone", "priority": -5})["id"]
             claim = _post(client, "/api/task/claim", ann["token"], {})
             assert str(claim["task_id"]) == str(design)
-            _post(client, "/api/task/run", ann["token"],
-                  {"task_id": design, "status": "completed", "notes": "schema done"})
+            _post(
+                client,
+                "/api/task/run",
+                ann["token"],
+                {"task_id": design, "status": "completed", "notes": "schema done"},
+            )
             claim = _post(client, "/api/task/claim", ann["token"], {})
             assert str(claim["task_id"]) == str(build)
-        ids = {"design": str(design), "build": str(build), "ship": str(ship), "lone": str(lone),
-               "ann": ann["id"], "bob": bob["id"]}
+        ids = {
+            "design": str(design),
+            "build": str(build),
+            "ship": str(ship),
+            "lone": str(lone),
+            "ann": ann["id"],
+            "bob": bob["id"],
+        }
         yield Seeded(server, {"ann": ann["token"], "bob": bob["token"]}, ids)
     finally:
         server.kill()
@@ -120,7 +130,10 @@ def test_graph_of_open_work_and_of_a_neighbourhood_has_string_ids(seeded: Seeded
     # Open work: build (claimed), ship, lone; plus design, which build depends on.
     assert {n["id"] for n in graph["nodes"]} == {ids["design"], ids["build"], ids["ship"], ids["lone"]}
     assert graph["open_count"] == 3 and graph["focus"] is None and not graph["too_large"]
-    assert {(e["from"], e["to"]) for e in graph["edges"]} == {(ids["design"], ids["build"]), (ids["build"], ids["ship"])}
+    assert {(e["from"], e["to"]) for e in graph["edges"]} == {
+        (ids["design"], ids["build"]),
+        (ids["build"], ids["ship"]),
+    }
     status = {n["id"]: n["status"] for n in graph["nodes"]}
     assert status[ids["design"]] == "completed" and status[ids["build"]] == "claimed"
 
@@ -153,7 +166,11 @@ def test_runs_of_a_task(seeded: Seeded) -> None:
     assert body["task_id"] == seeded.ids["design"]
     [run] = body["runs"]
     assert (run["task_id"], run["agent_id"], run["status"], run["notes"], run["attempt"]) == (
-        seeded.ids["design"], seeded.ids["ann"], "completed", "schema done", 1,
+        seeded.ids["design"],
+        seeded.ids["ann"],
+        "completed",
+        "schema done",
+        1,
     )
     assert isinstance(run["id"], str)
     assert seeded.get("/api/admin/runs").json()["error"] == "task_id_required"

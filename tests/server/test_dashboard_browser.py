@@ -78,7 +78,10 @@ def open_page(browser: Any) -> Iterator[Callable[..., Watched]]:
         contexts.append(context)
         page = context.new_page()
         watched = Watched(page)
-        page.on("console", lambda m: watched.console.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on(
+            "console",
+            lambda m: watched.console.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None,
+        )
         page.on("pageerror", lambda e: watched.console.append(f"pageerror: {e}"))
         page.on("request", lambda r: watched.requests.append(r))
         page.on("response", lambda r: watched.responses.append(r))
@@ -113,7 +116,12 @@ def _seed(server: ServerProcess) -> Seeded:
         ann = _post(client, "/api/agent/register", ADMIN_TOKEN, {"name": "planner-ann", "kind": "planner"})
         bob = _post(client, "/api/agent/register", ADMIN_TOKEN, {"name": "reviewer-bob", "kind": "reviewer"})
         design = _post(client, "/api/task/create", ann["token"], {"title": "design the schema", "priority": 9})["id"]
-        build = _post(client, "/api/task/create", ann["token"], {"title": "build the store", "depends_on": [design], "priority": 5})["id"]
+        build = _post(
+            client,
+            "/api/task/create",
+            ann["token"],
+            {"title": "build the store", "depends_on": [design], "priority": 5},
+        )["id"]
         ship = _post(client, "/api/task/create", ann["token"], {"title": "ship it", "depends_on": [build]})["id"]
         lone = _post(client, "/api/task/create", ann["token"], {"title": "lonely task", "priority": -5})["id"]
         assert str(_post(client, "/api/task/claim", ann["token"], {})["task_id"]) == str(design)
@@ -143,6 +151,7 @@ def _row(page: Any, title: str) -> Any:
 
 def _wait_for_refreshes(page: Any, count: int) -> None:
     """Until the page has drawn ``count`` more refreshes (its own counter)."""
+
     # Polled from here: wait_for_function evaluates a string, which the page's CSP
     # (no 'unsafe-eval') rightly refuses.
     def refreshes() -> int:
@@ -203,7 +212,9 @@ def test_with_a_token_the_page_shows_tasks_states_graph_and_agents(
     expect(page.locator("#graph-box svg path.edge")).to_have_count(2)
     node = page.locator(f'#graph-box g.node[data-task-id="{ids["build"]}"]')
     expect(node).to_have_class(re.compile(r"\bst-claimed\b"))
-    expect(page.locator(f'#graph-box g.node[data-task-id="{ids["design"]}"]')).to_have_class(re.compile(r"\bst-completed\b"))
+    expect(page.locator(f'#graph-box g.node[data-task-id="{ids["design"]}"]')).to_have_class(
+        re.compile(r"\bst-completed\b")
+    )
     # Read in one evaluation: the page redraws the graph while the test runs.
     drawn = page.evaluate(
         """ids => Object.fromEntries(Object.entries(ids).map(([name, id]) => {
@@ -248,9 +259,7 @@ def test_with_a_token_the_page_shows_tasks_states_graph_and_agents(
     assert "token" not in page.url
 
 
-def test_without_a_token_only_the_form_and_public_health(
-    seeded: Seeded, open_page: Callable[..., Watched]
-) -> None:
+def test_without_a_token_only_the_form_and_public_health(seeded: Seeded, open_page: Callable[..., Watched]) -> None:
     watched = open_page(f"{seeded.url}/dashboard")
     page = watched.page
     expect(page.locator("#public-health")).to_contain_text("answering")
@@ -264,7 +273,9 @@ def test_without_a_token_only_the_form_and_public_health(
     for secret in SECRETS:
         assert secret not in text
     paths = {httpx.URL(r.url).path for r in watched.responses}
-    assert paths <= {"/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css", "/healthz", "/healthz/db"}, paths
+    assert paths <= {"/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css", "/healthz", "/healthz/db"}, (
+        paths
+    )
     for response in watched.responses:
         body = response.text()
         for secret in SECRETS:
@@ -273,9 +284,7 @@ def test_without_a_token_only_the_form_and_public_health(
     assert watched.problems() == []
 
 
-def test_an_agent_token_is_refused_and_nothing_is_shown(
-    seeded: Seeded, open_page: Callable[..., Watched]
-) -> None:
+def test_an_agent_token_is_refused_and_nothing_is_shown(seeded: Seeded, open_page: Callable[..., Watched]) -> None:
     watched = open_page(f"{seeded.url}/dashboard")
     page = watched.page
     page.get_by_label("Maintainer token").fill(seeded.tokens["bob"])
@@ -304,7 +313,9 @@ def test_live_updates_show_a_claim_then_stale_then_live_again(
     page = watched.page
     expect(page.locator("#stale")).to_be_hidden()
     with server.client() as client:
-        urgent = _post(client, "/api/task/create", seeded.tokens["bob"], {"title": "urgent fix", "priority": 1000})["id"]
+        urgent = _post(client, "/api/task/create", seeded.tokens["bob"], {"title": "urgent fix", "priority": 1000})[
+            "id"
+        ]
     row = _row(page, "urgent fix")
     expect(row).to_contain_text("open", timeout=UPDATE_WAIT_MS)
     with server.client() as client:
@@ -381,12 +392,11 @@ def _convert_ids(value: Any, to: type, key: str | None = None) -> Any:
 
 
 @pytest.mark.parametrize("id_type", [int, str], ids=["integer-ids", "string-ids"])
-def test_ids_work_as_json_integers_and_as_decimal_strings(
-    seeded: Seeded, browser: Any, id_type: type
-) -> None:
+def test_ids_work_as_json_integers_and_as_decimal_strings(seeded: Seeded, browser: Any, id_type: type) -> None:
     """The compat change sends ids as "42" instead of 42: the page handles both."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
+
         def rewrite(route: Any) -> None:
             response = route.fetch()
             try:
@@ -405,7 +415,9 @@ def test_ids_work_as_json_integers_and_as_decimal_strings(
         ids = seeded.ids
         expect(_row(page, "build the store")).to_contain_text("planner-ann")
         expect(page.locator("#graph-box svg g.node")).to_have_count(4)
-        expect(page.locator("#agent-rows tr", has_text="planner-ann").locator("td").nth(4)).to_have_text(f"#{ids['build']}")
+        expect(page.locator("#agent-rows tr", has_text="planner-ann").locator("td").nth(4)).to_have_text(
+            f"#{ids['build']}"
+        )
         page.locator("#agent-rows").get_by_role("button", name=f"Show task {ids['build']}").click()
         expect(page.locator("#graph-caption")).to_contain_text(f"Task {ids['build']} and the tasks")
         expect(page.locator(f'#graph-box g.node.focus[data-task-id="{ids["build"]}"]')).to_have_count(1)
@@ -441,9 +453,7 @@ def test_phone_width_has_no_sideways_page_and_readable_text(
     assert watched.problems() == []
 
 
-def test_keyboard_alone_signs_in_filters_and_selects(
-    seeded: Seeded, open_page: Callable[..., Watched]
-) -> None:
+def test_keyboard_alone_signs_in_filters_and_selects(seeded: Seeded, open_page: Callable[..., Watched]) -> None:
     watched = open_page(f"{seeded.url}/dashboard")
     page = watched.page
     keyboard = page.keyboard

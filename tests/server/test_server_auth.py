@@ -69,8 +69,12 @@ def test_admin_routes_reject_agent_tokens_and_accept_maintainers(server: ServerP
             for token in (ADMIN_TOKEN, MAINTAINER_TOKEN):
                 assert _call(client, method, path, body, bearer(token)).status_code == 200  # type: ignore[attr-defined]
         # A maintainer may register agents once the bootstrap agent exists.
-        assert client.post("/api/agent/register", json={"name": "b", "kind": "ops"},
-                           headers=bearer(MAINTAINER_TOKEN)).status_code == 200
+        assert (
+            client.post(
+                "/api/agent/register", json={"name": "b", "kind": "ops"}, headers=bearer(MAINTAINER_TOKEN)
+            ).status_code
+            == 200
+        )
 
 
 def test_expired_and_refreshed_away_tokens_get_401(server_factory: type[ServerProcess], tmp_path: Path) -> None:

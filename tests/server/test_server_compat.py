@@ -111,9 +111,13 @@ def test_the_sdks_requests_replayed_validate_against_its_schemas(server: ServerP
             assert claim.error is None and claim.title
             claimed.append(claim.task_id)
             for status in ("in_progress", "completed"):
-                run = _sdk(client, "POST", "/api/task/run", token,
-                           {"task_id": claim.task_id, "status": status, "notes": f"{status} by sdk",
-                            "task_kind": "planner"})
+                run = _sdk(
+                    client,
+                    "POST",
+                    "/api/task/run",
+                    token,
+                    {"task_id": claim.task_id, "status": status, "notes": f"{status} by sdk", "task_kind": "planner"},
+                )
                 assert run.status_code == 200, run.text
                 assert TaskRunResponse.model_validate(run.json()).ok is True
         assert claimed == ids, "the chain is claimed in dependency order, each once"
@@ -218,8 +222,9 @@ def _sample(text: str, series: str) -> float:
 
 def _store_refreshes(client: httpx.Client) -> float:
     """How many refreshes reached the store (each is one timed store call)."""
-    return _sample(client.get("/metrics").text,
-                   'icn_mcp_db_transaction_duration_seconds_count{operation="refresh_token"}')
+    return _sample(
+        client.get("/metrics").text, 'icn_mcp_db_transaction_duration_seconds_count{operation="refresh_token"}'
+    )
 
 
 @pytest.fixture
@@ -245,14 +250,15 @@ def test_the_sdks_refresh_loop_ends_and_reaches_the_store_a_bounded_number_of_ti
     # (The allowance refills at 1 per 10 s, so a very slow run may see one more 401.)
     allowance = REFUSED_REFRESH_PER_TOKEN_PER_MIN
     assert refreshes[:allowance] == [401] * allowance and set(refreshes) == {401, 429}
-    assert refreshes[-(SdkClient.RETRIES + 1):] == [429] * (SdkClient.RETRIES + 1)
+    assert refreshes[-(SdkClient.RETRIES + 1) :] == [429] * (SdkClient.RETRIES + 1)
     assert len(sdk.slept) == SdkClient.RETRIES and all(s >= 1 for s in sdk.slept)
     # Only the refused ones did any work in the store; the 429s touched nothing.
     assert _store_refreshes(client) - before == refreshes.count(401)
 
 
-def test_the_server_stays_healthy_under_refresh_loops(server: ServerProcess,
-                                                      dead_token: tuple[httpx.Client, str, str]) -> None:
+def test_the_server_stays_healthy_under_refresh_loops(
+    server: ServerProcess, dead_token: tuple[httpx.Client, str, str]
+) -> None:
     """Two hard loops hammer /api/agent/refresh while an agent works: one on a dead
     token (the SDK's loop without its back-off), one rotating never-issued tokens.
     The agent's requests all succeed; the dead token is answered 429 after its
@@ -281,8 +287,11 @@ def test_the_server_stays_healthy_under_refresh_loops(server: ServerProcess,
         created = client.post("/api/task/create", json={"title": f"work {n}"}, headers=bearer(live))
         assert created.status_code == 200, created.text
         claim = client.post("/api/task/claim", json={}, headers=bearer(live)).json()
-        done = client.post("/api/task/run", json={"task_id": claim["task_id"], "status": "completed",
-                                                  "attempt": claim["attempt"]}, headers=bearer(live))
+        done = client.post(
+            "/api/task/run",
+            json={"task_id": claim["task_id"], "status": "completed", "attempt": claim["attempt"]},
+            headers=bearer(live),
+        )
         assert done.status_code == 200, done.text
     for loop in loops:
         loop.join(120)
@@ -291,7 +300,7 @@ def test_the_server_stays_healthy_under_refresh_loops(server: ServerProcess,
 
     dead_statuses = statuses["dead"]
     allowance = REFUSED_REFRESH_PER_TOKEN_PER_MIN
-    assert dead_statuses[:allowance + 1] == [401] * allowance + [429]
+    assert dead_statuses[: allowance + 1] == [401] * allowance + [429]
     # The allowance refills at 1 per 10 s: however slow the run, most are stopped.
     assert set(dead_statuses) == {401, 429} and dead_statuses.count(429) > dead_statuses.count(401)
     assert statuses["rotating"] == [401] * 150

@@ -46,7 +46,7 @@ def _read_response(sock: socket.socket) -> bytes:
                 length = re.search(rb"(?i)content-length: *(\d+)", head)
                 if length and len(body) >= int(length.group(1)):
                     break
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 
@@ -131,6 +131,7 @@ def test_oversized_chunked_bodies_and_aborted_uploads_are_quiet_client_errors(li
     # One line per misbehaving request, its access line: 413 or 499 (client closed).
     access = [r for r in during if r.get("logger") == "icn_mcp.server.access"]
     assert sorted(r["status"] for r in access if r["route"] != "/healthz") == sorted(
-        [413] * len(cases) + [499] * 2 * len(cases)), access
+        [413] * len(cases) + [499] * 2 * len(cases)
+    ), access
     assert [r for r in during if r.get("logger") != "icn_mcp.server.access"] == []
     assert agent["token"] not in "".join(server.stderr_lines)

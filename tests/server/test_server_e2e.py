@@ -50,8 +50,15 @@ def _create_tasks(client: httpx.Client, token: str) -> dict[int, list[int]]:
     return deps
 
 
-def _worker(url: str, token: str, claims: list[tuple[int, int, str]], claimed_at: dict[int, float],
-            reported_at: dict[int, float], lock: threading.Lock, errors: list[str]) -> None:
+def _worker(
+    url: str,
+    token: str,
+    claims: list[tuple[int, int, str]],
+    claimed_at: dict[int, float],
+    reported_at: dict[int, float],
+    lock: threading.Lock,
+    errors: list[str],
+) -> None:
     """Claim and complete until the server has nothing left for this agent."""
     with httpx.Client(base_url=url, timeout=60.0, headers=bearer(token)) as client:
         idle = 0
@@ -74,8 +81,13 @@ def _worker(url: str, token: str, claims: list[tuple[int, int, str]], claimed_at
                 reported_at[body["task_id"]] = time.monotonic()
             report = client.post(
                 "/api/task/run",
-                json={"task_id": body["task_id"], "status": "completed", "attempt": body["attempt"],
-                      "notes": "done", "task_kind": "ignored-extra-field"},
+                json={
+                    "task_id": body["task_id"],
+                    "status": "completed",
+                    "attempt": body["attempt"],
+                    "notes": "done",
+                    "task_kind": "ignored-extra-field",
+                },
             )
             if report.status_code != 200:
                 errors.append(f"run {report.status_code} {report.text}")
@@ -108,8 +120,7 @@ def test_concurrent_claims_then_kill_9_and_restart(server_factory: type[ServerPr
     boss = bootstrap.json()["token"]
     tokens = []
     for n in range(CLIENTS):
-        response = client.post("/api/agent/register", json={"name": f"worker-{n}", "kind": "ops"},
-                               headers=bearer(boss))
+        response = client.post("/api/agent/register", json={"name": f"worker-{n}", "kind": "ops"}, headers=bearer(boss))
         assert response.status_code == 200, response.text
         tokens.append(response.json()["token"])
 
@@ -144,12 +155,17 @@ def test_concurrent_claims_then_kill_9_and_restart(server_factory: type[ServerPr
     held = client.post("/api/task/create", json={"title": "held"}, headers=bearer(boss)).json()["id"]
     claim = client.post("/api/task/claim", json={"lease_s": 3600}, headers=bearer(tokens[0])).json()
     assert claim["task_id"] == held
-    client.post("/api/task/run", json={"task_id": held, "status": "in_progress", "attempt": claim["attempt"]},
-                headers=bearer(tokens[0]))
+    client.post(
+        "/api/task/run",
+        json={"task_id": held, "status": "in_progress", "attempt": claim["attempt"]},
+        headers=bearer(tokens[0]),
+    )
 
     before_tasks = _all_tasks(client)
-    before_status = {t["id"]: client.get("/api/task/status", params={"task_id": t["id"]}).json()
-                     for t in before_tasks[::25] + [before_tasks[-1]]}
+    before_status = {
+        t["id"]: client.get("/api/task/status", params={"task_id": t["id"]}).json()
+        for t in before_tasks[::25] + [before_tasks[-1]]
+    }
     before_stats = client.get("/api/admin/stats", headers=bearer(ADMIN_TOKEN)).json()["stats"]
     client.close()
 
@@ -165,8 +181,11 @@ def test_concurrent_claims_then_kill_9_and_restart(server_factory: type[ServerPr
 
         # The lease survived: the holder may still report on it, nobody else can claim it.
         assert client.post("/api/task/claim", headers=bearer(tokens[1])).json() == {"error": "no_available_tasks"}
-        done = client.post("/api/task/run", headers=bearer(tokens[0]),
-                           json={"task_id": held, "status": "completed", "attempt": claim["attempt"]})
+        done = client.post(
+            "/api/task/run",
+            headers=bearer(tokens[0]),
+            json={"task_id": held, "status": "completed", "attempt": claim["attempt"]},
+        )
         assert done.status_code == 200, done.text
 
         # The old tokens still work, for agents and for creating tasks.

@@ -117,8 +117,9 @@ def test_route_answers_without_5xx_or_traceback(
     tokens = st.sampled_from([{}, bearer(live["token"]), {"Authorization": "Bearer not-a-real-token"}])
 
     @given(case=operation.as_strategy(generation_mode=mode), headers=tokens)
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
-              derandomize=True, database=None)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+    )
     def fuzz(case: Any, headers: dict[str, str]) -> None:
         _check(case, headers)
 

@@ -14,8 +14,9 @@ from tests.server.serverproc import ADMIN_TOKEN, ServerProcess, bearer
 
 
 def _register(client: httpx.Client, name: str = "agent", token: str | None = None) -> dict[str, Any]:
-    response = client.post("/api/agent/register", json={"name": name, "kind": "planner"},
-                           headers=bearer(token) if token else {})
+    response = client.post(
+        "/api/agent/register", json={"name": name, "kind": "planner"}, headers=bearer(token) if token else {}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -57,10 +58,15 @@ def test_health_and_openapi(server: ServerProcess) -> None:
 def test_worker_protocol_shapes(server: ServerProcess, agents: tuple[dict[str, Any], dict[str, Any]]) -> None:
     first, second = agents
     with server.client() as client:
-        created = client.post("/api/task/create", headers=bearer(first["token"]),
-                              json={"title": "one", "description": "d", "idempotency_key": "k1", "unknown": [1]})
+        created = client.post(
+            "/api/task/create",
+            headers=bearer(first["token"]),
+            json={"title": "one", "description": "d", "idempotency_key": "k1", "unknown": [1]},
+        )
         assert created.json() == {"ok": True, "id": created.json()["id"]}
-        again = client.post("/api/task/create", headers=bearer(first["token"]), json={"title": "one", "idempotency_key": "k1"})
+        again = client.post(
+            "/api/task/create", headers=bearer(first["token"]), json={"title": "one", "idempotency_key": "k1"}
+        )
         assert again.json()["id"] == created.json()["id"], "an idempotency key returns the first task"
         listed = client.get("/api/task/list").json()
         assert isinstance(listed, list) and listed[0]["title"] == "one" and listed[0]["status"] == "open"
@@ -71,15 +77,22 @@ def test_worker_protocol_shapes(server: ServerProcess, agents: tuple[dict[str, A
         assert client.post("/api/task/claim", headers=bearer(second["token"])).json() == {"error": "no_available_tasks"}
 
         # A report from an agent that does not hold the claim: 409 with the facts.
-        foreign = client.post("/api/task/run", headers=bearer(second["token"]),
-                              json={"task_id": task_id, "status": "completed"})
+        foreign = client.post(
+            "/api/task/run", headers=bearer(second["token"]), json={"task_id": task_id, "status": "completed"}
+        )
         assert foreign.status_code == 409 and foreign.json()["error"] == "conflict"
-        stale = client.post("/api/task/run", headers=bearer(first["token"]),
-                            json={"task_id": task_id, "status": "completed", "attempt": claim["attempt"] + 1})
+        stale = client.post(
+            "/api/task/run",
+            headers=bearer(first["token"]),
+            json={"task_id": task_id, "status": "completed", "attempt": claim["attempt"] + 1},
+        )
         assert stale.status_code == 409
 
-        ok = client.post("/api/task/run", headers=bearer(first["token"]),
-                         json={"task_id": task_id, "status": "completed", "notes": "n", "task_kind": "x"})
+        ok = client.post(
+            "/api/task/run",
+            headers=bearer(first["token"]),
+            json={"task_id": task_id, "status": "completed", "notes": "n", "task_kind": "x"},
+        )
         assert ok.json() == {"ok": True}
         status = client.get("/api/task/status", params={"task_id": task_id}).json()
         assert status == {"id": task_id, "status": "completed", "attempt": 1, "agent": first["id"], "notes": "n"}
@@ -133,7 +146,7 @@ def test_malformed_bodies_are_400_not_500(shared: tuple[ServerProcess, str], raw
     # A JSON object with bad values is refused where the values matter; anything else
     # is refused everywhere a body is read.
     paths = ["/api/task/create", "/api/agent/register"]
-    if not raw.startswith(b"{\""):
+    if not raw.startswith(b'{"'):
         paths += ["/api/task/run", "/api/task/claim", "/api/agent/refresh", "/api/admin/agents/cleanup"]
     with server.client() as client:
         for path in paths:
@@ -146,16 +159,29 @@ def test_malformed_bodies_are_400_not_500(shared: tuple[ServerProcess, str], raw
 def test_other_errors(shared: tuple[ServerProcess, str]) -> None:
     server, token = shared
     with server.client() as client:
-        assert client.post("/api/task/run", json={"status": "completed"}, headers=bearer(token)).json()["error"] == "task_id_required"
-        assert client.get("/api/task/status").json() == {"ok": False, "error": "task_id_required",
-                                                         "message": "task_id is required"}
+        assert (
+            client.post("/api/task/run", json={"status": "completed"}, headers=bearer(token)).json()["error"]
+            == "task_id_required"
+        )
+        assert client.get("/api/task/status").json() == {
+            "ok": False,
+            "error": "task_id_required",
+            "message": "task_id is required",
+        }
         bad_id = client.get("/api/task/status", params={"task_id": "1e3"})
         assert bad_id.status_code == 400 and set(bad_id.json()["fields"]) == {"task_id"}
         assert 'ASCII digits such as "42"' in bad_id.json()["fields"]["task_id"]
         missing = client.get("/api/task/status", params={"task_id": 99})
-        assert missing.status_code == 404 and missing.json() == {"ok": False, "error": "not_found", "kind": "task", "id": "99"}
-        assert client.post("/api/task/run", json={"task_id": 99, "status": "completed"},
-                           headers=bearer(token)).status_code == 404
+        assert missing.status_code == 404 and missing.json() == {
+            "ok": False,
+            "error": "not_found",
+            "kind": "task",
+            "id": "99",
+        }
+        assert (
+            client.post("/api/task/run", json={"task_id": 99, "status": "completed"}, headers=bearer(token)).status_code
+            == 404
+        )
         assert client.get("/no/such/route").json() == {"ok": False, "error": "not_found"}
         assert client.put("/api/task/claim").status_code == 405
         big = client.post("/api/task/create", content=b'{"title": "' + b"x" * (2 << 20) + b'"}', headers=bearer(token))
@@ -167,8 +193,11 @@ def test_other_errors(shared: tuple[ServerProcess, str]) -> None:
 
         streamed = client.post("/api/task/create", content=chunks(), headers=bearer(token))
         assert streamed.status_code == 413
-        mcp_headers = {**bearer(token), "Content-Type": "application/json",
-                       "Accept": "application/json, text/event-stream"}
+        mcp_headers = {
+            **bearer(token),
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        }
         streamed_mcp = client.post("/mcp", content=chunks(), headers=mcp_headers)
         assert streamed_mcp.status_code == 413 and streamed_mcp.json()["error"] == "payload_too_large"
         # Stateless JSON MCP offers no server-initiated stream: GET is refused, not held open.
@@ -231,8 +260,9 @@ def test_sigterm_and_sigint_close_the_database(server_factory: type[ServerProces
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = server_factory(tmp_path / "var").start()
         with server.client() as client:
-            agent = client.post("/api/agent/register", json={"name": f"s{sig}", "kind": "ops"},
-                                headers=bearer(ADMIN_TOKEN)).json()
+            agent = client.post(
+                "/api/agent/register", json={"name": f"s{sig}", "kind": "ops"}, headers=bearer(ADMIN_TOKEN)
+            ).json()
             for n in range(20):
                 client.post("/api/task/create", json={"title": f"t{n}"}, headers=bearer(agent["token"]))
         wal = tmp_path / "var" / "icn-mcp.sqlite-wal"
@@ -245,8 +275,7 @@ def test_sigterm_and_sigint_close_the_database(server_factory: type[ServerProces
 
 
 def test_rate_limits_answer_429_with_retry_after(server_factory: type[ServerProcess], tmp_path: Path) -> None:
-    server = server_factory(tmp_path / "var", MCP_RATE_LIMIT_TOKEN_PER_MIN="5",
-                            MCP_RATE_LIMIT_IP_PER_MIN="40").start()
+    server = server_factory(tmp_path / "var", MCP_RATE_LIMIT_TOKEN_PER_MIN="5", MCP_RATE_LIMIT_IP_PER_MIN="40").start()
     with server.client() as client:
         token = _register(client)["token"]
         statuses = [client.post("/api/task/claim", headers=bearer(token)).status_code for _ in range(6)]

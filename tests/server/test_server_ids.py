@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+
 from icn_mcp.server.openapi import document
 from tests.helpers import run_cli
 from tests.server.serverproc import ServerProcess, bearer
 
 #: The largest id (signed 64-bit), icn_mcp.store.validation.ID_MAX.
 ID_MAX = 2**63 - 1
+
 
 def _schemas_at(node: Any, key: str) -> Iterator[Any]:
     """Every value under ``key`` anywhere in ``node``."""
@@ -31,8 +33,9 @@ def _schemas_at(node: Any, key: str) -> Iterator[Any]:
 def test_the_published_document_has_string_ids_and_accepts_the_deprecated_integer() -> None:
     doc = document()
     # (Agent ids, which /api/agent/register returns, are strings of their own form.)
-    responses = [op["responses"] for path, item in doc["paths"].items() for op in item.values()
-                 if path != "/api/agent/register"]
+    responses = [
+        op["responses"] for path, item in doc["paths"].items() for op in item.values() if path != "/api/agent/register"
+    ]
     schemas = doc["components"]["schemas"]
     response_schemas = [schemas[name] for name in ("Task", "TaskStatus", "Artifact")] + responses
     found = 0
@@ -59,15 +62,20 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     try:
         with server.client() as client:
             token = client.post("/api/agent/register", json={"name": "ids", "kind": "ops"}).json()["token"]
-            ids = [client.post("/api/task/create", json={"title": f"t{n}"}, headers=bearer(token)).json()["id"]
-                   for n in range(12)]
+            ids = [
+                client.post("/api/task/create", json={"title": f"t{n}"}, headers=bearer(token)).json()["id"]
+                for n in range(12)
+            ]
         yield server, token, ids
     finally:
         server.kill()
 
 
-@pytest.mark.parametrize("raw", ["\u0661", "\u0661\u0660", "+1", " 1", "1 ", "01", "1_0", "1.0", "0", "-1",
-                                 str(ID_MAX + 1), "true"], ids=repr)
+@pytest.mark.parametrize(
+    "raw",
+    ["\u0661", "\u0661\u0660", "+1", " 1", "1 ", "01", "1_0", "1.0", "0", "-1", str(ID_MAX + 1), "true"],
+    ids=repr,
+)
 def test_status_query_ids_are_parsed_strictly(seeded: tuple[ServerProcess, str, list[str]], raw: str) -> None:
     server, _, _ = seeded
     with server.client() as client:
@@ -96,7 +104,9 @@ def test_query_siblings_limit_cursor_and_repeats(seeded: tuple[ServerProcess, st
         # A parameter given twice is refused rather than guessed at.
         for query in (f"task_id={ids[0]}&task_id={ids[1]}",):
             twice = client.get(f"/api/task/status?{query}")
-            assert twice.status_code == 400 and twice.json()["fields"] == {"task_id": "given more than once; give it once"}
+            assert twice.status_code == 400 and twice.json()["fields"] == {
+                "task_id": "given more than once; give it once"
+            }
         twice = client.get("/api/task/list?limit=5&limit=6")
         assert twice.status_code == 400 and list(twice.json()["fields"]) == ["limit"]
         # An empty parameter counts as absent.
@@ -107,21 +117,26 @@ def test_query_siblings_limit_cursor_and_repeats(seeded: tuple[ServerProcess, st
 def test_every_id_in_every_response_is_a_string(seeded: tuple[ServerProcess, str, list[str]]) -> None:
     server, token, ids = seeded
     with server.client() as client:
-        created = client.post("/api/task/create", json={"title": "child", "depends_on": [ids[0], int(ids[1])]},
-                              headers=bearer(token)).json()
+        created = client.post(
+            "/api/task/create", json={"title": "child", "depends_on": [ids[0], int(ids[1])]}, headers=bearer(token)
+        ).json()
         assert isinstance(created["id"], str)
         child = [t for t in client.get("/api/task/list", params={"limit": "100"}).json() if t["id"] == created["id"]]
         assert child[0]["depends_on"] == [ids[0], ids[1]]
         claim = client.post("/api/task/claim", json={}, headers=bearer(token)).json()
         assert claim["task_id"] == ids[0] and isinstance(claim["attempt"], int)
-        artifact = client.post("/api/task/artifact", headers=bearer(token),
-                               json={"task_id": claim["task_id"], "kind": "log", "path": "x", "attempt": claim["attempt"]})
+        artifact = client.post(
+            "/api/task/artifact",
+            headers=bearer(token),
+            json={"task_id": claim["task_id"], "kind": "log", "path": "x", "attempt": claim["attempt"]},
+        )
         assert isinstance(artifact.json()["id"], str) and artifact.json()["artifact"]["task_id"] == ids[0]
         status = client.get("/api/task/status", params={"task_id": claim["task_id"]}).json()
         assert status["id"] == ids[0]
         # Error facts name ids as strings too.
-        conflict = client.post("/api/task/run", headers=bearer(token),
-                               json={"task_id": ids[2], "status": "completed"}).json()
+        conflict = client.post(
+            "/api/task/run", headers=bearer(token), json={"task_id": ids[2], "status": "completed"}
+        ).json()
         assert conflict["error"] == "conflict" and conflict["task_id"] == ids[2]
         missing = client.get("/api/task/status", params={"task_id": "999999"}).json()
         assert missing == {"ok": False, "error": "not_found", "kind": "task", "id": "999999"}
@@ -157,7 +172,8 @@ def test_ids_survive_backup_and_restore(server_factory: type[ServerProcess], tmp
         assert after == before and [t["depends_on"] for t in after] == [[], chain[:1], chain[1:2]]
         status = client.get("/api/task/status", params={"task_id": chain[2]}).json()
         assert status["id"] == chain[2]
-        new = client.post("/api/task/create", json={"title": "new", "depends_on": [chain[2]]},
-                          headers=bearer(token)).json()["id"]
+        new = client.post(
+            "/api/task/create", json={"title": "new", "depends_on": [chain[2]]}, headers=bearer(token)
+        ).json()["id"]
         assert int(new) > int(chain[2])
     server.stop()

@@ -15,8 +15,14 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.server.serverproc import ADMIN_TOKEN, ServerProcess, bearer, server_env
 
 EXPECTED_TOOLS = {
-    "create_task", "claim_task", "report_run", "task_status",
-    "list_tasks", "add_artifact", "db_info", "create_backup",
+    "create_task",
+    "claim_task",
+    "report_run",
+    "task_status",
+    "list_tasks",
+    "add_artifact",
+    "db_info",
+    "create_backup",
 }
 
 
@@ -40,11 +46,13 @@ async def _drive_a_task(client: Client) -> dict[str, Any]:
     for status in ("in_progress",):
         step = await client.call_tool("report_run", {"task_id": task_id, "status": status, "attempt": attempt})
         assert step.structured_content == {"ok": True}
-    artifact = await client.call_tool("add_artifact", {"task_id": task_id, "kind": "report", "path": "out/r.md",
-                                                        "meta": {"lines": 3}})
+    artifact = await client.call_tool(
+        "add_artifact", {"task_id": task_id, "kind": "report", "path": "out/r.md", "meta": {"lines": 3}}
+    )
     assert not artifact.is_error, artifact.content
-    done = await client.call_tool("report_run", {"task_id": task_id, "status": "completed", "attempt": attempt,
-                                                 "notes": "all good"})
+    done = await client.call_tool(
+        "report_run", {"task_id": task_id, "status": "completed", "attempt": attempt, "notes": "all good"}
+    )
     assert done.structured_content == {"ok": True}
 
     # Refusals are tool errors carrying the HTTP API's codes, not crashes.
@@ -54,7 +62,9 @@ async def _drive_a_task(client: Client) -> dict[str, Any]:
     assert missing.is_error and missing.structured_content["error"] == "not_found"
     bad = await client.call_tool("task_status", {"task_id": "not a number"})
     assert bad.is_error and bad.structured_content == {
-        "ok": False, "error": "validation_error", "fields": {"task_id": bad.structured_content["fields"]["task_id"]}
+        "ok": False,
+        "error": "validation_error",
+        "fields": {"task_id": bad.structured_content["fields"]["task_id"]},
     }
     empty = await client.call_tool("claim_task", {})
     assert empty.structured_content == {"error": "no_available_tasks"}
@@ -73,8 +83,13 @@ def test_mcp_over_streamable_http(server: ServerProcess) -> None:
         async with httpx2.AsyncClient(headers=bearer(agent["token"]), timeout=30) as http_client:
             async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http_client)) as client:
                 status = await _drive_a_task(client)
-                assert status == {"id": status["id"], "status": "completed", "attempt": 1,
-                                  "agent": agent["id"], "notes": "all good"}
+                assert status == {
+                    "id": status["id"],
+                    "status": "completed",
+                    "attempt": 1,
+                    "agent": agent["id"],
+                    "notes": "all good",
+                }
                 # Operator tools need a maintainer token.
                 refused = await client.call_tool("db_info", {})
                 assert refused.is_error and refused.structured_content["error"] == "forbidden"

@@ -85,13 +85,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         with server.client() as client:
             holder = client.post("/api/agent/register", json={"name": "holder", "kind": "ops"}).json()
-            other = client.post("/api/agent/register", json={"name": "other", "kind": "ops"},
-                                headers=bearer(holder["token"])).json()
+            other = client.post(
+                "/api/agent/register", json={"name": "other", "kind": "ops"}, headers=bearer(holder["token"])
+            ).json()
             held = client.post("/api/task/create", json={"title": "held"}, headers=bearer(holder["token"])).json()
             claim = client.post("/api/task/claim", json={"lease_s": 3600}, headers=bearer(holder["token"])).json()
             assert claim["task_id"] == held["id"]
-            yield {"server": server, "holder": holder["token"], "other": other["token"],
-                   "held": held["id"], "attempt": claim["attempt"]}
+            yield {
+                "server": server,
+                "holder": holder["token"],
+                "other": other["token"],
+                "held": held["id"],
+                "attempt": claim["attempt"],
+            }
     finally:
         server.kill()
 
@@ -161,8 +167,11 @@ VALIDATION_CASES: list[tuple[str, dict[str, Any], Verdict]] = [
     ("claim_task", {"lease_s": 0}, ("validation_error", "lease_s")),
     ("claim_task", {"lease_s": 10**9}, ("validation_error", "lease_s")),
     # artifacts (the holder, with the claim's attempt)
-    ("add_artifact", {"task_id": "HELD", "kind": "log", "path": "a.txt", "meta": {"n": 1}, "attempt": "ATTEMPT"},
-     ("ok",)),
+    (
+        "add_artifact",
+        {"task_id": "HELD", "kind": "log", "path": "a.txt", "meta": {"n": 1}, "attempt": "ATTEMPT"},
+        ("ok",),
+    ),
     ("add_artifact", {"task_id": "HELD", "kind": "log", "path": "a.txt", "meta": "{}"}, ("validation_error", "meta")),
     ("add_artifact", {"task_id": "HELD", "kind": "log", "path": "a.txt", "attempt": 99}, ("conflict",)),
     ("add_artifact", {"task_id": 1.5, "kind": "log", "path": "a.txt"}, ("validation_error", "task_id")),
@@ -209,7 +218,7 @@ def test_the_same_input_gets_the_same_verdict_through_http_and_mcp(world: dict[s
     with server.client() as client:
         http = [http_call(client, token, tool, args) for tool, args in calls]
     mcp = mcp_calls(server.url, token, calls)
-    rows = list(zip(VALIDATION_CASES, http, mcp))
+    rows = list(zip(VALIDATION_CASES, http, mcp, strict=True))
     disagree = [(case[0], case[1], h, m) for case, h, m in rows if h != m]
     assert not disagree, "HTTP and MCP disagree:\n" + "\n".join(map(repr, disagree))
     wrong = [(case[0], case[1], case[2], h) for case, h, _ in rows if h != case[2]]
@@ -222,20 +231,25 @@ PRINCIPALS = ("holder", "other", "maintainer", "nobody")
 
 #: (tool, arguments, verdict for holder, other agent, maintainer, nobody).
 AUTHORIZATION_CASES: list[tuple[str, dict[str, Any], tuple[Verdict, Verdict, Verdict, Verdict]]] = [
-    ("create_task", {"title": "by anyone with a token"},
-     (("ok",), ("ok",), ("ok",), ("unauthorized",))),
-    ("claim_task", {},
-     (("ok",), ("ok",), ("forbidden",), ("unauthorized",))),
-    ("report_run", {"task_id": "HELD", "status": "in_progress", "attempt": "ATTEMPT"},
-     (("ok",), ("conflict",), ("forbidden",), ("unauthorized",))),
-    ("add_artifact", {"task_id": "HELD", "kind": "log", "path": "out.log", "attempt": "ATTEMPT"},
-     (("ok",), ("conflict",), ("ok",), ("unauthorized",))),
-    ("add_artifact", {"task_id": "HELD", "kind": "log", "path": "out.log"},
-     (("ok",), ("conflict",), ("ok",), ("unauthorized",))),
-    ("task_status", {"task_id": "HELD"},
-     (("ok",), ("ok",), ("ok",), ("ok",))),
-    ("list_tasks", {"limit": 5},
-     (("ok",), ("ok",), ("ok",), ("ok",))),
+    ("create_task", {"title": "by anyone with a token"}, (("ok",), ("ok",), ("ok",), ("unauthorized",))),
+    ("claim_task", {}, (("ok",), ("ok",), ("forbidden",), ("unauthorized",))),
+    (
+        "report_run",
+        {"task_id": "HELD", "status": "in_progress", "attempt": "ATTEMPT"},
+        (("ok",), ("conflict",), ("forbidden",), ("unauthorized",)),
+    ),
+    (
+        "add_artifact",
+        {"task_id": "HELD", "kind": "log", "path": "out.log", "attempt": "ATTEMPT"},
+        (("ok",), ("conflict",), ("ok",), ("unauthorized",)),
+    ),
+    (
+        "add_artifact",
+        {"task_id": "HELD", "kind": "log", "path": "out.log"},
+        (("ok",), ("conflict",), ("ok",), ("unauthorized",)),
+    ),
+    ("task_status", {"task_id": "HELD"}, (("ok",), ("ok",), ("ok",), ("ok",))),
+    ("list_tasks", {"limit": 5}, (("ok",), ("ok",), ("ok",), ("ok",))),
 ]
 
 #: Reads need no token over HTTP; MCP has no anonymous access at all (its transport
@@ -244,9 +258,11 @@ ANONYMOUS_READS = {"task_status", "list_tasks"}
 
 
 def _mcp_nobody(client: httpx.Client, tool: str, args: dict[str, Any]) -> Verdict:
-    response = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                         "params": {"name": tool, "arguments": args}},
-                           headers={"Accept": "application/json, text/event-stream"})
+    response = client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args}},
+        headers={"Accept": "application/json, text/event-stream"},
+    )
     assert response.status_code == 401, response.text
     return ("unauthorized",)
 
@@ -274,10 +290,16 @@ def test_artifacts_record_who_added_them(world: dict[str, Any]) -> None:
     """Through both transports: the holder with its attempt, a maintainer as itself."""
     server, held = world["server"], world["held"]
     with server.client() as client:
-        by_agent = client.post("/api/task/artifact", headers=bearer(world["holder"]),
-                               json={"task_id": held, "kind": "report", "path": "r.md", "attempt": world["attempt"]})
-        by_maintainer = client.post("/api/task/artifact", headers=bearer(MAINTAINER_TOKEN),
-                                    json={"task_id": held, "kind": "review", "path": "review.md"})
+        by_agent = client.post(
+            "/api/task/artifact",
+            headers=bearer(world["holder"]),
+            json={"task_id": held, "kind": "report", "path": "r.md", "attempt": world["attempt"]},
+        )
+        by_maintainer = client.post(
+            "/api/task/artifact",
+            headers=bearer(MAINTAINER_TOKEN),
+            json={"task_id": held, "kind": "review", "path": "review.md"},
+        )
     assert by_agent.status_code == 200 and by_maintainer.status_code == 200, (by_agent.text, by_maintainer.text)
     agent_artifact = by_agent.json()["artifact"]
     assert by_agent.json()["id"] == agent_artifact["id"] and isinstance(agent_artifact["id"], str)
@@ -291,8 +313,9 @@ def test_artifacts_record_who_added_them(world: dict[str, Any]) -> None:
         for token in (world["holder"], MAINTAINER_TOKEN):
             async with httpx2.AsyncClient(headers=bearer(token), timeout=30) as http_client:
                 async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http_client)) as client:
-                    results.append(await client.call_tool(
-                        "add_artifact", {"task_id": held, "kind": "log", "path": "mcp.log"}))
+                    results.append(
+                        await client.call_tool("add_artifact", {"task_id": held, "kind": "log", "path": "mcp.log"})
+                    )
         return results
 
     holder_result, maintainer_result = anyio.run(run)

@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,8 +72,9 @@ def tmp_path_of(db_dir: Path) -> Path:
 def _agents(client: httpx.Client) -> tuple[str, str]:
     boss = client.post("/api/agent/register", json={"name": "boss", "kind": "planner", "version": "1"})
     assert boss.status_code == 200, boss.text
-    worker = client.post("/api/agent/register", json={"name": "worker", "kind": "ops"},
-                         headers=bearer(boss.json()["token"]))
+    worker = client.post(
+        "/api/agent/register", json={"name": "worker", "kind": "ops"}, headers=bearer(boss.json()["token"])
+    )
     assert worker.status_code == 200, worker.text
     return boss.json()["token"], worker.json()["token"]
 
@@ -94,8 +95,15 @@ def _titles(db_file: Path) -> list[str]:
 
 
 def _restore(db_dir: Path, replica: Path, *extra: str, env: dict[str, str] | None = None) -> str:
-    done = run_cli("db", "restore", "--from-replica", f"file://{replica}", "--yes", *extra,
-                   env={"MCP_DB_DIR": str(db_dir), **(env or {})})
+    done = run_cli(
+        "db",
+        "restore",
+        "--from-replica",
+        f"file://{replica}",
+        "--yes",
+        *extra,
+        env={"MCP_DB_DIR": str(db_dir), **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     return done.stdout
@@ -197,7 +205,7 @@ def test_point_in_time_restore_gives_exactly_the_state_at_that_moment(
     _create(client, worker, "A")
     before = _wait_for("A in the replica", lambda: _caught_up(client))
     time.sleep(1.5)  # Litestream keeps the moments of the listing to the second
-    moment = datetime.now(timezone.utc)
+    moment = datetime.now(UTC)
     time.sleep(1.5)
     _create(client, worker, "B")
     _wait_for("B in the replica", lambda: (s := _caught_up(client)) and s["replica_txid"] > before["replica_txid"])
@@ -210,8 +218,9 @@ def test_point_in_time_restore_gives_exactly_the_state_at_that_moment(
     assert _titles(tmp_path / "latest" / "icn-mcp.sqlite") == ["A", "B"]
 
     # The window `db replica` reports contains both moments.
-    report = run_cli("db", "replica", "--json", env={"MCP_DB_DIR": str(tmp_path / "var"),
-                                                     "MCP_REPLICA_URL": f"file://{replica}"})
+    report = run_cli(
+        "db", "replica", "--json", env={"MCP_DB_DIR": str(tmp_path / "var"), "MCP_REPLICA_URL": f"file://{replica}"}
+    )
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     assert data["earliest"] <= at <= data["latest"] or data["earliest"][:19] <= at[:19] <= data["latest"][:19]
@@ -281,12 +290,14 @@ def test_restore_from_a_replica_under_a_running_server_keeps_the_backup_guarante
         _create(client, worker, f"early-{n}")
     before = _wait_for("the early tasks in the replica", lambda: _caught_up(client))
     time.sleep(1.5)
-    moment = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    moment = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     time.sleep(1.5)
     for n in range(5):
         _create(client, worker, f"late-{n}")
-    _wait_for("the late tasks in the replica",
-              lambda: (s := _caught_up(client)) and s["replica_txid"] > before["replica_txid"])
+    _wait_for(
+        "the late tasks in the replica",
+        lambda: (s := _caught_up(client)) and s["replica_txid"] > before["replica_txid"],
+    )
 
     # The server keeps the database open (and Litestream keeps replicating it).
     out = _restore(db_dir, replica, "--at", moment, env={"MCP_REPLICA_URL": f"file://{replica}"})

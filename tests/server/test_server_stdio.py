@@ -24,21 +24,35 @@ def _line(message: dict) -> bytes:
 
 def test_requests_sent_right_before_eof_all_get_their_responses(tmp_path: Path) -> None:
     env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
-    payload = _line({
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
-                   "clientInfo": {"name": "eof-test", "version": "1"}},
-    })
+    payload = _line(
+        {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": LATEST_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "eof-test", "version": "1"},
+            },
+        }
+    )
     payload += _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
     for n in range(1, REQUESTS + 1):
-        payload += _line({
-            "jsonrpc": "2.0", "id": n, "method": "tools/call",
-            "params": {"name": "create_task", "arguments": {"title": f"task {n}", "idempotency_key": f"k{n}"}},
-        })
+        payload += _line(
+            {
+                "jsonrpc": "2.0",
+                "id": n,
+                "method": "tools/call",
+                "params": {"name": "create_task", "arguments": {"title": f"task {n}", "idempotency_key": f"k{n}"}},
+            }
+        )
     # All requests, then EOF at once: communicate() closes stdin right after writing.
     proc = subprocess.Popen(
         [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out, err = proc.communicate(payload, timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
@@ -65,21 +79,43 @@ def test_sigterm_answers_the_requests_in_flight_before_exiting(tmp_path: Path) -
     env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
     proc = subprocess.Popen(
         [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        proc.stdin.write(_line({
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": LATEST_PROTOCOL_VERSION, "capabilities": {},
-                       "clientInfo": {"name": "sigterm-test", "version": "1"}},
-        }) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        proc.stdin.write(
+            _line(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 0,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": LATEST_PROTOCOL_VERSION,
+                        "capabilities": {},
+                        "clientInfo": {"name": "sigterm-test", "version": "1"},
+                    },
+                }
+            )
+            + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        )
         proc.stdin.flush()
         assert json.loads(proc.stdout.readline())["id"] == 0
-        proc.stdin.write(b"".join(_line({
-            "jsonrpc": "2.0", "id": n, "method": "tools/call",
-            "params": {"name": "create_task", "arguments": {"title": f"task {n}"}},
-        }) for n in range(1, REQUESTS + 1)))
+        proc.stdin.write(
+            b"".join(
+                _line(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": n,
+                        "method": "tools/call",
+                        "params": {"name": "create_task", "arguments": {"title": f"task {n}"}},
+                    }
+                )
+                for n in range(1, REQUESTS + 1)
+            )
+        )
         proc.stdin.flush()
         first = json.loads(proc.stdout.readline())["id"]  # requests are being served
         assert first >= 1

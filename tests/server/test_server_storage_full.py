@@ -41,9 +41,7 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def test_a_full_disk_answers_507_logs_once_and_recovers(
-    server_factory: type[ServerProcess], small_disk: Path
-) -> None:
+def test_a_full_disk_answers_507_logs_once_and_recovers(server_factory: type[ServerProcess], small_disk: Path) -> None:
     server = server_factory(small_disk / "var").start()
     with server.client() as client:
         agent = client.post("/api/agent/register", json={"name": "filler", "kind": "planner"}).json()
@@ -60,12 +58,18 @@ def test_a_full_disk_answers_507_logs_once_and_recovers(
         assert all(a.status_code == 507 for a in refused), [(a.status_code, a.text) for a in refused]
         assert [a.status_code for a in answers[-5:]] == [507] * 5
         first = refused[0]
-        assert first.json() == {"ok": False, "error": "storage_full", "retry_after_s": int(first.headers["retry-after"])}
+        assert first.json() == {
+            "ok": False,
+            "error": "storage_full",
+            "retry_after_s": int(first.headers["retry-after"]),
+        }
         assert int(first.headers["retry-after"]) >= 1
 
         # Other writes too: a claim that has work to hand out, a report, a registration.
-        assert client.post("/api/agent/register", json={"name": "second", "kind": "ops"},
-                           headers=headers).status_code == 507
+        assert (
+            client.post("/api/agent/register", json={"name": "second", "kind": "ops"}, headers=headers).status_code
+            == 507
+        )
 
         async def over_mcp() -> None:
             async with httpx2.AsyncClient(headers=headers, timeout=30) as http_client:

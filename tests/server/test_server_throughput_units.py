@@ -43,8 +43,9 @@ def test_background_handler_writes_every_record_once_in_order_after_flush() -> N
     logger.setLevel(logging.INFO)
     try:
         threads = [
-            threading.Thread(target=lambda t=t: [logger.info("request", extra={"fields": {"t": t, "n": n}})
-                                                 for n in range(500)])
+            threading.Thread(
+                target=lambda t=t: [logger.info("request", extra={"fields": {"t": t, "n": n}}) for n in range(500)]
+            )
             for t in range(4)
         ]
         for thread in threads:

@@ -8,7 +8,14 @@ from click.testing import CliRunner
 from icn_mcp.cli import main
 from icn_mcp.config import Settings
 from icn_mcp.errors import (
-    BackupError, BusyError, ConfigError, Conflict, NotFound, StorageFull, Unauthorized, ValidationError,
+    BackupError,
+    BusyError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    StorageFull,
+    Unauthorized,
+    ValidationError,
 )
 from icn_mcp.server.errors import to_api_error
 from icn_mcp.server.http import API_ROUTES
@@ -46,9 +53,15 @@ def test_rate_limiter_zero_disables() -> None:
 
 def test_server_settings_from_env() -> None:
     settings = Settings.from_env(
-        {"MCP_HOST": "0.0.0.0", "MCP_PORT": "9000", "MCP_MAX_BODY_BYTES": "2048",
-         "MCP_RATE_LIMIT_IP_PER_MIN": "0", "MCP_STDIO_AGENT_NAME": "desk", "MCP_LOG_LEVEL": "debug",
-         "MCP_HEALTH_CACHE_S": "0.25"}
+        {
+            "MCP_HOST": "0.0.0.0",
+            "MCP_PORT": "9000",
+            "MCP_MAX_BODY_BYTES": "2048",
+            "MCP_RATE_LIMIT_IP_PER_MIN": "0",
+            "MCP_STDIO_AGENT_NAME": "desk",
+            "MCP_LOG_LEVEL": "debug",
+            "MCP_HEALTH_CACHE_S": "0.25",
+        }
     )
     assert (settings.host, settings.port, settings.max_body_bytes) == ("0.0.0.0", 9000, 2048)
     assert settings.rate_limit_ip_per_min == 0 and settings.stdio_agent_name == "desk"
@@ -61,10 +74,19 @@ def test_server_settings_from_env() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("MCP_PORT", "70000"), ("MCP_PORT", "http"), ("MCP_HOST", "a b"), ("MCP_MAX_BODY_BYTES", "10"),
-     ("MCP_RATE_LIMIT_TOKEN_PER_MIN", "-1"), ("MCP_LOG_LEVEL", "LOUD"), ("MCP_STDIO_AGENT_KIND", " "),
-     ("MCP_SHUTDOWN_TIMEOUT_S", "nan"), ("MCP_HEALTH_CACHE_S", "-1"), ("MCP_HEALTH_CACHE_S", "nan"),
-     ("MCP_HEALTH_CACHE_S", "soon")],
+    [
+        ("MCP_PORT", "70000"),
+        ("MCP_PORT", "http"),
+        ("MCP_HOST", "a b"),
+        ("MCP_MAX_BODY_BYTES", "10"),
+        ("MCP_RATE_LIMIT_TOKEN_PER_MIN", "-1"),
+        ("MCP_LOG_LEVEL", "LOUD"),
+        ("MCP_STDIO_AGENT_KIND", " "),
+        ("MCP_SHUTDOWN_TIMEOUT_S", "nan"),
+        ("MCP_HEALTH_CACHE_S", "-1"),
+        ("MCP_HEALTH_CACHE_S", "nan"),
+        ("MCP_HEALTH_CACHE_S", "soon"),
+    ],
 )
 def test_bad_server_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -82,7 +104,10 @@ def test_bearer_header_parsing() -> None:
 
 def test_error_mapping() -> None:
     assert to_api_error(ValidationError({"title": "too long"})).body() == {
-        "ok": False, "error": "validation_error", "fields": {"title": "too long"}}
+        "ok": False,
+        "error": "validation_error",
+        "fields": {"title": "too long"},
+    }
     assert to_api_error(NotFound("task", 7)).status == 404
     conflict = to_api_error(Conflict("stale", task_id=3, attempt=2))
     assert (conflict.status, conflict.body()["attempt"]) == (409, 2)
@@ -96,9 +121,13 @@ def test_error_mapping() -> None:
 def test_full_disk_and_failed_backups_map_to_their_own_codes(caplog: pytest.LogCaptureFixture) -> None:
     full = to_api_error(StorageFull("/db.sqlite", "database or disk is full", since="2026-01-01T00:00:00.000000Z"))
     assert (full.status, full.body(), full.headers) == (
-        507, {"ok": False, "error": "storage_full", "retry_after_s": 10}, {"Retry-After": "10"})
-    space = to_api_error(BackupError("/b/x.sqlite", "not enough free space in /b: about 9 bytes needed, 0 free",
-                                     hint="free some space"))
+        507,
+        {"ok": False, "error": "storage_full", "retry_after_s": 10},
+        {"Retry-After": "10"},
+    )
+    space = to_api_error(
+        BackupError("/b/x.sqlite", "not enough free space in /b: about 9 bytes needed, 0 free", hint="free some space")
+    )
     assert (space.status, space.code, space.body()["hint"]) == (507, "storage_full", "free some space")
     assert "not enough free space" in space.body()["reason"]
     other = to_api_error(BackupError("/b/x.sqlite", "integrity_check: page 3 is never used"))

@@ -65,8 +65,11 @@ def _listens(pid: int) -> bool:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
-    return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in fds
-               if os.path.exists(f"/proc/{pid}/fd/{fd}"))
+    return any(
+        os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        for fd in fds
+        if os.path.exists(f"/proc/{pid}/fd/{fd}")
+    )
 
 
 def _register(client: httpx.Client, name: str) -> dict[str, str]:
@@ -114,8 +117,10 @@ def test_two_workers_claim_each_task_once_and_stop_on_sigterm(
                     body = claim.json()
                     if "task_id" not in body:
                         return
-                    report = client.post("/api/task/run", json={"task_id": body["task_id"], "status": "completed",
-                                                                 "attempt": body["attempt"]})
+                    report = client.post(
+                        "/api/task/run",
+                        json={"task_id": body["task_id"], "status": "completed", "attempt": body["attempt"]},
+                    )
                     if report.status_code != 200:
                         errors.append(f"report {report.status_code} {report.text}")
                     with lock:
@@ -185,14 +190,19 @@ def test_a_killed_worker_is_replaced_and_acknowledged_writes_survive_kill_9(
     again.stop()
 
 
-def test_rate_limits_apply_in_each_worker_and_no_worker_outlives_a_killed_supervisor(server_factory: type[ServerProcess], tmp_path: Path) -> None:
-    server = server_factory(tmp_path / "var", args=("--workers", str(WORKERS)),
-                            MCP_RATE_LIMIT_TOKEN_PER_MIN="3").start()
+def test_rate_limits_apply_in_each_worker_and_no_worker_outlives_a_killed_supervisor(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    server = server_factory(
+        tmp_path / "var", args=("--workers", str(WORKERS)), MCP_RATE_LIMIT_TOKEN_PER_MIN="3"
+    ).start()
     with server.client() as client:
         agent = _register(client, "limited")
         # One keep-alive connection stays on one worker: its limit is the setting.
-        statuses = [client.post("/api/task/create", json={"title": "x"}, headers=bearer(agent["token"])).status_code
-                    for _ in range(4)]
+        statuses = [
+            client.post("/api/task/create", json={"title": "x"}, headers=bearer(agent["token"])).status_code
+            for _ in range(4)
+        ]
     assert statuses == [200, 200, 200, 429]
     # kill -9 of the supervisor: it cannot stop anyone, yet no worker is left behind.
     workers = _workers_of(server)
@@ -202,17 +212,27 @@ def test_rate_limits_apply_in_each_worker_and_no_worker_outlives_a_killed_superv
 
 
 def test_workers_with_stdio_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "icn_mcp", "serve", "--stdio", "--workers", "2"],
-                          env=server_env(tmp_path / "var"), capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "icn_mcp", "serve", "--stdio", "--workers", "2"],
+        env=server_env(tmp_path / "var"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 2
     assert "--workers applies to HTTP only" in done.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "65", "many"])
 def test_workers_out_of_range_is_a_usage_error(tmp_path: Path, value: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "icn_mcp", "serve", "--workers", value],
-                          env=server_env(tmp_path / "var"), capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "icn_mcp", "serve", "--workers", value],
+        env=server_env(tmp_path / "var"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 2
     assert "--workers" in done.stderr

@@ -33,8 +33,7 @@ LONG_WAIT_S = 20.0
 
 
 def _register(client: httpx.Client, name: str) -> dict[str, Any]:
-    response = client.post("/api/agent/register", json={"name": name, "kind": "planner"},
-                           headers=bearer(ADMIN_TOKEN))
+    response = client.post("/api/agent/register", json={"name": name, "kind": "planner"}, headers=bearer(ADMIN_TOKEN))
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -46,9 +45,7 @@ def _elsewhere(db_path: Path, code: str) -> str:
         "from icn_mcp.db import Database\n"
         "from icn_mcp.store import Store\n"
         f"db = Database({str(db_path)!r})\n"
-        "store = Store(db)\n"
-        + code
-        + "\ndb.close()\n"
+        "store = Store(db)\n" + code + "\ndb.close()\n"
     )
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -110,8 +107,9 @@ def test_completed_dependency_wakes_a_waiter(waiting_server: ServerProcess) -> N
     with server.client() as client:
         holder, waiter = _register(client, "holder"), _register(client, "waiter")
         first = client.post("/api/task/create", json={"title": "first"}, headers=bearer(holder["token"])).json()
-        second = client.post("/api/task/create", json={"title": "second", "depends_on": [first["id"]]},
-                             headers=bearer(holder["token"])).json()
+        second = client.post(
+            "/api/task/create", json={"title": "second", "depends_on": [first["id"]]}, headers=bearer(holder["token"])
+        ).json()
         claim = client.post("/api/task/claim", json={}, headers=bearer(holder["token"])).json()
         assert str(claim["task_id"]) == str(first["id"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
@@ -271,9 +269,9 @@ def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerP
     async def wait_all() -> list[dict[str, Any]]:
         limits = httpx.Limits(max_connections=250)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+
             async def one() -> dict[str, Any]:
-                response = await client.post("/api/task/claim", json={"wait_s": 10},
-                                             headers=bearer(agent["token"]))
+                response = await client.post("/api/task/claim", json={"wait_s": 10}, headers=bearer(agent["token"]))
                 return response.json()
 
             results: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ import pytest
 
 from icn_mcp.db import Database
 from icn_mcp.store import Store
+
 from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
 
 

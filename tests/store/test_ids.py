@@ -14,9 +14,40 @@ from icn_mcp.store.validation import ID_MAX, format_id, parse_decimal, parse_id
 
 ACCEPTED = [("1", 1), ("42", 42), (str(ID_MAX), ID_MAX), (7, 7), (ID_MAX, ID_MAX)]
 REFUSED = [
-    "", "0", "00", "01", " 1", "1 ", "\t1", "1\n", "+1", "-1", "1_000", "1,000", "1.0", "1e3", "0x10",
-    "\u0661", "\u0967", "\uff11", "1\u0660", "\u00b9", str(ID_MAX + 1), "9" * 20, "9" * 5000,
-    0, -1, ID_MAX + 1, 1.0, 1.5, True, False, None, [1], {"id": 1}, b"1",
+    "",
+    "0",
+    "00",
+    "01",
+    " 1",
+    "1 ",
+    "\t1",
+    "1\n",
+    "+1",
+    "-1",
+    "1_000",
+    "1,000",
+    "1.0",
+    "1e3",
+    "0x10",
+    "\u0661",
+    "\u0967",
+    "\uff11",
+    "1\u0660",
+    "\u00b9",
+    str(ID_MAX + 1),
+    "9" * 20,
+    "9" * 5000,
+    0,
+    -1,
+    ID_MAX + 1,
+    1.0,
+    1.5,
+    True,
+    False,
+    None,
+    [1],
+    {"id": 1},
+    b"1",
 ]
 
 
@@ -44,7 +75,6 @@ def test_parse_id_accepts_exactly_the_canonical_decimal_strings(text: str) -> No
         assert not canonical, text
     else:
         assert canonical and format_id(number) == text, text
-
 
 
 @pytest.mark.parametrize("raw", ["", " 5", "+5", "5_0", "\u0665", "05", "5.0", "-1", "9" * 30, "1001"], ids=repr)

@@ -12,6 +12,7 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.errors import NotFound, Unauthorized, ValidationError
 from icn_mcp.store import Store
+
 from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
 
 DAY = 24 * 60 * 60
@@ -54,13 +55,10 @@ def test_allowed_kinds_come_from_the_store_settings(db: Database, clock: FakeClo
     assert store.register_agent("a", "builder").kind == "builder"
 
 
-def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(
-    store: Store, clock: FakeClock
-) -> None:
+def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(store: Store, clock: FakeClock) -> None:
     agent = store.register_agent("worker", "planner")
     assert store.authenticate(agent.token).id == agent.id
-    for token, reason in [(None, "missing"), ("", "missing"), ("x" * 600, "malformed"),
-                          ("nope", "unknown")]:
+    for token, reason in [(None, "missing"), ("", "missing"), ("x" * 600, "malformed"), ("nope", "unknown")]:
         with pytest.raises(Unauthorized, match=reason):
             store.authenticate(token)
 
@@ -71,9 +69,7 @@ def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(
         store.authenticate(agent.token)
 
 
-def test_refresh_within_grace_replaces_the_token_and_refuses_the_old_one(
-    store: Store, clock: FakeClock
-) -> None:
+def test_refresh_within_grace_replaces_the_token_and_refuses_the_old_one(store: Store, clock: FakeClock) -> None:
     agent = store.register_agent("worker", "planner")
     clock.advance(DAY + 6 * DAY)  # expired 6 days ago: inside the 7-day grace window
     refreshed = store.refresh_token(agent.token)
@@ -103,9 +99,7 @@ def test_revoked_agents_tokens_never_work_again(store: Store) -> None:
         store.revoke_agent("no-such-agent")
 
 
-def test_bootstrap_never_reopens_once_an_agent_was_registered(
-    store: Store, clock: FakeClock, db: Database
-) -> None:
+def test_bootstrap_never_reopens_once_an_agent_was_registered(store: Store, clock: FakeClock, db: Database) -> None:
     """Issue 9 item 14: when every token has lapsed (TTL plus grace), or was revoked,
     or cleaned up, nobody may register without a credential: the first registration is
     a fact of the database, not a count of active agents."""
@@ -180,9 +174,7 @@ def test_maintainer_roles_compare_configured_tokens_only(store: Store) -> None:
     assert ADMIN_TOKEN not in repr(store) and MAINTAINER_TOKEN not in repr(vars(store))
 
 
-def test_raw_tokens_are_absent_from_database_wal_and_backup(
-    store: Store, db: Database, tmp_path: Path
-) -> None:
+def test_raw_tokens_are_absent_from_database_wal_and_backup(store: Store, db: Database, tmp_path: Path) -> None:
     first = store.register_agent("worker", "planner")
     second = store.register_agent("second", "ops", credential=first.token)
     refreshed = store.refresh_token(second.token)
@@ -197,8 +189,7 @@ def test_raw_tokens_are_absent_from_database_wal_and_backup(
     target.close()
 
     wal = Path(f"{db.path}-wal")
-    files = {"database": db.path.read_bytes(), "wal": wal.read_bytes(),
-             "backup": backup_path.read_bytes()}
+    files = {"database": db.path.read_bytes(), "wal": wal.read_bytes(), "backup": backup_path.read_bytes()}
     assert files["wal"], "the WAL should hold the recent writes"
     from icn_mcp.store.agents import hash_token
 
@@ -257,13 +248,19 @@ def test_databases_with_agents_from_before_the_bootstrap_table_stay_closed(tmp_p
         (old / path.name).write_text(path.read_text())
     # Rows as the code before migration 0005 wrote them (a revoked agent, a local one).
     with Database(tmp_path / "used.sqlite", migrations_dir=old) as db:
-        db.run_in_transaction(lambda c: c.execute(
-            "INSERT INTO agents (id, name, kind, created_at, revoked_at) VALUES "
-            "('agent-1', 'from-0.1', 'planner', '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00.000000Z')"))
+        db.run_in_transaction(
+            lambda c: c.execute(
+                "INSERT INTO agents (id, name, kind, created_at, revoked_at) VALUES "
+                "('agent-1', 'from-0.1', 'planner', '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00.000000Z')"
+            )
+        )
     with Database(tmp_path / "local-only.sqlite", migrations_dir=old) as db:
-        db.run_in_transaction(lambda c: c.execute(
-            "INSERT INTO agents (id, name, kind, created_at, local) VALUES "
-            "('local-1', 'desk', 'ops', '2026-01-01T00:00:00.000000Z', 1)"))
+        db.run_in_transaction(
+            lambda c: c.execute(
+                "INSERT INTO agents (id, name, kind, created_at, local) VALUES "
+                "('local-1', 'desk', 'ops', '2026-01-01T00:00:00.000000Z', 1)"
+            )
+        )
 
     with Database(tmp_path / "used.sqlite") as db:
         with pytest.raises(Unauthorized, match="already registered"):

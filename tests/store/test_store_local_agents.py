@@ -70,8 +70,7 @@ def test_racing_processes_create_exactly_one_local_agent(db_path: Path, tmp_path
     racers = 5
     barrier = CTX.Barrier(racers)
     outs = [tmp_path / f"local-{i}.json" for i in range(racers)]
-    procs = [CTX.Process(target=ensure_local_at_barrier, args=(str(db_path), barrier, str(out)))
-             for out in outs]
+    procs = [CTX.Process(target=ensure_local_at_barrier, args=(str(db_path), barrier, str(out))) for out in outs]
     for proc in procs:
         proc.start()
     for proc in procs:

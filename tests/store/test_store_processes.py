@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from icn_mcp.db import Database
 from icn_mcp.db.timestamps import parse_ts, utc_now
 from icn_mcp.errors import Conflict
 from icn_mcp.store import Store
+
 from .store_helpers import (
     MAINTAINER_TOKEN,
     FakeClock,
@@ -38,8 +39,7 @@ TASKS = 2000
 
 def _register(store: Store, count: int) -> list[str]:
     first = store.register_agent("worker-0", "planner")
-    rest = [store.register_agent(f"worker-{i}", "planner", credential=MAINTAINER_TOKEN)
-            for i in range(1, count)]
+    rest = [store.register_agent(f"worker-{i}", "planner", credential=MAINTAINER_TOKEN) for i in range(1, count)]
     return [first.id] + [agent.id for agent in rest]
 
 
@@ -47,7 +47,7 @@ def _run_claimers(db_path: Path, agent_ids: list[str], tmp_path: Path, total: in
     outs = [tmp_path / f"claimer-{i}.json" for i in range(len(agent_ids))]
     procs = [
         CTX.Process(target=claim_until_done, args=(str(db_path), agent, str(out), total, 300.0))
-        for agent, out in zip(agent_ids, outs)
+        for agent, out in zip(agent_ids, outs, strict=True)
     ]
     for proc in procs:
         proc.start()
@@ -75,18 +75,14 @@ def _assert_each_claimed_once(store: Store, results: list[dict], task_ids: list[
     assert sum(1 for r in results if r["claims"]) > 1, "only one process did any work"
 
 
-def test_eight_processes_claim_every_task_exactly_once(
-    store: Store, db_path: Path, tmp_path: Path
-) -> None:
+def test_eight_processes_claim_every_task_exactly_once(store: Store, db_path: Path, tmp_path: Path) -> None:
     agent_ids = _register(store, WORKERS)
     task_ids = [store.create_task(f"task {i}", priority=i % 5).id for i in range(TASKS)]
     results = _run_claimers(db_path, agent_ids, tmp_path, TASKS)
     _assert_each_claimed_once(store, results, task_ids)
 
 
-def test_eight_processes_respect_chains_and_fan_ins(
-    store: Store, db: Database, db_path: Path, tmp_path: Path
-) -> None:
+def test_eight_processes_respect_chains_and_fan_ins(store: Store, db: Database, db_path: Path, tmp_path: Path) -> None:
     # Every claim and completion is logged by a trigger, in commit order: the oracle
     # for "no task was claimed before its dependencies completed".
     with db.write_transaction() as conn:
@@ -99,8 +95,8 @@ def test_eight_processes_respect_chains_and_fan_ins(
     agent_ids = _register(store, WORKERS)
     deps: dict[int, list[int]] = {}
 
-    def create(title: str, depends_on: list[int] = []) -> int:
-        task = store.create_task(title, depends_on=depends_on, priority=len(deps) % 3)
+    def create(title: str, depends_on: list[int] | None = None) -> int:
+        task = store.create_task(title, depends_on=depends_on or [], priority=len(deps) % 3)
         deps[task.id] = list(depends_on)
         return task.id
 
@@ -122,19 +118,18 @@ def test_eight_processes_respect_chains_and_fan_ins(
     claimed_at = {row["task_id"]: row["seq"] for row in log if row["status"] == "claimed"}
     completed_at = {row["task_id"]: row["seq"] for row in log if row["status"] == "completed"}
     assert len(claimed_at) == len(completed_at) == TASKS
-    early = [(task, dep) for task, ds in deps.items() for dep in ds
-             if claimed_at[task] < completed_at[dep]]
+    early = [(task, dep) for task, ds in deps.items() for dep in ds if claimed_at[task] < completed_at[dep]]
     assert early == []
 
 
-def test_racing_bootstrap_registrations_yield_exactly_one_agent(
-    db: Database, db_path: Path, tmp_path: Path
-) -> None:
+def test_racing_bootstrap_registrations_yield_exactly_one_agent(db: Database, db_path: Path, tmp_path: Path) -> None:
     racers = 6
     barrier = CTX.Barrier(racers)
     outs = [tmp_path / f"racer-{i}.json" for i in range(racers)]
-    procs = [CTX.Process(target=register_at_barrier, args=(str(db_path), f"racer-{i}", barrier, str(out)))
-             for i, out in enumerate(outs)]
+    procs = [
+        CTX.Process(target=register_at_barrier, args=(str(db_path), f"racer-{i}", barrier, str(out)))
+        for i, out in enumerate(outs)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -148,9 +143,7 @@ def test_racing_bootstrap_registrations_yield_exactly_one_agent(
     assert [row["id"] for row in rows] == [winners[0]["id"]]
 
 
-def test_kill_9_in_the_middle_of_claiming_loses_nothing(
-    store: Store, db: Database, db_path: Path
-) -> None:
+def test_kill_9_in_the_middle_of_claiming_loses_nothing(store: Store, db: Database, db_path: Path) -> None:
     victim, survivor = _register(store, 2)
     task_ids = [store.create_task(f"task {i}").id for i in range(600)]
     proc = CTX.Process(target=claim_forever, args=(str(db_path), victim))
@@ -201,13 +194,21 @@ def test_everything_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> 
         claim = store.claim_next_task(agent.id, lease_s=600)
         store.report_run(held.id, agent.id, "in_progress", attempt=claim.attempt)  # type: ignore[union-attr]
         store.add_artifact(done.id, "file", "out.txt", {"lines": 3}, added_by="maintainer:admin")
-        before = (store.list_tasks().to_dict(), store.task_status(held.id).to_dict(),
-                  store.list_artifacts(done.id), store.stats())
+        before = (
+            store.list_tasks().to_dict(),
+            store.task_status(held.id).to_dict(),
+            store.list_artifacts(done.id),
+            store.stats(),
+        )
 
     with Database(db_path) as db:
         store = Store(db, clock=clock)
-        after = (store.list_tasks().to_dict(), store.task_status(held.id).to_dict(),
-                 store.list_artifacts(done.id), store.stats())
+        after = (
+            store.list_tasks().to_dict(),
+            store.task_status(held.id).to_dict(),
+            store.list_artifacts(done.id),
+            store.stats(),
+        )
         assert after == before
         assert store.authenticate(agent.token).version == "2.1"
         assert store.authenticate(other.token).id == other.id
@@ -237,12 +238,10 @@ def _while_another_process_holds_the_write_lock(db_path: Path, tmp_path: Path, s
 def _released_at(holder, released: Path) -> datetime:
     holder.join(timeout=60)
     assert holder.exitcode == 0
-    return datetime.fromtimestamp(json.loads(released.read_text())["released_at"], tz=timezone.utc)
+    return datetime.fromtimestamp(json.loads(released.read_text())["released_at"], tz=UTC)
 
 
-def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_ran(
-    db_path: Path, tmp_path: Path
-) -> None:
+def test_a_claim_that_waited_for_the_write_lock_gets_a_lease_from_when_it_ran(db_path: Path, tmp_path: Path) -> None:
     """Issue 9 item 11: the clock is read inside the transaction. Another process
     holds the write lock for 3 s; a claim with ``lease_s=1`` waits for it. Its lease
     must end after the lock was released (the earliest its commit can be), not 1 s

@@ -11,6 +11,7 @@ from icn_mcp.config import Settings
 from icn_mcp.db import Database
 from icn_mcp.errors import ConfigError, Conflict, IcnMcpError, StoreError, ValidationError
 from icn_mcp.store import Store
+
 from .store_helpers import FakeClock
 
 SECRET = "s3cret-token-value-0123456789"
@@ -22,30 +23,35 @@ def test_store_settings_default_and_parse_from_the_environment() -> None:
     assert (default.token_ttl_s, default.refresh_grace_s, default.lease_s) == (86400, 604800, 300)
     assert default.admin_token is None and default.maintainer_tokens == ()
 
-    settings = Settings.from_env({
-        "MCP_AGENT_KINDS": "builder, ops,builder",
-        "MCP_TOKEN_TTL_S": "60",
-        "MCP_REFRESH_GRACE_S": "0",
-        "MCP_LEASE_S": "30",
-        "MCP_ADMIN_TOKEN": SECRET,
-        "MCP_MAINTAINER_TOKENS": f"{SECRET}-1, {SECRET}-2,",
-    })
+    settings = Settings.from_env(
+        {
+            "MCP_AGENT_KINDS": "builder, ops,builder",
+            "MCP_TOKEN_TTL_S": "60",
+            "MCP_REFRESH_GRACE_S": "0",
+            "MCP_LEASE_S": "30",
+            "MCP_ADMIN_TOKEN": SECRET,
+            "MCP_MAINTAINER_TOKENS": f"{SECRET}-1, {SECRET}-2,",
+        }
+    )
     assert settings.agent_kinds == ("builder", "ops")
     assert (settings.token_ttl_s, settings.refresh_grace_s, settings.lease_s) == (60, 0, 30)
     assert settings.maintainer_tokens == (f"{SECRET}-1", f"{SECRET}-2")
     assert SECRET not in repr(settings)
 
 
-@pytest.mark.parametrize("name, value", [
-    ("MCP_AGENT_KINDS", ""),
-    ("MCP_AGENT_KINDS", "Planner"),
-    ("MCP_AGENT_KINDS", "ops,,"),
-    ("MCP_TOKEN_TTL_S", "0"),
-    ("MCP_REFRESH_GRACE_S", "-1"),
-    ("MCP_LEASE_S", "soon"),
-    ("MCP_ADMIN_TOKEN", "short"),
-    ("MCP_MAINTAINER_TOKENS", f"{SECRET},tiny"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MCP_AGENT_KINDS", ""),
+        ("MCP_AGENT_KINDS", "Planner"),
+        ("MCP_AGENT_KINDS", "ops,,"),
+        ("MCP_TOKEN_TTL_S", "0"),
+        ("MCP_REFRESH_GRACE_S", "-1"),
+        ("MCP_LEASE_S", "soon"),
+        ("MCP_ADMIN_TOKEN", "short"),
+        ("MCP_MAINTAINER_TOKENS", f"{SECRET},tiny"),
+    ],
+)
 def test_malformed_store_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name) as info:
         Settings.from_env({name: value})
@@ -54,8 +60,9 @@ def test_malformed_store_settings_name_the_variable(name: str, value: str) -> No
 
 
 def test_store_from_settings(tmp_path, monkeypatch) -> None:
-    settings = Settings.from_env({"MCP_AGENT_KINDS": "builder", "MCP_TOKEN_TTL_S": "60",
-                                  "MCP_LEASE_S": "30", "MCP_ADMIN_TOKEN": SECRET})
+    settings = Settings.from_env(
+        {"MCP_AGENT_KINDS": "builder", "MCP_TOKEN_TTL_S": "60", "MCP_LEASE_S": "30", "MCP_ADMIN_TOKEN": SECRET}
+    )
     clock = FakeClock()
     with Database(tmp_path / "hq.sqlite") as db:
         store = Store.from_settings(db, settings, clock=clock)
@@ -71,10 +78,18 @@ def test_store_from_settings(tmp_path, monkeypatch) -> None:
             store.authenticate(agent.token)
 
 
-@pytest.mark.parametrize("options", [
-    {"agent_kinds": []}, {"agent_kinds": "ops"}, {"token_ttl_s": 0}, {"refresh_grace_s": -1},
-    {"default_lease_s": 0}, {"admin_token": "short"}, {"maintainer_tokens": SECRET},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"agent_kinds": []},
+        {"agent_kinds": "ops"},
+        {"token_ttl_s": 0},
+        {"refresh_grace_s": -1},
+        {"default_lease_s": 0},
+        {"admin_token": "short"},
+        {"maintainer_tokens": SECRET},
+    ],
+)
 def test_store_constructor_validates_its_arguments(tmp_path, options) -> None:
     with Database(tmp_path / "hq.sqlite") as db:
         with pytest.raises(ConfigError):
@@ -83,8 +98,9 @@ def test_store_constructor_validates_its_arguments(tmp_path, options) -> None:
 
 def test_public_names_are_exactly_the_exported_ones() -> None:
     assert sorted(store_package.__all__) == sorted(
-        name for name in vars(store_package) if not name.startswith("_")
-        and name not in {"models", "store", "agents", "tasks", "validation", "dashboard"}
+        name
+        for name in vars(store_package)
+        if not name.startswith("_") and name not in {"models", "store", "agents", "tasks", "validation", "dashboard"}
     )
     for name in ("StoreError", "ValidationError", "NotFound", "Unauthorized", "Forbidden", "Conflict"):
         assert name in errors.__all__

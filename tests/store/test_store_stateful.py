@@ -23,6 +23,7 @@ from icn_mcp.db import Database
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import Conflict
 from icn_mcp.store import REPORT_STATUSES, Store
+
 from .store_helpers import MAINTAINER_TOKEN, FakeClock
 
 AGENTS = 3
@@ -38,8 +39,7 @@ class ClaimMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.store = Store(self.db, clock=self.clock, maintainer_tokens=[MAINTAINER_TOKEN])
         self.agents = [self.store.register_agent("agent-0", "planner").id] + [
-            self.store.register_agent(f"agent-{i}", "ops", credential=MAINTAINER_TOKEN).id
-            for i in range(1, AGENTS)
+            self.store.register_agent(f"agent-{i}", "ops", credential=MAINTAINER_TOKEN).id for i in range(1, AGENTS)
         ]
         self.deps: dict[int, list[int]] = {}
         self.completed: set[int] = set()
@@ -62,11 +62,14 @@ class ClaimMachine(RuleBasedStateMachine):
     def first_tasks(self) -> object:
         return multiple(*(self.create([], priority=0, max_attempts=2) for _ in range(3)))
 
-    @rule(target=tasks, deps=st.lists(tasks, max_size=3, unique=True),
-          priority=st.integers(-2, 2), max_attempts=st.integers(1, 3))
+    @rule(
+        target=tasks,
+        deps=st.lists(tasks, max_size=3, unique=True),
+        priority=st.integers(-2, 2),
+        max_attempts=st.integers(1, 3),
+    )
     def create(self, deps: list[int], priority: int, max_attempts: int) -> int:
-        task = self.store.create_task("t", depends_on=deps, priority=priority,
-                                      max_attempts=max_attempts)
+        task = self.store.create_task("t", depends_on=deps, priority=priority, max_attempts=max_attempts)
         self.deps[task.id] = deps
         return task.id
 
@@ -89,8 +92,7 @@ class ClaimMachine(RuleBasedStateMachine):
         assert claim.attempt > self.attempts.get(task_id, 0)
         self.held[task_id] = (self.agents[agent], claim.attempt, claim.lease_expires_at)
 
-    @rule(data=st.data(), status=st.sampled_from(REPORT_STATUSES),
-          attempt_delta=st.sampled_from([None, 0, -1, 1]))
+    @rule(data=st.data(), status=st.sampled_from(REPORT_STATUSES), attempt_delta=st.sampled_from([None, 0, -1, 1]))
     def report(self, data: st.DataObject, status: str, attempt_delta: int | None) -> None:
         # Mostly reports on claims handed out, often by their holder (whose lease may
         # have expired meanwhile): the interesting cases; sometimes anything at all.

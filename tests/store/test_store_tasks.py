@@ -11,6 +11,7 @@ from icn_mcp.db import Database
 from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import STATS_KEYS, RegisteredAgent, Store
 from icn_mcp.store.tasks import CLAIM_SQL, EXPIRED_LEASE_PROBE_SQL
+
 from .store_helpers import MAINTAINER_TOKEN, FakeClock
 
 
@@ -22,10 +23,21 @@ def agents(store: Store) -> list[RegisteredAgent]:
 
 def test_create_task_validates_every_field(store: Store) -> None:
     with pytest.raises(ValidationError) as info:
-        store.create_task("", description=5, created_by="x" * 129, priority=True,  # type: ignore[arg-type]
-                          max_attempts=0, idempotency_key="")
+        store.create_task(
+            "",
+            description=5,
+            created_by="x" * 129,
+            priority=True,  # type: ignore[arg-type]
+            max_attempts=0,
+            idempotency_key="",
+        )
     assert set(info.value.fields) == {
-        "title", "description", "created_by", "priority", "max_attempts", "idempotency_key"
+        "title",
+        "description",
+        "created_by",
+        "priority",
+        "max_attempts",
+        "idempotency_key",
     }
     for title in ["x" * 201, "   ", None, "nul\x00byte", b"bytes"]:
         with pytest.raises(ValidationError, match="title"):
@@ -73,9 +85,7 @@ def test_claims_follow_priority_then_age_then_dependencies(
     assert order == [high_old.id, high_new.id, low.id, blocked.id]
 
 
-def test_a_task_is_claimable_only_after_all_dependencies_completed(
-    store: Store, agents: list[RegisteredAgent]
-) -> None:
+def test_a_task_is_claimable_only_after_all_dependencies_completed(store: Store, agents: list[RegisteredAgent]) -> None:
     a = agents[0].id
     left, right = store.create_task("left"), store.create_task("right")
     sink = store.create_task("sink", depends_on=[left.id, right.id])
@@ -118,7 +128,9 @@ def test_expired_lease_is_reclaimed_late_report_refused_history_kept(
 
     runs = store.list_runs(task.id)
     assert [(r.agent_id, r.attempt, r.status) for r in runs] == [
-        (a, 1, "in_progress"), (a, 1, "expired"), (b, 2, "completed")
+        (a, 1, "in_progress"),
+        (a, 1, "expired"),
+        (b, 2, "completed"),
     ]
     status = store.task_status(task.id)
     assert (status.status, status.attempt, status.agent, status.notes) == ("completed", 2, b, "done")
@@ -152,9 +164,7 @@ def test_status_of_a_reclaimed_task_names_the_current_claimer(
     assert (status.status, status.agent, status.notes) == ("open", b, "b gave up")
 
 
-def test_report_conflicts_name_what_is_stale(
-    store: Store, agents: list[RegisteredAgent], clock: FakeClock
-) -> None:
+def test_report_conflicts_name_what_is_stale(store: Store, agents: list[RegisteredAgent], clock: FakeClock) -> None:
     a, b = agents[0].id, agents[1].id
     task = store.create_task("t")
     with pytest.raises(Conflict, match="not claimed"):
@@ -242,8 +252,7 @@ def test_list_tasks_pages_with_an_opaque_cursor(store: Store, agents: list[Regis
     assert [t.id for t in store.list_tasks(status="claimed").tasks] == ids[:1]
     page = store.list_tasks(status="open", limit=6)
     assert page.next_cursor is None and len(page.tasks) == 6
-    for bad in [{"cursor": "garbage!"}, {"cursor": "dGFza3M6eA"}, {"limit": 0},
-                {"limit": 1001}, {"status": "done"}]:
+    for bad in [{"cursor": "garbage!"}, {"cursor": "dGFza3M6eA"}, {"limit": 0}, {"limit": 1001}, {"status": "done"}]:
         with pytest.raises(ValidationError):
             store.list_tasks(**bad)  # type: ignore[arg-type]
     assert page.to_dict()["tasks"][0]["title"] == "task 1"
@@ -259,8 +268,7 @@ def test_get_task_and_status_of_unknown_tasks(store: Store) -> None:
 
 def test_artifacts_are_recorded_per_task(store: Store, agents: list[RegisteredAgent]) -> None:
     task = store.create_task("build")
-    first = store.add_artifact(task.id, "file", "out/app.whl", {"size": 1024, "sha": "ab"},
-                               added_by="maintainer:admin")
+    first = store.add_artifact(task.id, "file", "out/app.whl", {"size": 1024, "sha": "ab"}, added_by="maintainer:admin")
     claim = store.claim_next_task(agents[0].id)
     assert claim is not None
     second = store.add_artifact(task.id, "log", "logs/build.txt", agent_id=agents[0].id, attempt=claim.attempt)
@@ -313,8 +321,14 @@ def test_stats_have_constant_keys(store: Store, agents: list[RegisteredAgent]) -
     stats = store.stats()
     assert tuple(stats) == STATS_KEYS
     assert stats == {
-        "agents_active": 2, "tasks_open": 0, "tasks_claimed": 1, "tasks_completed": 1,
-        "tasks_failed": 0, "tasks_total": 2, "runs_total": 1, "artifacts_total": 0,
+        "agents_active": 2,
+        "tasks_open": 0,
+        "tasks_claimed": 1,
+        "tasks_completed": 1,
+        "tasks_failed": 0,
+        "tasks_total": 2,
+        "runs_total": 1,
+        "artifacts_total": 0,
     }
 
 
@@ -324,8 +338,14 @@ def test_results_serialise_to_plain_json(store: Store, agents: list[RegisteredAg
     task = store.create_task("t", depends_on=[], priority=3)
     claim = store.claim_next_task(agents[0].id)
     run = store.report_run(task.id, agents[0].id, "in_progress")
-    for result in (task, claim, run, store.task_status(task.id), store.authenticate(agents[0].token),
-                   store.list_tasks()):
+    for result in (
+        task,
+        claim,
+        run,
+        store.task_status(task.id),
+        store.authenticate(agents[0].token),
+        store.list_tasks(),
+    ):
         json.dumps(result.to_dict())  # type: ignore[union-attr]
     assert claim.to_dict()["task"]["id"] == task.id  # type: ignore[union-attr]
 
@@ -348,8 +368,7 @@ def test_claim_query_reads_one_index_entry_without_scanning_or_sorting(
     for analysed in (False, True):  # statistics must not change the plan
         if analysed:
             conn.execute("ANALYZE")
-        claim_plan = _plan(conn, CLAIM_SQL, {"agent_id": "a", "lease_expires_at": "x",
-                                             "lease_s": 1.0, "now": "x"})
+        claim_plan = _plan(conn, CLAIM_SQL, {"agent_id": "a", "lease_expires_at": "x", "lease_s": 1.0, "now": "x"})
         probe_plan = _plan(conn, EXPIRED_LEASE_PROBE_SQL, ("x",))
         steps = claim_plan + probe_plan
         assert not any("TEMP B-TREE" in step for step in steps), steps
@@ -390,7 +409,9 @@ def test_a_report_without_attempt_is_refused_while_the_agent_held_an_expired_att
     assert store.get_task(task.id).lease_expires_at > before.lease_expires_at  # type: ignore[operator]
     store.report_run(task.id, a, "completed", attempt=2)
     assert [(r.attempt, r.status) for r in store.list_runs(task.id)] == [
-        (1, "expired"), (2, "in_progress"), (2, "completed")
+        (1, "expired"),
+        (2, "in_progress"),
+        (2, "completed"),
     ]
 
 
@@ -429,5 +450,8 @@ def test_a_report_without_attempt_works_for_an_agent_that_held_only_the_current_
     assert again is not None and (again.task_id, again.attempt) == (task.id, 3)
     store.report_run(task.id, b, "completed")
     assert [(r.agent_id, r.attempt, r.status) for r in store.list_runs(task.id)] == [
-        (a, 1, "expired"), (b, 2, "in_progress"), (b, 2, "failed"), (b, 3, "completed")
+        (a, 1, "expired"),
+        (b, 2, "in_progress"),
+        (b, 2, "failed"),
+        (b, 3, "completed"),
     ]

@@ -10,6 +10,6 @@ import sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("PRAGMA busy_timeout = 5000")
 print("ready", flush=True)
-for line in sys.stdin:
+for _line in sys.stdin:
     conn.execute("UPDATE counter SET value = value + 1")
     print("done", flush=True)

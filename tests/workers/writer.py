@@ -11,15 +11,11 @@ from icn_mcp.db import Database
 path = sys.argv[1]
 start = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 db = Database(path)
-db.run_in_transaction(
-    lambda c: c.execute("CREATE TABLE IF NOT EXISTS numbers (n INTEGER PRIMARY KEY, pad BLOB)")
-)
+db.run_in_transaction(lambda c: c.execute("CREATE TABLE IF NOT EXISTS numbers (n INTEGER PRIMARY KEY, pad BLOB)"))
 print("ready", flush=True)
 n = start
 while True:
-    db.run_in_transaction(
-        lambda c: c.execute("INSERT INTO numbers (n, pad) VALUES (?, randomblob(200))", (n,))
-    )
+    db.run_in_transaction(lambda c, n=n: c.execute("INSERT INTO numbers (n, pad) VALUES (?, randomblob(200))", (n,)))
     sys.stdout.write(f"{n}\n")
     sys.stdout.flush()
     n += 1

@@ -120,9 +120,7 @@ class BaseDatabase(abc.ABC):
         return self._locks(key, timeout=timeout)
 
     @abc.abstractmethod
-    def advisory_lock(
-        self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0, owner: str | None = None
-    ) -> Any:
+    def advisory_lock(self, name: str, *, ttl_s: float = 30.0, wait_s: float = 0.0, owner: str | None = None) -> Any:
         """A lease on ``name`` shared by every process using this database."""
 
     # -- migrations -----------------------------------------------------------------

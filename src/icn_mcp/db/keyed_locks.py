@@ -14,7 +14,6 @@ import asyncio
 import collections
 import threading
 import time
-from typing import Deque
 
 from icn_mcp.errors import DatabaseError, LockTimeout
 
@@ -61,7 +60,7 @@ class _Entry:
 
     def __init__(self) -> None:
         self.owner: object | None = None
-        self.waiters: Deque[_Waiter] = collections.deque()
+        self.waiters: collections.deque[_Waiter] = collections.deque()
         self.refs = 0  # holders + waiters; the entry is dropped at zero
 
 
@@ -83,7 +82,7 @@ class KeyedLocks:
         #: Acquisitions that had to wait (for metrics).
         self.waits = 0
 
-    def __call__(self, key: str, *, timeout: float | None = None) -> "KeyLock":
+    def __call__(self, key: str, *, timeout: float | None = None) -> KeyLock:
         """A context manager (sync and async) holding the lock on ``key``."""
         return KeyLock(self, key, timeout)
 
@@ -167,7 +166,7 @@ class KeyedLocks:
                 await waiter.future
             else:
                 await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except (asyncio.CancelledError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             with self._mutex:
                 granted = waiter.granted
                 if not granted:
@@ -215,14 +214,14 @@ class KeyLock:
         self.key = key
         self.timeout = timeout
 
-    def __enter__(self) -> "KeyLock":
+    def __enter__(self) -> KeyLock:
         self._locks.acquire(self.key, self.timeout)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._locks.release(self.key)
 
-    async def __aenter__(self) -> "KeyLock":
+    async def __aenter__(self) -> KeyLock:
         await self._locks.acquire_async(self.key, self.timeout)
         return self
 

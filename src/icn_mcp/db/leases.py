@@ -46,14 +46,16 @@ MAX_ADVISORY_WAIT_S = 24 * 60 * 60.0
 
 
 def _check_seconds(name: str, value: object, *, minimum_exclusive: bool, maximum: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        (0 < value <= maximum) if minimum_exclusive else (0 <= value <= maximum)  # NaN fails both
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (
+            (0 < value <= maximum) if minimum_exclusive else (0 <= value <= maximum)  # NaN fails both
+        )
     )
     if not ok:
         allowed = f"above 0 and at most {maximum:.0f}" if minimum_exclusive else f"from 0 to {maximum:.0f}"
-        raise DatabaseError(
-            f"advisory lock {name}={value!r} is not valid: expected a number of seconds {allowed}"
-        )
+        raise DatabaseError(f"advisory lock {name}={value!r} is not valid: expected a number of seconds {allowed}")
 
 
 @dataclass
@@ -83,7 +85,7 @@ class AdvisoryLease:
         ttl_s: float,
         wait_s: float = 0.0,
         owner: str | None = None,
-    ) -> "AdvisoryLease":
+    ) -> AdvisoryLease:
         """Take the lease on ``name``, waiting up to ``wait_s``; LockTimeout names the holder."""
         if not isinstance(name, str) or not name:
             raise DatabaseError(f"advisory lock name must be a non-empty string, not {name!r}")
@@ -125,9 +127,7 @@ class AdvisoryLease:
         _check_seconds("ttl_s", ttl, minimum_exclusive=True, maximum=MAX_ADVISORY_TTL_S)
         if self.released:
             raise LockLost(self.name, self.owner)
-        expires_at = self.db.run_in_transaction(
-            lambda conn: self._sql.renew(conn, self.name, self.owner, ttl)
-        )
+        expires_at = self.db.run_in_transaction(lambda conn: self._sql.renew(conn, self.name, self.owner, ttl))
         if expires_at is None:
             raise LockLost(self.name, self.owner)
         self.expires_at = expires_at
@@ -138,14 +138,12 @@ class AdvisoryLease:
         if self.released:
             return False
         self.released = True
-        removed = self.db.run_in_transaction(
-            lambda conn: self._sql.release(conn, self.name, self.owner)
-        ) == 1
+        removed = self.db.run_in_transaction(lambda conn: self._sql.release(conn, self.name, self.owner)) == 1
         if not removed:
             log.warning("advisory lock %r was no longer held by %s at release", self.name, self.owner)
         return removed
 
-    def __enter__(self) -> "AdvisoryLease":
+    def __enter__(self) -> AdvisoryLease:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -45,7 +45,7 @@ log = logging.getLogger("icn_mcp.db")
 BACKUP_DIR_NAME = "backups"
 
 
-def open_database(settings: "Settings", *, migrate: bool = True, **overrides: Any) -> BaseDatabase:
+def open_database(settings: Settings, *, migrate: bool = True, **overrides: Any) -> BaseDatabase:
     """The database ``settings`` describe: PostgreSQL when ``db_url`` is set, else SQLite.
 
     ``overrides`` replace individual options (``migrations_dir=...``).
@@ -175,7 +175,9 @@ def restore_from_backup(path: str | os.PathLike[str], **options: Any) -> Any:
         from icn_mcp.db.sqlite.backup import restore_new_database
 
         return restore_new_database(
-            path, settings.db_path, migrations_dir=settings.migrations_dir,
+            path,
+            settings.db_path,
+            migrations_dir=settings.migrations_dir,
             **_without_none({k: options.get(k) for k in ("check", "without_manifest")}),
         )
     defaults = _backup_defaults()

@@ -96,7 +96,9 @@ class StorageWatch:
                 log.error(
                     "database %s: the disk is full (%s); writes are refused with "
                     "storage_full until space is freed on %s",
-                    self._path, exc, self._path.parent,
+                    self._path,
+                    exc,
+                    self._path.parent,
                 )
         return StorageFull(str(self._path), str(exc), since=since)
 
@@ -109,7 +111,9 @@ class StorageWatch:
                 return
             log.warning(
                 "database %s: writes succeed again (%d refused for want of space since %s)",
-                self._path, self._refused_in_incident, self.since,
+                self._path,
+                self._refused_in_incident,
+                self.since,
             )
             self.since = None
             self._refused_in_incident = 0

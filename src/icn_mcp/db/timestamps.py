@@ -6,7 +6,7 @@ timestamps correctly (``expires_at <= ?``) and every row reads the same way.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["utc_now", "format_ts", "parse_ts"]
 
@@ -14,7 +14,7 @@ _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def format_ts(moment: datetime, *, plus_s: float = 0.0) -> str:
@@ -24,11 +24,11 @@ def format_ts(moment: datetime, *, plus_s: float = 0.0) -> str:
     if plus_s:
         moment = moment + timedelta(seconds=plus_s)
     if moment.utcoffset():
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     # isoformat, not strftime: faster on the claim path, and zero-pads every year.
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(text: str) -> datetime:
     """A stored timestamp back to an aware datetime."""
-    return datetime.strptime(text, _FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)

@@ -90,7 +90,7 @@ class Principal:
         return not self.is_maintainer
 
 
-def resolve(store: "Store", token: str | None) -> Principal:
+def resolve(store: Store, token: str | None) -> Principal:
     """The principal of a bearer token (blocking: may read the database).
 
     Maintainer tokens are checked first (in memory, constant time), then agent

@@ -36,8 +36,8 @@ from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.errors import task_id_required
 from icn_mcp.server.http import _endpoint, _ok, _principal
 from icn_mcp.server.hub import Hub
-from icn_mcp.store.validation import parse_decimal, parse_id
 from icn_mcp.store.dashboard import GRAPH_DEFAULT_DEPTH, GRAPH_MAX_DEPTH, agent_activity, task_graph
+from icn_mcp.store.validation import parse_decimal, parse_id
 
 __all__ = ["dashboard_routes", "DASHBOARD_PATHS", "STATIC_FILES", "CONTENT_SECURITY_POLICY"]
 
@@ -153,9 +153,7 @@ class _Dashboard:
         raw_task, raw_depth = params.get("task_id"), params.get("depth")
         task_id = parse_id(raw_task, "task_id") if raw_task else None
         depth = parse_decimal(raw_depth, "depth", minimum=1, maximum=GRAPH_MAX_DEPTH) if raw_depth else None
-        graph = await hub.call(
-            "dashboard_graph", task_graph, hub.db, task_id, depth=depth or GRAPH_DEFAULT_DEPTH
-        )
+        graph = await hub.call("dashboard_graph", task_graph, hub.db, task_id, depth=depth or GRAPH_DEFAULT_DEPTH)
         return _ok({"ok": True, "now": format_ts(utc_now()), "graph": graph})
 
     async def runs(self, request: Request, hub: Hub) -> Response:

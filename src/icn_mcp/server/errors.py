@@ -91,7 +91,9 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(404, "not_found", _jsonable(wire_ids({k: v for k, v in data.items() if v is not None})))
     if isinstance(exc, Conflict):
         extra = dict(getattr(exc, "data", {}) or {})
-        return ApiError(409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(wire_ids(extra))})
+        return ApiError(
+            409, "conflict", {"reason": str(getattr(exc, "reason", "") or exc), **_jsonable(wire_ids(extra))}
+        )
     if isinstance(exc, ClientDisconnect):
         # The client went away mid-request: nobody reads the answer, nothing to log
         # but the access line (499, not a 500).

@@ -124,8 +124,9 @@ async def healthz_db(request: Request, hub: Hub) -> Response:
         return _ok(body, status=503, headers=error.headers)
     # The probe above is live; the counts are at most MCP_HEALTH_CACHE_S old.
     database = await hub.health_database.get()
-    return _ok({"ok": True, "latency_ms": health["latency_ms"], "database": database,
-                "replication": hub.replication_status()})
+    return _ok(
+        {"ok": True, "latency_ms": health["latency_ms"], "database": database, "replication": hub.replication_status()}
+    )
 
 
 async def metrics(request: Request, hub: Hub) -> Response:
@@ -260,7 +261,9 @@ API_ROUTES: tuple[tuple[str, str, Handler], ...] = (
 async def _http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 as our JSON errors."""
     status = getattr(exc, "status_code", 500)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request" if status < 500 else "internal_error")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(
+        status, "bad_request" if status < 500 else "internal_error"
+    )
     headers = getattr(exc, "headers", None)
     return JSONResponse({"ok": False, "error": code}, status_code=status, headers=headers)
 

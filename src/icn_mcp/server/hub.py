@@ -33,16 +33,16 @@ from typing import Any, Awaitable, Callable, TypeVar
 from icn_mcp.config import Settings, redact_url
 from icn_mcp.db import Database, open_database
 from icn_mcp.db.changes import DataVersion
-from icn_mcp.db.sqlite.backup import backup_dir_for, latest_backup
 from icn_mcp.db.replica import Replicator
+from icn_mcp.db.sqlite.backup import backup_dir_for, latest_backup
 from icn_mcp.db.timestamps import parse_ts, utc_now
-from icn_mcp.server.cache import SharedValue
 from icn_mcp.server import operations
 from icn_mcp.server.auth import Principal
+from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.metrics import MetricsState, ServerMetrics
+from icn_mcp.server.ratelimit import RefusalLimiter
 from icn_mcp.server.schemas import ClaimRequest
 from icn_mcp.server.waiting import ClaimWaiters
-from icn_mcp.server.ratelimit import RefusalLimiter
 from icn_mcp.store import Store, validation
 from icn_mcp.store.models import Claim
 from icn_mcp.store.store import store_backend_refused
@@ -61,10 +61,18 @@ _MAY_RELEASE_WORK = frozenset({"create_task", "report_run"})
 READ_THREADS = 40
 
 #: ``Hub.call`` operations that open a write transaction (HTTP handlers and MCP tools).
-WRITE_OPERATIONS = frozenset({
-    "register_agent", "refresh_token", "create_task", "claim_next_task", "report_run",
-    "cleanup_expired", "claim_task", "add_artifact",
-})
+WRITE_OPERATIONS = frozenset(
+    {
+        "register_agent",
+        "refresh_token",
+        "create_task",
+        "claim_next_task",
+        "report_run",
+        "cleanup_expired",
+        "claim_task",
+        "add_artifact",
+    }
+)
 
 
 class Hub:
@@ -90,7 +98,8 @@ class Hub:
             self.store = Store.from_settings(self.db, settings)
             if settings.replica_url:
                 self.replicator = Replicator(
-                    self.db.path, settings.replica_url,
+                    self.db.path,
+                    settings.replica_url,
                     sync_interval_s=settings.replica_sync_interval_s,
                     retention_s=settings.replica_retention_s,
                 ).start()
@@ -112,15 +121,14 @@ class Hub:
         computations = self.metrics.health_cache_computations
         #: The ``database`` object of /healthz/db (counts every table: expensive).
         self.health_database: SharedValue[dict[str, Any]] = SharedValue(
-            self._health_database, settings.health_cache_s,
+            self._health_database,
+            settings.health_cache_s,
             on_compute=computations.labels("healthz_db").inc,
         )
         #: Waiting claims (issue 11): one watcher of the database for every waiter.
         self.data_version = DataVersion(self.db.path)
         self.waiters = ClaimWaiters(
-            claim=lambda agent, lease_s: self.call(
-                "claim_next_task", self.store.claim_next_task, agent, lease_s
-            ),
+            claim=lambda agent, lease_s: self.call("claim_next_task", self.store.claim_next_task, agent, lease_s),
             data_version=self._data_version,
             next_lease_expiry=lambda: self.call("next_lease_expiry", self.store.next_lease_expiry),
             now=utc_now,
@@ -131,7 +139,8 @@ class Hub:
         self.metrics.claim_waiters.set_function(lambda: self.waiters.waiting)
         #: ``store.stats()`` and the newest backup for /metrics.
         self.metrics_state: SharedValue[MetricsState] = SharedValue(
-            lambda: self.call("metrics_state", self.metrics.read_state), settings.health_cache_s,
+            lambda: self.call("metrics_state", self.metrics.read_state),
+            settings.health_cache_s,
             on_compute=computations.labels("metrics").inc,
         )
 
@@ -164,7 +173,10 @@ class Hub:
         caller, claimed = await self.call("claim_next_task", first)
         if claimed is None and wait_s > 0:
             claimed = await self.waiters.wait(
-                caller.agent_id, request.lease_s, wait_s, disconnected=disconnected  # type: ignore[arg-type]
+                caller.agent_id,
+                request.lease_s,
+                wait_s,
+                disconnected=disconnected,  # type: ignore[arg-type]
             )
         operations.count_claim(self, claimed)
         return claimed

@@ -22,7 +22,7 @@ import queue
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 __all__ = ["JsonFormatter", "BackgroundLogHandler", "configure_logging", "flush_logging"]
@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -154,8 +154,13 @@ class BackgroundLogHandler(logging.Handler):
         try:
             return self.format(record)
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the writer
-            return json.dumps({"level": "ERROR", "logger": "icn_mcp.server.logs",
-                               "msg": f"could not format a log record of {record.name}: {exc!r}"})
+            return json.dumps(
+                {
+                    "level": "ERROR",
+                    "logger": "icn_mcp.server.logs",
+                    "msg": f"could not format a log record of {record.name}: {exc!r}",
+                }
+            )
 
 
 _handler: BackgroundLogHandler | None = None

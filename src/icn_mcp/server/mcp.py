@@ -156,8 +156,9 @@ class _Server(MCPServer):
         self.principal = principal
         self._tools: dict[str, _Tool] = {}
 
-    def add_model_tool(self, name: str, description: str, body: Body | None = None, *,
-                       async_body: AsyncBody | None = None) -> None:
+    def add_model_tool(
+        self, name: str, description: str, body: Body | None = None, *, async_body: AsyncBody | None = None
+    ) -> None:
         model = TOOL_MODELS[name]
 
         def listed() -> dict[str, Any]:  # pragma: no cover - never called, see call_tool
@@ -214,8 +215,14 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Principa
     else:
         if stdio_actor is None:
             raise ValueError("stdio needs stdio_actor: the local agent it acts for")
-        server = _Server("icn-mcp", hub=hub, principal=stdio_actor, version=__version__,
-                         instructions=INSTRUCTIONS, log_level=hub.settings.log_level)  # type: ignore[arg-type]
+        server = _Server(
+            "icn-mcp",
+            hub=hub,
+            principal=stdio_actor,
+            version=__version__,
+            instructions=INSTRUCTIONS,
+            log_level=hub.settings.log_level,
+        )  # type: ignore[arg-type]
     _register_tools(server)
     return server
 
@@ -226,7 +233,7 @@ def _own_url(settings: Settings) -> str:
 
 
 INSTRUCTIONS = (
-    "icn-mcp agent HQ. Ids are strings (\"42\"). Claim a task with claim_task, report "
+    'icn-mcp agent HQ. Ids are strings ("42"). Claim a task with claim_task, report '
     "progress with report_run (status in_progress renews the lease; completed or failed "
     "ends the attempt, passing the attempt number from the claim), record outputs with "
     'add_artifact (while holding the claim). Errors come back as {"ok": false, "error": '
@@ -269,7 +276,7 @@ def _register_tools(server: _Server) -> None:
     server.add_model_tool(
         "claim_task",
         "Claim the next claimable task for this agent, waiting up to wait_s seconds for one. Returns "
-        'task_id, title, lease_expires_at and attempt (pass the attempt to report_run), or '
+        "task_id, title, lease_expires_at and attempt (pass the attempt to report_run), or "
         '{"error": "no_available_tasks"}.',
         async_body=claim_task,
     )

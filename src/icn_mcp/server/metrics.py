@@ -83,55 +83,69 @@ class ServerMetrics:
         replication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = CachedLabels(Counter(
-            "icn_mcp_http_requests",
-            "HTTP requests served, by route, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        ))
-        self.request_seconds = CachedLabels(Histogram(
-            "icn_mcp_http_request_duration_seconds",
-            "Time to serve an HTTP request, by route.",
-            ["route"],
-            registry=self.registry,
-        ))
-        self.claims = CachedLabels(Counter(
-            "icn_mcp_claims",
-            "Claim attempts, by result (claimed, empty).",
-            ["result"],
-            registry=self.registry,
-        ))
+        self.requests = CachedLabels(
+            Counter(
+                "icn_mcp_http_requests",
+                "HTTP requests served, by route, method and status.",
+                ["route", "method", "status"],
+                registry=self.registry,
+            )
+        )
+        self.request_seconds = CachedLabels(
+            Histogram(
+                "icn_mcp_http_request_duration_seconds",
+                "Time to serve an HTTP request, by route.",
+                ["route"],
+                registry=self.registry,
+            )
+        )
+        self.claims = CachedLabels(
+            Counter(
+                "icn_mcp_claims",
+                "Claim attempts, by result (claimed, empty).",
+                ["result"],
+                registry=self.registry,
+            )
+        )
         self.reclaims = Counter(
             "icn_mcp_leases_reclaimed",
             "Claims of a task that had been claimed before (its lease expired or an attempt failed).",
             registry=self.registry,
         )
-        self.reports = CachedLabels(Counter(
-            "icn_mcp_reports",
-            "Run reports accepted, by status.",
-            ["status"],
-            registry=self.registry,
-        ))
-        self.tool_calls = CachedLabels(Counter(
-            "icn_mcp_mcp_tool_calls",
-            "MCP tool calls, by tool and result (ok or the error code).",
-            ["tool", "result"],
-            registry=self.registry,
-        ))
-        self.transaction_seconds = CachedLabels(Histogram(
-            "icn_mcp_db_transaction_duration_seconds",
-            "Time of one store call (one database transaction), by operation.",
-            ["operation"],
-            buckets=TRANSACTION_BUCKETS,
-            registry=self.registry,
-        ))
-        self.health_cache_computations = CachedLabels(Counter(
-            "icn_mcp_health_cache_computations",
-            "Computations of the cached database part of /healthz/db and /metrics, by part "
-            "(healthz_db, metrics): at most one per MCP_HEALTH_CACHE_S each, however many requests.",
-            ["part"],
-            registry=self.registry,
-        ))
+        self.reports = CachedLabels(
+            Counter(
+                "icn_mcp_reports",
+                "Run reports accepted, by status.",
+                ["status"],
+                registry=self.registry,
+            )
+        )
+        self.tool_calls = CachedLabels(
+            Counter(
+                "icn_mcp_mcp_tool_calls",
+                "MCP tool calls, by tool and result (ok or the error code).",
+                ["tool", "result"],
+                registry=self.registry,
+            )
+        )
+        self.transaction_seconds = CachedLabels(
+            Histogram(
+                "icn_mcp_db_transaction_duration_seconds",
+                "Time of one store call (one database transaction), by operation.",
+                ["operation"],
+                buckets=TRANSACTION_BUCKETS,
+                registry=self.registry,
+            )
+        )
+        self.health_cache_computations = CachedLabels(
+            Counter(
+                "icn_mcp_health_cache_computations",
+                "Computations of the cached database part of /healthz/db and /metrics, by part "
+                "(healthz_db, metrics): at most one per MCP_HEALTH_CACHE_S each, however many requests.",
+                ["part"],
+                registry=self.registry,
+            )
+        )
         for part in ("healthz_db", "metrics"):
             self.health_cache_computations.labels(part)
         # -- waiting claims (issue 11) --
@@ -142,8 +156,7 @@ class ServerMetrics:
         )
         self.claim_wake_seconds = Histogram(
             "icn_mcp_claim_wake_seconds",
-            "From noticing a change (a commit anywhere, or a lease due) to handing a waiting "
-            "claim its task.",
+            "From noticing a change (a commit anywhere, or a lease due) to handing a waiting claim its task.",
             buckets=TRANSACTION_BUCKETS,
             registry=self.registry,
         )
@@ -154,8 +167,9 @@ class ServerMetrics:
         )
         self._stats = stats
         self._last_backup_at = last_backup_at
-        self._state = _StateCollector(db_stats=db_stats, db_path=os.fspath(db_path),
-                                      with_backup_age=last_backup_at is not None)
+        self._state = _StateCollector(
+            db_stats=db_stats, db_path=os.fspath(db_path), with_backup_age=last_backup_at is not None
+        )
         self._replication = _ReplicationCollector(replication) if replication is not None else None
 
     def read_state(self) -> MetricsState:
@@ -201,17 +215,24 @@ class _Scrape:
 class _StateCollector(Collector):
     """Database state: ``state`` (read at most once per interval) plus the cheap live reads."""
 
-    def __init__(self, *, db_stats: Callable[[], dict[str, int]], db_path: str, with_backup_age: bool,
-                 state: MetricsState | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        db_stats: Callable[[], dict[str, int]],
+        db_path: str,
+        with_backup_age: bool,
+        state: MetricsState | None = None,
+    ) -> None:
         self._db_stats = db_stats
         self._db_path = db_path
         self._with_backup_age = with_backup_age
         self._snapshot: MetricsState = state or {}
 
-    def bound(self, state: MetricsState) -> "_StateCollector":
+    def bound(self, state: MetricsState) -> _StateCollector:
         """This collector reporting ``state``."""
-        return _StateCollector(db_stats=self._db_stats, db_path=self._db_path,
-                               with_backup_age=self._with_backup_age, state=state)
+        return _StateCollector(
+            db_stats=self._db_stats, db_path=self._db_path, with_backup_age=self._with_backup_age, state=state
+        )
 
     def describe(self) -> list[Metric]:
         return []  # read at collect time; nothing to check at registration
@@ -219,8 +240,11 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._snapshot.get("stats") or {}
         if "agents_active" in stats:
-            yield GaugeMetricFamily("icn_mcp_agents_active", "Agents with a token that is neither expired nor revoked.",
-                                    value=stats["agents_active"])
+            yield GaugeMetricFamily(
+                "icn_mcp_agents_active",
+                "Agents with a token that is neither expired nor revoked.",
+                value=stats["agents_active"],
+            )
         tasks = GaugeMetricFamily("icn_mcp_tasks", "Tasks by status.", labels=["status"])
         for status in TASK_STATUSES:
             key = f"tasks_{status}"
@@ -235,8 +259,10 @@ class _StateCollector(Collector):
             if key in stats:
                 yield GaugeMetricFamily(f"icn_mcp_{key}", help_text, value=stats[key])
 
-        for suffix, help_text in (("", "Size of the database file in bytes."),
-                                  ("-wal", "Size of the write-ahead log in bytes.")):
+        for suffix, help_text in (
+            ("", "Size of the database file in bytes."),
+            ("-wal", "Size of the write-ahead log in bytes."),
+        ):
             try:
                 size = os.stat(self._db_path + suffix).st_size
             except OSError:
@@ -252,15 +278,20 @@ class _StateCollector(Collector):
             ("lock_waits", "Waits for an in-process keyed lock."),
             ("reconnects", "Connections reopened after a failed health check."),
             ("storage_full_errors", "Writes refused because the disk was full (answered 507 storage_full)."),
-            ("storage_full_incidents", "Times the disk became full: each begins with a refused write "
-                                       "and ends with the next write that succeeds."),
+            (
+                "storage_full_incidents",
+                "Times the disk became full: each begins with a refused write "
+                "and ends with the next write that succeeds.",
+            ),
         ):
             if key in db:
                 yield CounterMetricFamily(f"icn_mcp_db_{key}", help_text, value=db[key])
         if "storage_full" in db:
-            yield GaugeMetricFamily("icn_mcp_db_storage_full",
-                                    "1 while writes are refused because the disk is full, else 0.",
-                                    value=db["storage_full"])
+            yield GaugeMetricFamily(
+                "icn_mcp_db_storage_full",
+                "1 while writes are refused because the disk is full, else 0.",
+                value=db["storage_full"],
+            )
 
         if self._with_backup_age:
             last = self._snapshot.get("last_backup_at")
@@ -284,14 +315,19 @@ class _ReplicationCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
-        yield GaugeMetricFamily("icn_mcp_replication_running", "1 while Litestream runs for this server, else 0.",
-                                value=1 if status["running"] else 0)
+        yield GaugeMetricFamily(
+            "icn_mcp_replication_running",
+            "1 while Litestream runs for this server, else 0.",
+            value=1 if status["running"] else 0,
+        )
         yield GaugeMetricFamily(
             "icn_mcp_replication_lag_seconds",
             "How long the oldest change not yet in the replica has waited (0: caught up).",
             value=status["lag_s"],
         )
-        yield CounterMetricFamily("icn_mcp_replication_restarts", "Times Litestream died and was restarted.",
-                                  value=status["restarts"])
-        yield CounterMetricFamily("icn_mcp_replication_errors",
-                                  "Errors Litestream logged, plus its unexpected exits.", value=status["errors"])
+        yield CounterMetricFamily(
+            "icn_mcp_replication_restarts", "Times Litestream died and was restarted.", value=status["restarts"]
+        )
+        yield CounterMetricFamily(
+            "icn_mcp_replication_errors", "Errors Litestream logged, plus its unexpected exits.", value=status["errors"]
+        )

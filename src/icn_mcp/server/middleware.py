@@ -243,7 +243,9 @@ class BodyLimitMiddleware:
             try:
                 announced = int(length)
             except ValueError:
-                await _send_error(send, ApiError(400, "validation_error", {"fields": {"content-length": "must be an integer"}}))
+                await _send_error(
+                    send, ApiError(400, "validation_error", {"fields": {"content-length": "must be an integer"}})
+                )
                 return
             if announced > self.max_bytes:
                 await _send_error(send, self._too_large())

@@ -18,7 +18,10 @@ _BEARER = [{"bearer": []}]
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -59,147 +62,213 @@ def _paths() -> dict[str, Any]:
         "schema": _ID,
     }
     return {
-        "/healthz": {"get": {
-            "summary": "Liveness: the process answers",
-            "operationId": "healthz",
-            "responses": {"200": _json("Alive", _obj({"ok": _OK}, ["ok"]))},
-        }},
-        "/healthz/db": {"get": {
-            "summary": "Readiness: the database answers, with its size, tables and migrations",
-            "operationId": "healthzDb",
-            "responses": {
-                "200": _json("Database healthy", {"$ref": "#/components/schemas/DatabaseHealth"}),
-                "503": _error("Database unavailable"),
-            },
-        }},
-        "/metrics": {"get": {
-            "summary": "Prometheus metrics",
-            "operationId": "metrics",
-            "responses": {"200": {"description": "Prometheus text format",
-                                  "content": {"text/plain": {"schema": _STRING}}}},
-        }},
-        "/api/agent/register": {"post": {
-            "summary": "Register an agent; without credentials only while no active agent exists",
-            "operationId": "registerAgent",
-            "security": [{}, {"bearer": []}],
-            "requestBody": {**_body("RegisterRequest"), "required": True},
-            "responses": {
-                "200": _json("Registered", _obj({"ok": _OK, "id": _STRING, "token": _STRING}, ["ok", "id", "token"])),
-                **_BAD_REQUEST, **_AUTH_ERRORS, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/agent/refresh": {"post": {
-            "summary": "Exchange a valid (or recently expired) token for a new one; the old one is revoked",
-            "operationId": "refreshToken",
-            "security": _BEARER,
-            "requestBody": _body("EmptyRequest"),
-            "responses": {
-                "200": _json("Refreshed", _obj({"ok": _OK, "token": _STRING}, ["ok", "token"])),
-                **_BAD_REQUEST, **_AUTH_ERRORS, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/create": {"post": {
-            "summary": "Create a task (a repeated idempotency_key returns the first task)",
-            "operationId": "createTask",
-            "security": _BEARER,
-            "requestBody": {**_body("CreateTaskRequest"), "required": True},
-            "responses": {
-                "200": _json("Created", _obj({"ok": _OK, "id": _ID}, ["ok", "id"])),
-                "400": _error("Invalid request, or unknown dependencies (validation_error with fields)"),
-                **_AUTH_ERRORS, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/list": {"get": {
-            "summary": "Tasks in a stable order; the X-Next-Cursor header holds the next page's cursor",
-            "operationId": "listTasks",
-            "parameters": [
-                {"name": "status", "in": "query", "required": False,
-                 "schema": {"type": "string", "enum": ["open", "claimed", "completed", "failed"]}},
-                {"name": "limit", "in": "query", "required": False,
-                 "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX}},
-                {"name": "cursor", "in": "query", "required": False, "schema": _STRING},
-            ],
-            "responses": {
-                "200": {**_json("Tasks", {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}),
-                        "headers": {"X-Next-Cursor": {"schema": _STRING, "description": "Cursor of the next page"}}},
-                **_BAD_REQUEST, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/claim": {"post": {
-            "summary": "Claim the next claimable task (highest priority, oldest, dependencies completed)",
-            "operationId": "claimTask",
-            "security": _BEARER,
-            "requestBody": _body("ClaimRequest"),
-            "responses": {
-                "200": _json("A claim, or {\"error\": \"no_available_tasks\"}", {"oneOf": [
-                    _obj({"task_id": _ID, "title": _STRING, "lease_expires_at": _STRING, "attempt": _INT},
-                         ["task_id", "title", "lease_expires_at", "attempt"]),
-                    _obj({"error": {"const": "no_available_tasks"}}, ["error"]),
-                ]}),
-                **_BAD_REQUEST, **_AUTH_ERRORS, **_AGENT_ONLY, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/run": {"post": {
-            "summary": "Report a run of a claimed task (in_progress renews the lease)",
-            "operationId": "reportRun",
-            "security": _BEARER,
-            "requestBody": {**_body("RunRequest"), "required": True},
-            "responses": {
-                "200": _json("Recorded", _obj({"ok": _OK}, ["ok"])),
-                "400": _error("validation_error, or task_id_required"),
-                **_AUTH_ERRORS, **_AGENT_ONLY,
-                "404": _error("No such task"),
-                "409": _error("The agent does not hold the task's current claim (conflict)"),
-                **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/artifact": {"post": {
-            "summary": "Record an artifact of a task: by the agent holding its current claim, or a maintainer",
-            "operationId": "addArtifact",
-            "security": _BEARER,
-            "requestBody": {**_body("AddArtifactRequest"), "required": True},
-            "responses": {
-                "200": _json("Recorded", _obj({"ok": _OK, "id": _ID, "artifact": {"$ref": "#/components/schemas/Artifact"}},
-                                              ["ok", "id", "artifact"])),
-                "400": _error("validation_error, or task_id_required"),
-                **_AUTH_ERRORS,
-                "403": _error("The token may not add artifacts (forbidden)"),
-                "404": _error("No such task"),
-                "409": _error("The agent does not hold the task's current claim (conflict)"),
-                **_COMMON_ERRORS,
-            },
-        }},
-        "/api/task/status": {"get": {
-            "summary": "A task's status, attempt, lease and latest run",
-            "operationId": "taskStatus",
-            "parameters": [task_id_query],
-            "responses": {
-                "200": _json("Status", {"$ref": "#/components/schemas/TaskStatus"}),
-                "400": _error("task_id_required, or validation_error"),
-                "404": _error("No such task"),
-                **_COMMON_ERRORS,
-            },
-        }},
-        "/api/admin/agents/cleanup": {"post": {
-            "summary": "Delete expired and revoked agent tokens (maintainers)",
-            "operationId": "cleanupAgents",
-            "security": _BEARER,
-            "requestBody": _body("EmptyRequest"),
-            "responses": {
-                "200": _json("Cleaned up", _obj({"ok": _OK, "deletedCount": _INT}, ["ok", "deletedCount"])),
-                **_BAD_REQUEST, **_ADMIN_ERRORS, **_COMMON_ERRORS,
-            },
-        }},
-        "/api/admin/stats": {"get": {
-            "summary": "Counts of agents, tasks by status, runs and artifacts (maintainers)",
-            "operationId": "adminStats",
-            "security": _BEARER,
-            "responses": {
-                "200": _json("Stats", _obj({"ok": _OK, "stats": {"type": "object",
-                                                                 "additionalProperties": _INT}}, ["ok", "stats"])),
-                **_ADMIN_ERRORS, **_COMMON_ERRORS,
-            },
-        }},
+        "/healthz": {
+            "get": {
+                "summary": "Liveness: the process answers",
+                "operationId": "healthz",
+                "responses": {"200": _json("Alive", _obj({"ok": _OK}, ["ok"]))},
+            }
+        },
+        "/healthz/db": {
+            "get": {
+                "summary": "Readiness: the database answers, with its size, tables and migrations",
+                "operationId": "healthzDb",
+                "responses": {
+                    "200": _json("Database healthy", {"$ref": "#/components/schemas/DatabaseHealth"}),
+                    "503": _error("Database unavailable"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": _STRING}}}
+                },
+            }
+        },
+        "/api/agent/register": {
+            "post": {
+                "summary": "Register an agent; without credentials only while no active agent exists",
+                "operationId": "registerAgent",
+                "security": [{}, {"bearer": []}],
+                "requestBody": {**_body("RegisterRequest"), "required": True},
+                "responses": {
+                    "200": _json(
+                        "Registered", _obj({"ok": _OK, "id": _STRING, "token": _STRING}, ["ok", "id", "token"])
+                    ),
+                    **_BAD_REQUEST,
+                    **_AUTH_ERRORS,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/agent/refresh": {
+            "post": {
+                "summary": "Exchange a valid (or recently expired) token for a new one; the old one is revoked",
+                "operationId": "refreshToken",
+                "security": _BEARER,
+                "requestBody": _body("EmptyRequest"),
+                "responses": {
+                    "200": _json("Refreshed", _obj({"ok": _OK, "token": _STRING}, ["ok", "token"])),
+                    **_BAD_REQUEST,
+                    **_AUTH_ERRORS,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/create": {
+            "post": {
+                "summary": "Create a task (a repeated idempotency_key returns the first task)",
+                "operationId": "createTask",
+                "security": _BEARER,
+                "requestBody": {**_body("CreateTaskRequest"), "required": True},
+                "responses": {
+                    "200": _json("Created", _obj({"ok": _OK, "id": _ID}, ["ok", "id"])),
+                    "400": _error("Invalid request, or unknown dependencies (validation_error with fields)"),
+                    **_AUTH_ERRORS,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/list": {
+            "get": {
+                "summary": "Tasks in a stable order; the X-Next-Cursor header holds the next page's cursor",
+                "operationId": "listTasks",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["open", "claimed", "completed", "failed"]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX},
+                    },
+                    {"name": "cursor", "in": "query", "required": False, "schema": _STRING},
+                ],
+                "responses": {
+                    "200": {
+                        **_json("Tasks", {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}),
+                        "headers": {"X-Next-Cursor": {"schema": _STRING, "description": "Cursor of the next page"}},
+                    },
+                    **_BAD_REQUEST,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/claim": {
+            "post": {
+                "summary": "Claim the next claimable task (highest priority, oldest, dependencies completed)",
+                "operationId": "claimTask",
+                "security": _BEARER,
+                "requestBody": _body("ClaimRequest"),
+                "responses": {
+                    "200": _json(
+                        'A claim, or {"error": "no_available_tasks"}',
+                        {
+                            "oneOf": [
+                                _obj(
+                                    {"task_id": _ID, "title": _STRING, "lease_expires_at": _STRING, "attempt": _INT},
+                                    ["task_id", "title", "lease_expires_at", "attempt"],
+                                ),
+                                _obj({"error": {"const": "no_available_tasks"}}, ["error"]),
+                            ]
+                        },
+                    ),
+                    **_BAD_REQUEST,
+                    **_AUTH_ERRORS,
+                    **_AGENT_ONLY,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/run": {
+            "post": {
+                "summary": "Report a run of a claimed task (in_progress renews the lease)",
+                "operationId": "reportRun",
+                "security": _BEARER,
+                "requestBody": {**_body("RunRequest"), "required": True},
+                "responses": {
+                    "200": _json("Recorded", _obj({"ok": _OK}, ["ok"])),
+                    "400": _error("validation_error, or task_id_required"),
+                    **_AUTH_ERRORS,
+                    **_AGENT_ONLY,
+                    "404": _error("No such task"),
+                    "409": _error("The agent does not hold the task's current claim (conflict)"),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/artifact": {
+            "post": {
+                "summary": "Record an artifact of a task: by the agent holding its current claim, or a maintainer",
+                "operationId": "addArtifact",
+                "security": _BEARER,
+                "requestBody": {**_body("AddArtifactRequest"), "required": True},
+                "responses": {
+                    "200": _json(
+                        "Recorded",
+                        _obj(
+                            {"ok": _OK, "id": _ID, "artifact": {"$ref": "#/components/schemas/Artifact"}},
+                            ["ok", "id", "artifact"],
+                        ),
+                    ),
+                    "400": _error("validation_error, or task_id_required"),
+                    **_AUTH_ERRORS,
+                    "403": _error("The token may not add artifacts (forbidden)"),
+                    "404": _error("No such task"),
+                    "409": _error("The agent does not hold the task's current claim (conflict)"),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/task/status": {
+            "get": {
+                "summary": "A task's status, attempt, lease and latest run",
+                "operationId": "taskStatus",
+                "parameters": [task_id_query],
+                "responses": {
+                    "200": _json("Status", {"$ref": "#/components/schemas/TaskStatus"}),
+                    "400": _error("task_id_required, or validation_error"),
+                    "404": _error("No such task"),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/admin/agents/cleanup": {
+            "post": {
+                "summary": "Delete expired and revoked agent tokens (maintainers)",
+                "operationId": "cleanupAgents",
+                "security": _BEARER,
+                "requestBody": _body("EmptyRequest"),
+                "responses": {
+                    "200": _json("Cleaned up", _obj({"ok": _OK, "deletedCount": _INT}, ["ok", "deletedCount"])),
+                    **_BAD_REQUEST,
+                    **_ADMIN_ERRORS,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        "/api/admin/stats": {
+            "get": {
+                "summary": "Counts of agents, tasks by status, runs and artifacts (maintainers)",
+                "operationId": "adminStats",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json(
+                        "Stats",
+                        _obj({"ok": _OK, "stats": {"type": "object", "additionalProperties": _INT}}, ["ok", "stats"]),
+                    ),
+                    **_ADMIN_ERRORS,
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
     }
 
 
@@ -209,9 +278,12 @@ def _response_schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "ok": {"type": "boolean", "const": False},
-                "error": {"type": "string", "description": "validation_error, task_id_required, unauthorized, "
-                          "forbidden, not_found, conflict, payload_too_large, rate_limited, unavailable, "
-                          "internal_error"},
+                "error": {
+                    "type": "string",
+                    "description": "validation_error, task_id_required, unauthorized, "
+                    "forbidden, not_found, conflict, payload_too_large, rate_limited, unavailable, "
+                    "internal_error",
+                },
                 "fields": {"type": "object", "additionalProperties": _STRING},
             },
             "required": ["ok", "error"],
@@ -219,22 +291,44 @@ def _response_schemas() -> dict[str, Any]:
         "Task": {
             "type": "object",
             "properties": {
-                "id": _ID, "title": _STRING, "description": _NULLABLE_STRING, "status": _STRING,
-                "priority": _INT, "created_by": _NULLABLE_STRING, "created_at": _STRING,
-                "updated_at": _STRING, "depends_on": {"type": "array", "items": _ID}, "attempt": _INT,
-                "max_attempts": _INT, "claimed_by": _NULLABLE_STRING, "lease_expires_at": _NULLABLE_STRING,
+                "id": _ID,
+                "title": _STRING,
+                "description": _NULLABLE_STRING,
+                "status": _STRING,
+                "priority": _INT,
+                "created_by": _NULLABLE_STRING,
+                "created_at": _STRING,
+                "updated_at": _STRING,
+                "depends_on": {"type": "array", "items": _ID},
+                "attempt": _INT,
+                "max_attempts": _INT,
+                "claimed_by": _NULLABLE_STRING,
+                "lease_expires_at": _NULLABLE_STRING,
             },
             "required": ["id", "title", "status", "created_at"],
         },
         "Artifact": _obj(
-            {"id": _ID, "task_id": _ID, "kind": _STRING, "path": _STRING,
-             "meta": {"type": ["object", "null"]}, "created_at": _STRING,
-             "added_by": _NULLABLE_STRING, "attempt": {"type": ["integer", "null"]}},
+            {
+                "id": _ID,
+                "task_id": _ID,
+                "kind": _STRING,
+                "path": _STRING,
+                "meta": {"type": ["object", "null"]},
+                "created_at": _STRING,
+                "added_by": _NULLABLE_STRING,
+                "attempt": {"type": ["integer", "null"]},
+            },
             ["id", "task_id", "kind", "path", "meta", "created_at", "added_by", "attempt"],
         ),
         "TaskStatus": _obj(
-            {"id": _ID, "status": _STRING, "attempt": _INT, "agent": _STRING, "notes": _STRING,
-             "lease_expires_at": _STRING},
+            {
+                "id": _ID,
+                "status": _STRING,
+                "attempt": _INT,
+                "agent": _STRING,
+                "notes": _STRING,
+                "lease_expires_at": _STRING,
+            },
             ["id", "status", "attempt"],
         ),
         "DatabaseHealth": _obj(
@@ -245,8 +339,10 @@ def _response_schemas() -> dict[str, Any]:
                     {
                         "path": _STRING,
                         "size_bytes": _INT,
-                        "tables": {"type": "array", "items": _obj({"name": _STRING, "count": {"type": ["integer", "null"]}},
-                                                                  ["name", "count"])},
+                        "tables": {
+                            "type": "array",
+                            "items": _obj({"name": _STRING, "count": {"type": ["integer", "null"]}}, ["name", "count"]),
+                        },
                         "last_migration": _NULLABLE_STRING,
                         "total_migrations": _INT,
                     },

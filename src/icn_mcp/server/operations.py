@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["create_task", "claim_task", "count_claim", "report_run", "add_artifact"]
 
 
-def create_task(hub: "Hub", principal: Principal, request: CreateTaskRequest) -> Task:
+def create_task(hub: Hub, principal: Principal, request: CreateTaskRequest) -> Task:
     """A new task; ``created_by`` defaults to the caller (agent id or ``maintainer:<role>``)."""
     return hub.store.create_task(
         request.title,
@@ -33,13 +33,13 @@ def create_task(hub: "Hub", principal: Principal, request: CreateTaskRequest) ->
     )
 
 
-def claim_task(hub: "Hub", principal: Principal, request: ClaimRequest) -> Claim | None:
+def claim_task(hub: Hub, principal: Principal, request: ClaimRequest) -> Claim | None:
     """The caller's claim of the next claimable task, or None (at once: waiting, and
     counting the answer, are :meth:`Hub.claim`'s)."""
     return hub.store.claim_next_task(principal.agent_id, request.lease_s)  # type: ignore[arg-type]
 
 
-def count_claim(hub: "Hub", claimed: Claim | None) -> None:
+def count_claim(hub: Hub, claimed: Claim | None) -> None:
     """A claim's answer in the metrics: claimed (and reclaimed) or empty."""
     if claimed is None:
         hub.metrics.claims.labels("empty").inc()
@@ -49,18 +49,26 @@ def count_claim(hub: "Hub", claimed: Claim | None) -> None:
         hub.metrics.reclaims.inc()
 
 
-def report_run(hub: "Hub", principal: Principal, request: RunRequest) -> Run:
+def report_run(hub: Hub, principal: Principal, request: RunRequest) -> Run:
     """The caller's report on the task it holds; counted in the metrics."""
     run = hub.store.report_run(
-        request.task_id, principal.agent_id, request.status, request.notes, attempt=request.attempt  # type: ignore[arg-type]
+        request.task_id,
+        principal.agent_id,
+        request.status,
+        request.notes,
+        attempt=request.attempt,  # type: ignore[arg-type]
     )
     hub.metrics.reports.labels(request.status).inc()
     return run
 
 
-def add_artifact(hub: "Hub", principal: Principal, request: AddArtifactRequest) -> Artifact:
+def add_artifact(hub: Hub, principal: Principal, request: AddArtifactRequest) -> Artifact:
     """An artifact added as the caller: under its current claim, or as a maintainer."""
     return hub.store.add_artifact(
-        request.task_id, request.kind, request.path, request.meta,  # type: ignore[arg-type]
-        attempt=request.attempt, **artifact_author(principal),
+        request.task_id,
+        request.kind,
+        request.path,
+        request.meta,  # type: ignore[arg-type]
+        attempt=request.attempt,
+        **artifact_author(principal),
     )

@@ -99,7 +99,8 @@ class RefusalLimiter:
         if wait:
             retry_after = RateLimiter.retry_after(wait)
             raise ApiError(
-                429, "rate_limited",
+                429,
+                "rate_limited",
                 {"retry_after_s": retry_after, "reason": "too many refused refreshes of this token"},
                 {"Retry-After": str(retry_after)},
             )

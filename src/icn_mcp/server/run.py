@@ -43,12 +43,12 @@ from icn_mcp import __version__
 from icn_mcp.config import Settings, redact_url
 from icn_mcp.db import Database
 from icn_mcp.errors import IcnMcpError
+from icn_mcp.server.auth import Principal
 from icn_mcp.server.http import create_app
 from icn_mcp.server.hub import Hub
-from icn_mcp.server.auth import Principal
-from icn_mcp.store.store import store_backend_refused
 from icn_mcp.server.logs import configure_logging, flush_logging
 from icn_mcp.server.mcp import build_mcp_server
+from icn_mcp.store.store import store_backend_refused
 
 __all__ = ["serve_http", "serve_stdio", "LocalAgent", "MAX_WORKERS"]
 
@@ -247,8 +247,10 @@ class _Worker:
         self._ready_rx, ready_tx = context.Pipe(duplex=False)
         flush_logging()
         self.process = context.Process(
-            target=_worker_main, args=(self.index, settings, sock, level, ready_tx, os.getpid()),
-            name=f"icn-mcp-worker-{self.index}", daemon=False,
+            target=_worker_main,
+            args=(self.index, settings, sock, level, ready_tx, os.getpid()),
+            name=f"icn-mcp-worker-{self.index}",
+            daemon=False,
         )
         # Signals wait until the worker has its own handlers (it unblocks them then):
         # a SIGTERM meant for it must not reach the supervisor's handler copied by fork.
@@ -290,8 +292,12 @@ def _keep_running(pool: list[_Worker], stop: _SignalFlag) -> None:
             worker = sentinels[sentinel]
             if stop.signum is not None:
                 return
-            log.warning("server worker %d (pid %s) exited with status %s; starting another",
-                        worker.index, worker.process.pid, worker.process.exitcode)
+            log.warning(
+                "server worker %d (pid %s) exited with status %s; starting another",
+                worker.index,
+                worker.process.pid,
+                worker.process.exitcode,
+            )
             worker.restart()
             if not worker.wait_ready(time.monotonic() + WORKER_START_TIMEOUT_S, stop) and stop.signum is None:
                 raise IcnMcpError(f"server worker {worker.index} {worker.failure()} when restarted")
@@ -311,8 +317,9 @@ def _stop_workers(pool: list[_Worker], settings: Settings) -> None:
             worker.process.join(5.0)
 
 
-def _worker_main(index: int, settings: Settings, sock: socket.socket, level: int,
-                 ready: Any, supervisor_pid: int) -> None:
+def _worker_main(
+    index: int, settings: Settings, sock: socket.socket, level: int, ready: Any, supervisor_pid: int
+) -> None:
     """A worker process: the whole server on the supervisor's socket."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handlers
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -402,8 +409,10 @@ async def _run_stdio(server: MCPServer, finish_timeout_s: float) -> None:
                     if stop_reading.cancel_called:  # a second signal: stop now
                         tg.cancel_scope.cancel()
                         return
-                    log.info("stdio: %s received, answering the requests in flight, then "
-                             "shutting down", signal.Signals(signum).name)
+                    log.info(
+                        "stdio: %s received, answering the requests in flight, then shutting down",
+                        signal.Signals(signum).name,
+                    )
                     stop_reading.cancel()
                     # In-flight requests get finish_timeout_s, then everything stops.
                     tg.cancel_scope.deadline = anyio.current_time() + finish_timeout_s + 1
@@ -459,7 +468,8 @@ async def _serve_stdio_answering_before_eof(
                 if pending:
                     log.warning(
                         "stdio: end of input with %d request(s) unanswered after %ss; stopping",
-                        len(pending), finish_timeout_s,
+                        len(pending),
+                        finish_timeout_s,
                     )
 
         async def pump_out() -> None:

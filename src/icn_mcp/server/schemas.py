@@ -94,8 +94,13 @@ def _wire_id(value: Any) -> int:
 ID_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "string", "pattern": "^[1-9][0-9]{0,18}$", "description": 'decimal id, e.g. "42"'},
-        {"type": "integer", "minimum": 1, "maximum": ID_MAX, "deprecated": True,
-         "description": "the 0.1 integer form, deprecated: send the string"},
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": ID_MAX,
+            "deprecated": True,
+            "description": "the 0.1 integer form, deprecated: send the string",
+        },
     ]
 }
 
@@ -153,8 +158,9 @@ class CreateTaskRequest(_Body):
     title: Annotated[Text, Field(description="What to do, 1-200 characters")]
     description: Text | None = None
     created_by: Text | None = None
-    depends_on: Annotated[list[Id], Field(max_length=DEPENDS_ON_MAX,
-                                          description="Ids of tasks that must complete first")] = []
+    depends_on: Annotated[
+        list[Id], Field(max_length=DEPENDS_ON_MAX, description="Ids of tasks that must complete first")
+    ] = []
     priority: Annotated[Priority, Field(description="Higher is claimed first")] = 0
     max_attempts: MaxAttempts = 3
     idempotency_key: Annotated[Text | None, Field(description="Repeating a key returns the first task")] = None
@@ -163,11 +169,14 @@ class CreateTaskRequest(_Body):
 class ClaimRequest(_Body):
     """``POST /api/task/claim``, MCP ``claim_task``: optionally a lease length other than the default."""
 
-    lease_s: Annotated[LeaseSeconds | None,
-                       Field(description="Lease length in seconds (default: the server's)")] = None
-    wait_s: Annotated[WaitSeconds | None,
-                      Field(description="Seconds to wait for work when nothing is claimable "
-                                        "(default 0: answer at once; at most MCP_CLAIM_WAIT_MAX_S)")] = None
+    lease_s: Annotated[LeaseSeconds | None, Field(description="Lease length in seconds (default: the server's)")] = None
+    wait_s: Annotated[
+        WaitSeconds | None,
+        Field(
+            description="Seconds to wait for work when nothing is claimable "
+            "(default 0: answer at once; at most MCP_CLAIM_WAIT_MAX_S)"
+        ),
+    ] = None
 
 
 class RunRequest(_TaskBody):
@@ -283,4 +292,3 @@ def openapi_schemas() -> dict[str, Any]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
-

@@ -195,7 +195,7 @@ class ClaimWaiters:
             if not changed.is_set():
                 try:
                     await asyncio.wait_for(changed.wait(), self.poll_interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             notified = changed.is_set()
             changed.clear()

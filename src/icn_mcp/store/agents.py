@@ -53,8 +53,7 @@ _LIVE_TOKEN = """
 #: Has an agent ever been registered (with a token)? Migration 0005's one row.
 _BOOTSTRAPPED = "SELECT 1 FROM agent_bootstrap"
 _RECORD_BOOTSTRAP = (
-    "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) "
-    "ON CONFLICT (id) DO NOTHING"
+    "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 
 #: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
@@ -131,8 +130,12 @@ class AgentsMixin:
             conn.execute(_RECORD_BOOTSTRAP, (agent_id, created_at))
             token, expires_at = self._issue_token(conn, agent_id, now)
             return RegisteredAgent(
-                id=agent_id, name=name, kind=kind, version=version,
-                token=token, token_expires_at=expires_at,
+                id=agent_id,
+                name=name,
+                kind=kind,
+                version=version,
+                token=token,
+                token_expires_at=expires_at,
             )
 
         return self._db.run_in_transaction(register)
@@ -141,14 +144,18 @@ class AgentsMixin:
         """ValidationError naming every bad field of a registration."""
         problems = Problems()
         problems.pattern(
-            "name", name, NAME_PATTERN,
+            "name",
+            name,
+            NAME_PATTERN,
             "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
         if not isinstance(kind, str) or kind not in self.agent_kinds:
             problems.add("kind", "one of " + ", ".join(self.agent_kinds))
         if version is not None:
             problems.pattern(
-                "version", version, VERSION_PATTERN,
+                "version",
+                version,
+                VERSION_PATTERN,
                 "null or 1-64 characters: letters, digits, '.', '_', '+' or '-'",
             )
         problems.raise_if_any()
@@ -167,15 +174,13 @@ class AgentsMixin:
 
         def ensure(conn: sqlite3.Connection) -> Agent:
             row = conn.execute(
-                "SELECT id, created_at FROM agents "
-                "WHERE local = 1 AND name = ? AND revoked_at IS NULL",
+                "SELECT id, created_at FROM agents WHERE local = 1 AND name = ? AND revoked_at IS NULL",
                 (name,),
             ).fetchone()
             if row is None:
                 agent_id, created_at = str(uuid.uuid4()), format_ts(self._clock())
                 conn.execute(
-                    "INSERT INTO agents (id, name, kind, version, created_at, local) "
-                    "VALUES (?, ?, ?, ?, ?, 1)",
+                    "INSERT INTO agents (id, name, kind, version, created_at, local) VALUES (?, ?, ?, ?, ?, 1)",
                     (agent_id, name, kind, version, created_at),
                 )
             else:
@@ -184,8 +189,9 @@ class AgentsMixin:
                     "UPDATE agents SET kind = ?, version = ? WHERE id = ?",
                     (kind, version, agent_id),
                 )
-            return Agent(id=agent_id, name=name, kind=kind, version=version,
-                         created_at=created_at, token_expires_at=None)
+            return Agent(
+                id=agent_id, name=name, kind=kind, version=version, created_at=created_at, token_expires_at=None
+            )
 
         return self._db.run_in_transaction(ensure)
 
@@ -193,8 +199,7 @@ class AgentsMixin:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         expires_at = format_ts(now, plus_s=self.token_ttl_s)
         conn.execute(
-            "INSERT INTO agent_tokens (token_hash, agent_id, created_at, expires_at) "
-            "VALUES (?, ?, ?, ?)",
+            "INSERT INTO agent_tokens (token_hash, agent_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
             (hash_token(token), agent_id, format_ts(now), expires_at),
         )
         return token, expires_at
@@ -212,7 +217,9 @@ class AgentsMixin:
 
     def _lookup_token(self, conn: sqlite3.Connection, token: str, now: datetime) -> Agent:
         row = _usable_token(
-            conn, hash_token(token), expired_at_or_before=format_ts(now),
+            conn,
+            hash_token(token),
+            expired_at_or_before=format_ts(now),
             expired="token expired; refresh it",
         )
         return _agent(row)
@@ -232,7 +239,8 @@ class AgentsMixin:
         # without end (issue 8). So a plain read refuses first, without the write
         # lock; the transaction below checks again.
         _usable_token(
-            self._db.connection(), token_hash,
+            self._db.connection(),
+            token_hash,
             expired_at_or_before=format_ts(self._clock(), plus_s=-self.refresh_grace_s),
             expired=expired,
         )
@@ -240,7 +248,8 @@ class AgentsMixin:
         def refresh(conn: sqlite3.Connection) -> RegisteredAgent:
             now = self._clock()
             row = _usable_token(
-                conn, token_hash,
+                conn,
+                token_hash,
                 expired_at_or_before=format_ts(now, plus_s=-self.refresh_grace_s),
                 expired=expired,
             )
@@ -250,8 +259,12 @@ class AgentsMixin:
             )
             new_token, expires_at = self._issue_token(conn, row["id"], now)
             return RegisteredAgent(
-                id=row["id"], name=row["name"], kind=row["kind"], version=row["version"],
-                token=new_token, token_expires_at=expires_at,
+                id=row["id"],
+                name=row["name"],
+                kind=row["kind"],
+                version=row["version"],
+                token=new_token,
+                token_expires_at=expires_at,
             )
 
         return self._db.run_in_transaction(refresh)
@@ -289,9 +302,7 @@ class AgentsMixin:
 
         def revoke(conn: sqlite3.Connection) -> int:
             now = format_ts(self._clock())
-            return conn.execute(
-                "UPDATE agent_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now,)
-            ).rowcount
+            return conn.execute("UPDATE agent_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now,)).rowcount
 
         return self._db.run_in_transaction(revoke)
 
@@ -349,9 +360,7 @@ class AgentsMixin:
         return None
 
 
-def _usable_token(
-    conn: sqlite3.Connection, token_hash: str, *, expired_at_or_before: str, expired: str
-) -> sqlite3.Row:
+def _usable_token(conn: sqlite3.Connection, token_hash: str, *, expired_at_or_before: str, expired: str) -> sqlite3.Row:
     """The token's row joined with its agent, or Unauthorized naming why not: unknown,
     agent revoked, token revoked, or expiring at or before ``expired_at_or_before``."""
     row = conn.execute(_TOKEN_LOOKUP, (token_hash,)).fetchone()

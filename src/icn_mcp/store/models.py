@@ -99,7 +99,7 @@ class Task(_ToDict):
     idempotency_key: str | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Task":
+    def from_row(cls, row: sqlite3.Row) -> Task:
         """A task from a row selected as :data:`TASK_COLUMNS` (positional: this sits
         on the claim path, where named access cost more than the rest of it)."""
         deps = row[8]
@@ -128,7 +128,7 @@ class Run(_ToDict):
     created_at: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Run":
+    def from_row(cls, row: sqlite3.Row) -> Run:
         return cls(
             id=row["id"],
             task_id=row["task_id"],
@@ -190,7 +190,7 @@ class Artifact(_ToDict):
     attempt: int | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Artifact":
+    def from_row(cls, row: sqlite3.Row) -> Artifact:
         meta = row["meta"]
         return cls(
             id=row["id"],

@@ -113,7 +113,7 @@ class Store(AgentsMixin, TasksMixin):
         self._maintainer_digests = tuple(hashlib.sha256(t.encode()).digest() for t in maintainer_tokens)
 
     @classmethod
-    def from_settings(cls, db: Database, settings: "Settings", **overrides: Any) -> "Store":
+    def from_settings(cls, db: Database, settings: Settings, **overrides: Any) -> Store:
         """A Store configured from :class:`~icn_mcp.config.Settings` (``MCP_*``).
 
         ``overrides`` (e.g. ``clock``) are passed to the constructor as they are.

@@ -40,8 +40,7 @@ __all__ = ["TasksMixin", "CLAIM_SQL", "EXPIRED_LEASE_PROBE_SQL"]
 #: Is there any expired lease? One probe of ``tasks_lease``; normally finds nothing.
 #: (Left to itself the planner picks ``tasks_status`` and walks every claimed row.)
 EXPIRED_LEASE_PROBE_SQL = (
-    "SELECT 1 FROM tasks INDEXED BY tasks_lease "
-    "WHERE status = 'claimed' AND lease_expires_at <= ? LIMIT 1"
+    "SELECT 1 FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed' AND lease_expires_at <= ? LIMIT 1"
 )
 
 _RECORD_EXPIRED_RUNS = """
@@ -144,7 +143,10 @@ class TasksMixin:
         problems.integer("priority", priority, minimum=v.PRIORITY_MIN, maximum=v.PRIORITY_MAX)
         problems.integer("max_attempts", max_attempts, minimum=1, maximum=v.MAX_ATTEMPTS_MAX)
         problems.text(
-            "idempotency_key", idempotency_key, min_len=1, max_len=v.IDEMPOTENCY_KEY_MAX,
+            "idempotency_key",
+            idempotency_key,
+            min_len=1,
+            max_len=v.IDEMPOTENCY_KEY_MAX,
             single_line=True,
         )
         deps = v.dependency_ids(problems, () if depends_on is None else depends_on)
@@ -161,15 +163,12 @@ class TasksMixin:
             blocking = 0
             if deps:
                 found = conn.execute(
-                    "SELECT j.value AS id, t.status FROM json_each(?) AS j "
-                    "LEFT JOIN tasks AS t ON t.id = j.value",
+                    "SELECT j.value AS id, t.status FROM json_each(?) AS j LEFT JOIN tasks AS t ON t.id = j.value",
                     (deps_json,),
                 ).fetchall()
                 unknown = [row["id"] for row in found if row["status"] is None]
                 if unknown:
-                    raise ValidationError(
-                        {"depends_on": "unknown task ids: " + ", ".join(map(str, unknown))}
-                    )
+                    raise ValidationError({"depends_on": "unknown task ids: " + ", ".join(map(str, unknown))})
                 blocking = sum(1 for row in found if row["status"] != "completed")
             row = conn.execute(
                 _INSERT_TASK,
@@ -187,8 +186,7 @@ class TasksMixin:
             ).fetchall()[0]
             if deps:
                 conn.execute(
-                    "INSERT INTO task_dependencies (task_id, depends_on_id) "
-                    "SELECT ?, value FROM json_each(?)",
+                    "INSERT INTO task_dependencies (task_id, depends_on_id) SELECT ?, value FROM json_each(?)",
                     (row["id"], deps_json),
                 )
             return Task.from_row(row)
@@ -198,16 +196,12 @@ class TasksMixin:
     def get_task(self, task_id: int) -> Task:
         """The task with this id; NotFound if there is none."""
         task_id = v.task_id(task_id)
-        row = self._db.connection().execute(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()
+        row = self._db.connection().execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise NotFound("task", task_id)
         return Task.from_row(row)
 
-    def list_tasks(
-        self, status: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> TaskPage:
+    def list_tasks(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> TaskPage:
         """Tasks in creation (id) order, ``limit`` at a time, optionally of one status.
 
         Keyset pagination: ``next_cursor`` (an opaque string, None on the last page)
@@ -263,11 +257,7 @@ class TasksMixin:
             status=task["status"],
             attempt=task["attempt"],
             lease_expires_at=task["lease_expires_at"],
-            agent=(
-                task["claimed_by"]
-                if task["status"] == "claimed" or run is None
-                else run.agent_id
-            ),
+            agent=(task["claimed_by"] if task["status"] == "claimed" or run is None else run.agent_id),
             notes=run.notes if run is not None else None,
             latest_run=run,
         )
@@ -277,9 +267,7 @@ class TasksMixin:
         task_id = v.task_id(task_id)
         with self._db.read_transaction() as conn:
             _require_task(conn, task_id)
-            rows = conn.execute(
-                "SELECT * FROM runs WHERE task_id = ? ORDER BY id", (task_id,)
-            ).fetchall()
+            rows = conn.execute("SELECT * FROM runs WHERE task_id = ? ORDER BY id", (task_id,)).fetchall()
         return [Run.from_row(row) for row in rows]
 
     # -- claiming and reporting -----------------------------------------------------
@@ -339,9 +327,11 @@ class TasksMixin:
         Waiting claims use it to wake when a lease lapses (no commit announces that).
         One probe of the partial index ``tasks_lease``.
         """
-        row = self._db.connection().execute(
-            "SELECT min(lease_expires_at) FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed'"
-        ).fetchone()
+        row = (
+            self._db.connection()
+            .execute("SELECT min(lease_expires_at) FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed'")
+            .fetchone()
+        )
         return parse_ts(row[0]) if row is not None and row[0] is not None else None
 
     def report_run(
@@ -441,18 +431,24 @@ class TasksMixin:
         task_id = v.task_id(task_id)
         problems = v.Problems()
         problems.pattern(
-            "kind", kind, v.ARTIFACT_KIND_PATTERN,
+            "kind",
+            kind,
+            v.ARTIFACT_KIND_PATTERN,
             "1-64 characters: letters, digits, '.', '_', '/' or '-'",
         )
-        problems.text("path", path, min_len=1, max_len=v.ARTIFACT_PATH_MAX, optional=False,
-                      single_line=True)
+        problems.text("path", path, min_len=1, max_len=v.ARTIFACT_PATH_MAX, optional=False, single_line=True)
         meta_json = v.artifact_meta(problems, meta)
         if (agent_id is None) == (added_by is None):
             problems.add("added_by", "exactly one of agent_id (the claim holder) or added_by")
         else:
-            problems.text("agent_id" if agent_id is not None else "added_by",
-                          agent_id if agent_id is not None else added_by,
-                          min_len=1, max_len=v.CREATED_BY_MAX, optional=False, single_line=True)
+            problems.text(
+                "agent_id" if agent_id is not None else "added_by",
+                agent_id if agent_id is not None else added_by,
+                min_len=1,
+                max_len=v.CREATED_BY_MAX,
+                optional=False,
+                single_line=True,
+            )
         if attempt is not None:
             problems.integer("attempt", attempt, minimum=1, maximum=v.ATTEMPT_MAX)
         problems.raise_if_any()
@@ -481,9 +477,7 @@ class TasksMixin:
         task_id = v.task_id(task_id)
         with self._db.read_transaction() as conn:
             _require_task(conn, task_id)
-            rows = conn.execute(
-                "SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,)
-            ).fetchall()
+            rows = conn.execute("SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,)).fetchall()
         return [Artifact.from_row(row) for row in rows]
 
 
@@ -513,8 +507,7 @@ def _require_current_claim(
         raise Conflict(f"task {task_id} is claimed by another agent", **facts)
     if attempt is not None and attempt != task["attempt"]:
         raise Conflict(
-            f"attempt {attempt} of task {task_id} is stale: the current attempt "
-            f"is {task['attempt']}",
+            f"attempt {attempt} of task {task_id} is stale: the current attempt is {task['attempt']}",
             **facts,
         )
     if attempt is None and conn.execute(_HELD_AN_EXPIRED_ATTEMPT, (task_id, agent_id)).fetchone():
@@ -526,8 +519,7 @@ def _require_current_claim(
         )
     if task["lease_expires_at"] <= now:
         raise Conflict(
-            f"the lease on task {task_id} expired at {task['lease_expires_at']}; "
-            "claim it again",
+            f"the lease on task {task_id} expired at {task['lease_expires_at']}; claim it again",
             lease_expires_at=task["lease_expires_at"],
             **facts,
         )
@@ -536,9 +528,7 @@ def _require_current_claim(
 
 #: Did this agent hold an attempt of this task that expired? (``runs_task`` index:
 #: the runs of one task, a handful.) The current attempt never has an expired run.
-_HELD_AN_EXPIRED_ATTEMPT = (
-    "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
-)
+_HELD_AN_EXPIRED_ATTEMPT = "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
 
 
 def _require_task(conn: sqlite3.Connection, task_id: int) -> None:
@@ -571,7 +561,7 @@ def _decode_cursor(problems: v.Problems, cursor: str | None) -> int:
     except (binascii.Error, ValueError):
         problems.add("cursor", allowed)
         return 0
-    number = text[len(_CURSOR_PREFIX):]
+    number = text[len(_CURSOR_PREFIX) :]
     if not text.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 19:
         problems.add("cursor", allowed)
         return 0

@@ -113,8 +113,8 @@ class Problems:
             if not optional:
                 self.add(name, "required")
             return
-        what = f"a string of {min_len}-{max_len} characters" if min_len else (
-            f"a string of at most {max_len} characters"
+        what = (
+            f"a string of {min_len}-{max_len} characters" if min_len else (f"a string of at most {max_len} characters")
         )
         if not isinstance(value, str):
             self.add(name, what)
@@ -181,9 +181,7 @@ def lease_seconds(value: object) -> float:
         or not math.isfinite(value)
         or not (0 < value <= LEASE_MAX_S)
     ):
-        raise ValidationError(
-            {"lease_s": f"a number of seconds above 0 and at most {LEASE_MAX_S:g}"}
-        )
+        raise ValidationError({"lease_s": f"a number of seconds above 0 and at most {LEASE_MAX_S:g}"})
     return float(value)
 
 

@@ -38,13 +38,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.sqlite.backup import (
     BackupResult,
     BackupVerification,
     RestoreResult,
     manifest_path,
 )
-from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, RestoreError
 
@@ -77,7 +77,7 @@ TOOL_TIMEOUT_S = 6 * 3600
 # -- the client tools ---------------------------------------------------------------
 
 
-def _tool_env(db: "PostgresDatabase") -> tuple[str, dict[str, str]]:
+def _tool_env(db: PostgresDatabase) -> tuple[str, dict[str, str]]:
     """A conninfo without password for argv, and an environment carrying it."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -120,8 +120,9 @@ def _check_tool(tool: str, server_major: int, error: type[BackupError]) -> None:
         )
 
 
-def _run(args: list[str], env: dict[str, str], what: str, error: type[BackupError], target: str,
-         stdin: Any = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], env: dict[str, str], what: str, error: type[BackupError], target: str, stdin: Any = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, stdin=stdin)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
@@ -139,9 +140,12 @@ def _server_major(conn: Any) -> int:
 def _row_counts(conn: Any) -> dict[str, int | None]:
     from psycopg import sql
 
-    names = [r[0] for r in conn.execute(
-        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
-    ).fetchall()]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+        ).fetchall()
+    ]
     return {
         name: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()[0]
         for name in names
@@ -199,7 +203,7 @@ def _prune(directory: Path, keep: int, protect: Path) -> list[str]:
 
 
 def create_backup(
-    db: "PostgresDatabase",
+    db: PostgresDatabase,
     path: str | os.PathLike[str] | None = None,
     *,
     backup_dir: str | os.PathLike[str] | None = None,
@@ -217,10 +221,13 @@ def create_backup(
     if path is not None and Path(path).is_dir():
         backup_dir, path = path, None
     if path is None and backup_dir is None:
-        raise BackupError("-", "no PATH and no backup directory given",
-                          hint="give a file or directory, or set MCP_BACKUP_DIR")
+        raise BackupError(
+            "-", "no PATH and no backup directory given", hint="give a file or directory, or set MCP_BACKUP_DIR"
+        )
     directory = Path(backup_dir) if backup_dir is not None else Path(".")
-    final = Path(path) if path is not None else directory / f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+    final = (
+        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+    )
     final = Path(os.path.abspath(final))
     if final.exists() or manifest_path(final).exists():
         raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
@@ -242,10 +249,23 @@ def create_backup(
                 counts = _row_counts(conn)
                 latest = _latest_migration(conn)
                 if latest is None:
-                    raise BackupError(str(final), "the database has no migration history",
-                                      hint="run 'icn-mcp db migrate' first")
-                _run(["pg_dump", "--format=custom", f"--snapshot={snapshot}", "--no-owner",
-                      f"--file={tmp}", f"--dbname={conninfo}"], env, "pg_dump", BackupError, str(final))
+                    raise BackupError(
+                        str(final), "the database has no migration history", hint="run 'icn-mcp db migrate' first"
+                    )
+                _run(
+                    [
+                        "pg_dump",
+                        "--format=custom",
+                        f"--snapshot={snapshot}",
+                        "--no-owner",
+                        f"--file={tmp}",
+                        f"--dbname={conninfo}",
+                    ],
+                    env,
+                    "pg_dump",
+                    BackupError,
+                    str(final),
+                )
             finally:
                 conn.execute("ROLLBACK")
         _fsync(tmp)
@@ -304,7 +324,7 @@ def create_backup(
 # -- verify -------------------------------------------------------------------------
 
 
-def verify_backup(db: "PostgresDatabase", path: str | os.PathLike[str], **_ignored: Any) -> BackupVerification:
+def verify_backup(db: PostgresDatabase, path: str | os.PathLike[str], **_ignored: Any) -> BackupVerification:
     """Check ``path`` by listing it and restoring it into a scratch database; never raises for a bad file."""
     path = Path(os.path.abspath(os.fspath(path)))
     problems: list[str] = []
@@ -335,8 +355,9 @@ def verify_backup(db: "PostgresDatabase", path: str | os.PathLike[str], **_ignor
     with db.connection() as conn:
         server_major = _server_major(conn)
     _check_tool("pg_restore", server_major, BackupError)
-    listing = subprocess.run(["pg_restore", "--list", str(path)], env=env, capture_output=True, text=True,
-                             timeout=TOOL_TIMEOUT_S)
+    listing = subprocess.run(
+        ["pg_restore", "--list", str(path)], env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S
+    )
     found["header_ok"] = listing.returncode == 0
     if listing.returncode != 0:
         detail = listing.stderr.strip().splitlines()
@@ -349,9 +370,19 @@ def verify_backup(db: "PostgresDatabase", path: str | os.PathLike[str], **_ignor
         conn.execute(f'CREATE DATABASE "{scratch}"')
     try:
         restore = subprocess.run(
-            ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction",
-             f"--dbname={_with_dbname(conninfo, scratch)}", str(path)],
-            env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S,
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--single-transaction",
+                f"--dbname={_with_dbname(conninfo, scratch)}",
+                str(path),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT_S,
         )
         if restore.returncode != 0:
             detail = restore.stderr.strip().splitlines()
@@ -363,8 +394,7 @@ def verify_backup(db: "PostgresDatabase", path: str | os.PathLike[str], **_ignor
 
         from icn_mcp.db.postgres import migrations as _pg_migrations
 
-        with psycopg.connect(_with_dbname(conninfo, scratch), autocommit=True,
-                             password=env.get("PGPASSWORD")) as sconn:
+        with psycopg.connect(_with_dbname(conninfo, scratch), autocommit=True, password=env.get("PGPASSWORD")) as sconn:
             counts = _row_counts(sconn)
             history = _pg_migrations.read_history(sconn)
         files = {m.version: m.checksum for m in db.migration_files()}
@@ -392,7 +422,7 @@ def verify_backup(db: "PostgresDatabase", path: str | os.PathLike[str], **_ignor
 
 
 def restore_from_backup(
-    db: "PostgresDatabase",
+    db: PostgresDatabase,
     path: str | os.PathLike[str],
     *,
     backup_dir: str | os.PathLike[str] | None = None,
@@ -410,12 +440,14 @@ def restore_from_backup(
         raise RestoreError(str(path), f"the backup failed verification: {verification.problems[0]}")
     if verification.manifest_path is None and not without_manifest:
         raise RestoreError(
-            str(path), f"its manifest {manifest_path(path)} is missing: the dump's SHA-256 cannot be checked",
+            str(path),
+            f"its manifest {manifest_path(path)} is missing: the dump's SHA-256 cannot be checked",
             hint="restore it on purpose with --without-manifest, or use a backup that has its manifest",
         )
     with db.connection() as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()]
+        tables = [
+            r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
+        ]
         nonempty = any(n for n in _row_counts(conn).values())
     safety: str | None = None
     if tables and nonempty:
@@ -426,14 +458,25 @@ def restore_from_backup(
     drops = "".join(
         sql.SQL("DROP TABLE IF EXISTS {} CASCADE;\n").format(sql.Identifier(t)).as_string(None) for t in tables
     )
-    script = _run(["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(path)],
-                  env, "pg_restore", RestoreError, str(path)).stdout
+    script = _run(
+        ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(path)],
+        env,
+        "pg_restore",
+        RestoreError,
+        str(path),
+    ).stdout
     with tempfile.TemporaryFile("w+", encoding="utf-8") as f:
         f.write(drops)
         f.write(script)
         f.seek(0)
-        _run(["psql", "--no-psqlrc", "--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-              f"--dbname={conninfo}"], env, "restoring (psql)", RestoreError, str(path), stdin=f)
+        _run(
+            ["psql", "--no-psqlrc", "--quiet", "--single-transaction", "-v", "ON_ERROR_STOP=1", f"--dbname={conninfo}"],
+            env,
+            "restoring (psql)",
+            RestoreError,
+            str(path),
+            stdin=f,
+        )
     applied = db.migrate()
     with db.connection() as conn:
         counts = _row_counts(conn)

@@ -206,7 +206,9 @@ class PostgresDatabase(BaseDatabase):
         try:
             conn = self._psycopg.connect(self.url, **self._connect_kwargs())
         except self._psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(self._target, str(exc).strip().splitlines()[0] if str(exc).strip() else exc) from None
+            raise DatabaseUnavailable(
+                self._target, str(exc).strip().splitlines()[0] if str(exc).strip() else exc
+            ) from None
         self._configure(conn)
         return conn
 
@@ -233,9 +235,7 @@ class PostgresDatabase(BaseDatabase):
 
     def _begin_write(self, conn: Any, isolation: str) -> None:
         if isolation not in ISOLATION_LEVELS:
-            raise DatabaseError(
-                f"isolation={isolation!r} is not valid: expected one of {', '.join(ISOLATION_LEVELS)}"
-            )
+            raise DatabaseError(f"isolation={isolation!r} is not valid: expected one of {', '.join(ISOLATION_LEVELS)}")
         conn.execute(ISOLATION_LEVELS[isolation])
 
     @contextmanager

@@ -41,9 +41,7 @@ def _last_backup(backup_dir: str | os.PathLike[str] | None) -> dict[str, Any] | 
     return None
 
 
-def get_database_info(
-    db: "PostgresDatabase", *, backup_dir: str | os.PathLike[str] | None = None
-) -> dict[str, Any]:
+def get_database_info(db: PostgresDatabase, *, backup_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Everything an operator wants to know about ``db``; stable keys.
 
     ``last_backup`` is the newest dump in ``backup_dir`` (None without one).
@@ -77,12 +75,8 @@ def get_database_info(
         "size_bytes": size,
         "server_version": version,
         "size_method": "pg_total_relation_size",
-        "tables": [
-            {"name": name, "row_count": counts[name], "size_bytes": nbytes} for name, nbytes in tables
-        ],
-        "indexes": [
-            {"name": name, "table": table, "size_bytes": nbytes} for name, table, nbytes in indexes
-        ],
+        "tables": [{"name": name, "row_count": counts[name], "size_bytes": nbytes} for name, nbytes in tables],
+        "indexes": [{"name": name, "table": table, "size_bytes": nbytes} for name, table, nbytes in indexes],
         "migrations": [asdict(m) for m in history.values()],
         "failed_migrations": [asdict(f) for f in failures],
         "last_backup": _last_backup(backup_dir),

@@ -32,9 +32,7 @@ class PostgresLeaseSQL:
         return None if row is None else (row[0], row[1])
 
     def holder(self, conn: Any, name: str) -> tuple[str, str] | None:
-        row = conn.execute(
-            "SELECT owner, expires_at FROM advisory_locks WHERE name = %s", (name,)
-        ).fetchone()
+        row = conn.execute("SELECT owner, expires_at FROM advisory_locks WHERE name = %s", (name,)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def renew(self, conn: Any, name: str, owner: str, ttl_s: float) -> str | None:
@@ -46,8 +44,4 @@ class PostgresLeaseSQL:
         return None if row is None else row[0]
 
     def release(self, conn: Any, name: str, owner: str) -> int:
-        return int(
-            conn.execute(
-                "DELETE FROM advisory_locks WHERE name = %s AND owner = %s", (name, owner)
-            ).rowcount
-        )
+        return int(conn.execute("DELETE FROM advisory_locks WHERE name = %s AND owner = %s", (name, owner)).rowcount)

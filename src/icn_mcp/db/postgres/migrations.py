@@ -38,7 +38,7 @@ from icn_mcp.db.sqlite.migrations import (
     Statement,
     plan_from,
 )
-from icn_mcp.errors import ChecksumMismatch, MigrationError
+from icn_mcp.errors import MigrationError
 
 __all__ = [
     "MIGRATION_LOCK_KEY",
@@ -201,8 +201,7 @@ def _execute_all(conn: Any, mf: MigrationFile, psycopg: Any) -> None:
                 raise  # the connection died: not the file's fault
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MigrationError(
-                f"migration {mf.version} failed at statement {st.index} "
-                f"(line {st.line}: {st.first_line}): {error}",
+                f"migration {mf.version} failed at statement {st.index} (line {st.line}: {st.first_line}): {error}",
                 version=mf.version,
                 statement_index=st.index,
                 line=st.line,
@@ -210,8 +209,7 @@ def _execute_all(conn: Any, mf: MigrationFile, psycopg: Any) -> None:
                 sqlite_error=error,  # the engine's error, whatever the engine
                 hint=f"fix {mf.path}; nothing of this migration was kept"
                 if mf.transactional
-                else f"fix {mf.path}; it is a no-transaction migration, so statements "
-                "before the failing one were kept",
+                else f"fix {mf.path}; it is a no-transaction migration, so statements before the failing one were kept",
             ) from exc
 
 
@@ -229,8 +227,15 @@ def _record_failure(conn: Any, mf: MigrationFile, error: MigrationError) -> None
         conn.execute(
             f"INSERT INTO {FAILURES_TABLE} (version, checksum, failed_at, statement_index, "
             "line, statement, error, applied_by) VALUES (%s, %s, now(), %s, %s, %s, %s, %s)",
-            (mf.version, mf.checksum, error.statement_index, error.line, error.statement,
-             error.sqlite_error or str(error), _applied_by()),
+            (
+                mf.version,
+                mf.checksum,
+                error.statement_index,
+                error.line,
+                error.statement,
+                error.sqlite_error or str(error),
+                _applied_by(),
+            ),
         )
     except Exception:  # the original failure matters more than its record
         log.exception("could not record the failure of migration %s", mf.version)
@@ -248,7 +253,11 @@ def _lock(conn: Any, wait_s: float) -> None:
                 "AND l.granted AND (l.classid::bigint << 32 | l.objid::bigint) = %s",
                 (MIGRATION_LOCK_KEY,),
             ).fetchone()
-            who = f"backend pid {holder[0]} ({holder[2] or 'unnamed'} from {holder[1] or 'local'})" if holder else "another session"
+            who = (
+                f"backend pid {holder[0]} ({holder[2] or 'unnamed'} from {holder[1] or 'local'})"
+                if holder
+                else "another session"
+            )
             raise MigrationError(
                 f"another migration run ({who}) held the migration lock for {wait_s:g} s",
                 hint="wait for it to finish, or end that session (pg_terminate_backend)",
@@ -296,7 +305,11 @@ def apply(
             except MigrationError as exc:
                 log.error(
                     "migration %s failed: file %s, statement %s, line %s: %s",
-                    mf.version, mf.path, exc.statement_index, exc.line, exc.sqlite_error,
+                    mf.version,
+                    mf.path,
+                    exc.statement_index,
+                    exc.line,
+                    exc.sqlite_error,
                 )
                 _record_failure(conn, mf, exc)
                 raise

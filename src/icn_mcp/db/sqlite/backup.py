@@ -57,7 +57,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
@@ -234,7 +234,7 @@ def backup_dir_for(db_path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.fspath(db_path))).parent / BACKUP_DIR_NAME
 
 
-def default_backup_dir(db: "Database") -> Path:
+def default_backup_dir(db: Database) -> Path:
     """``backups/`` beside the database file."""
     return backup_dir_for(db.path)
 
@@ -286,7 +286,7 @@ def latest_backup(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
             pass
         if created_at is None:
             stamp = BACKUP_NAME.match(path.name)["stamp"]  # type: ignore[index]
-            created_at = format_ts(datetime.strptime(stamp, _NAME_TIME_FORMAT).replace(tzinfo=timezone.utc))
+            created_at = format_ts(datetime.strptime(stamp, _NAME_TIME_FORMAT).replace(tzinfo=UTC))
         return {"path": str(path), "created_at": created_at, "size_bytes": size}
     return None
 
@@ -361,7 +361,7 @@ def prune_backups(
         own_listed = len(others) < len(backups)
         # The protected backup counts as one of the ``keep``, wherever its name sorts.
         slots = keep - own_listed
-        keepers = set(others[len(others) - slots:]) if slots > 0 else set()
+        keepers = set(others[len(others) - slots :]) if slots > 0 else set()
         limit = Path(protected).name if own_listed and protected is not None else None
         doomed = [p for p in others if p not in keepers and (limit is None or p.name < limit)]
         for path in doomed:
@@ -554,7 +554,7 @@ def _source_uri(path: Path) -> str:
     return "file:" + quote(str(path)) + "?immutable=1"
 
 
-def _open_live(db: "Database", mode: str, error: Callable[..., Exception]) -> sqlite3.Connection:
+def _open_live(db: Database, mode: str, error: Callable[..., Exception]) -> sqlite3.Connection:
     """A connection of our own to the live database file, never creating it.
 
     A plain ``sqlite3.connect(path)`` creates a missing file (with the umask's
@@ -702,7 +702,7 @@ class _CopyMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="backup-progress", daemon=True)
 
-    def __enter__(self) -> "_CopyMonitor":
+    def __enter__(self) -> _CopyMonitor:
         if self.progress is not None:
             self._thread.start()
         return self
@@ -728,7 +728,7 @@ class _CopyMonitor:
 def create_backup(
     path: str | os.PathLike[str] | None = None,
     *,
-    db: "Database",
+    db: Database,
     backup_dir: str | os.PathLike[str] | None = None,
     keep: int | None = None,
     check: str | None = None,
@@ -787,10 +787,7 @@ def create_backup(
         source = _open_live(db, "ro", BackupError)
         try:
             source.execute("PRAGMA query_only = 1")
-            total = (
-                source.execute("PRAGMA page_count").fetchone()[0]
-                * source.execute("PRAGMA page_size").fetchone()[0]
-            )
+            total = source.execute("PRAGMA page_count").fetchone()[0] * source.execute("PRAGMA page_size").fetchone()[0]
             dest = _open_destination(tmp)
             try:
                 with _CopyMonitor(tmp, total, progress):
@@ -947,7 +944,7 @@ def _publish(tmp: Path, target: Path, final: Path) -> None:
 
 
 def _final_path(
-    db: "Database",
+    db: Database,
     path: str | os.PathLike[str] | None,
     backup_dir: str | os.PathLike[str] | None,
     prefix: str,
@@ -981,11 +978,12 @@ def _make_directory(directory: Path, final: Path) -> None:
     try:
         make_private_dirs(directory)  # every level it creates is 0700, parents too
     except OSError as exc:
-        raise BackupError(str(final), f"cannot create directory {directory}: {_cause(exc)}",
-                          hint=_hint_for(exc)) from None
+        raise BackupError(
+            str(final), f"cannot create directory {directory}: {_cause(exc)}", hint=_hint_for(exc)
+        ) from None
 
 
-def _require_free_space(db: "Database", directory: Path, final: Path) -> None:
+def _require_free_space(db: Database, directory: Path, final: Path) -> None:
     try:
         needed = os.stat(db.path).st_size + FREE_SPACE_MARGIN_BYTES
         st = os.statvfs(directory)
@@ -997,7 +995,8 @@ def _require_free_space(db: "Database", directory: Path, final: Path) -> None:
         held = (
             f"; {len(others)} temporary backup file(s) there hold {sum(t['size_bytes'] for t in others)} bytes "
             f"({', '.join(sorted({t['state'] for t in others}))}: see 'icn-mcp db info')"
-            if others else ""
+            if others
+            else ""
         )
         raise BackupError(
             str(final),
@@ -1027,7 +1026,9 @@ def _read_header(path: Path, size: int, problems: list[str]) -> tuple[bool, int 
     if declared_pages and header[24:28] == header[92:96]:
         expected = declared_pages * page_size
         if size < expected:
-            problems.append(f"truncated: {size} bytes, the header declares {declared_pages} pages of {page_size} ({expected} bytes)")
+            problems.append(
+                f"truncated: {size} bytes, the header declares {declared_pages} pages of {page_size} ({expected} bytes)"
+            )
             return False, page_size, journal_mode
     if size % page_size:
         problems.append(f"truncated: {size} bytes is not a whole number of {page_size}-byte pages")
@@ -1038,7 +1039,7 @@ def _read_header(path: Path, size: int, problems: list[str]) -> tuple[bool, int 
 def verify_backup(
     path: str | os.PathLike[str],
     *,
-    db: "Database | None" = None,
+    db: Database | None = None,
     migrations_dir: str | os.PathLike[str] | None = None,
     check: str = DEFAULT_CHECK,
 ) -> BackupVerification:
@@ -1054,9 +1055,7 @@ def verify_backup(
     check = _check_value(check)
     path = Path(os.path.abspath(os.fspath(path)))
     if migrations_dir is None:
-        migrations_dir = (
-            db.migrations_dir if db is not None else _migrations.default_migrations_dir()
-        )
+        migrations_dir = db.migrations_dir if db is not None else _migrations.default_migrations_dir()
     problems: list[str] = []
     found: dict[str, Any] = {}
 
@@ -1113,7 +1112,9 @@ def verify_backup(
             integrity = [str(exc)]
         found["integrity"] = "ok" if not integrity else "; ".join(integrity)
         if integrity:
-            problems.append(f"{'integrity_check' if check == 'full' else 'quick_check'} failed: " + "; ".join(integrity[:3]))
+            problems.append(
+                f"{'integrity_check' if check == 'full' else 'quick_check'} failed: " + "; ".join(integrity[:3])
+            )
             return result()
         try:
             history = _migrations.read_history(conn)
@@ -1199,13 +1200,15 @@ def _refuse_uncopyable(conn: sqlite3.Connection, schema: str, source_path: Path,
     storage rules; internal ``sqlite_*`` tables other than sqlite_sequence and
     sqlite_stat1 (e.g. sqlite_stat4) have no SQL way to be recreated.
     """
-    rows = conn.execute(
-        "SELECT name, type FROM pragma_table_list WHERE schema = ? ORDER BY name", (schema,)
-    ).fetchall()
+    rows = conn.execute("SELECT name, type FROM pragma_table_list WHERE schema = ? ORDER BY name", (schema,)).fetchall()
     bad = [
-        f"{name!r} ({kind} table)" for name, kind in rows
+        f"{name!r} ({kind} table)"
+        for name, kind in rows
         if kind in ("virtual", "shadow")
-        or (name.lower().startswith("sqlite_") and name.lower() not in _INTERNAL_TABLES + ("sqlite_schema", "sqlite_temp_schema"))
+        or (
+            name.lower().startswith("sqlite_")
+            and name.lower() not in _INTERNAL_TABLES + ("sqlite_schema", "sqlite_temp_schema")
+        )
     ]
     if bad:
         raise RestoreError(
@@ -1266,9 +1269,7 @@ def _replace_content(conn: sqlite3.Connection) -> None:
 
 
 def _copy_rows(conn: sqlite3.Connection, table: str) -> None:
-    columns = conn.execute(
-        "SELECT name, hidden FROM pragma_table_xinfo(?, ?)", (table, _BK)
-    ).fetchall()
+    columns = conn.execute("SELECT name, hidden FROM pragma_table_xinfo(?, ?)", (table, _BK)).fetchall()
     names = [name for name, hidden in columns if hidden == 0]  # generated columns are computed
     without_rowid = conn.execute(
         "SELECT wr FROM pragma_table_list WHERE schema = ? AND name = ?", (_BK, table)
@@ -1283,8 +1284,9 @@ def _copy_rows(conn: sqlite3.Connection, table: str) -> None:
             )
         selected.insert(0, alias)
     cols = ", ".join(selected)
-    conn.execute(f"INSERT INTO main.{quote_identifier(table)} ({cols}) SELECT {cols} FROM {_BK}.{quote_identifier(table)}")
-
+    conn.execute(
+        f"INSERT INTO main.{quote_identifier(table)} ({cols}) SELECT {cols} FROM {_BK}.{quote_identifier(table)}"
+    )
 
 
 def _refuse_unfit(source_path: Path, verification: BackupVerification, without_manifest: bool) -> None:
@@ -1324,7 +1326,7 @@ def _is_disk_full(exc: BaseException) -> bool:
 def restore_from_backup(
     path: str | os.PathLike[str],
     *,
-    db: "Database",
+    db: Database,
     backup_dir: str | os.PathLike[str] | None = None,
     check: str = DEFAULT_CHECK,
     without_manifest: bool = False,
@@ -1355,7 +1357,11 @@ def restore_from_backup(
     _refuse_unfit(source_path, verification, without_manifest)
     if not db.path.exists():
         return _restore_new(
-            source_path, db.path, db.migrations_dir, verification, started,
+            source_path,
+            db.path,
+            db.migrations_dir,
+            verification,
+            started,
             allow_missing=db.allow_missing_migrations,
             allow_out_of_order=db.allow_out_of_order_migrations,
         )
@@ -1381,7 +1387,8 @@ def restore_from_backup(
         _refuse_uncopyable(live, _BK, source_path, "the backup")
         if live.execute(f"PRAGMA {_BK}.foreign_key_check").fetchone() is not None:
             raise RestoreError(
-                str(source_path), "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
+                str(source_path),
+                "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
                 hint=unchanged,
             )
 
@@ -1393,7 +1400,8 @@ def restore_from_backup(
             live.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise RestoreError(
-                str(source_path), f"cannot take the write lock of {db.path}: {exc}",
+                str(source_path),
+                f"cannot take the write lock of {db.path}: {exc}",
                 hint=f"{unchanged}; retry when the database is less busy",
             ) from exc
         try:
@@ -1405,9 +1413,7 @@ def restore_from_backup(
                     # A second connection (create_backup's own, read-only) copies the
                     # live database: L1 has written nothing yet, so that snapshot is
                     # exactly the state being replaced; WAL readers are not blocked.
-                    safety = create_backup(
-                        db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX
-                    )
+                    safety = create_backup(db=db, backup_dir=backup_dir, check="none", prefix=SAFETY_BACKUP_PREFIX)
                 except BackupError as exc:
                     raise RestoreError(
                         str(source_path),
@@ -1420,12 +1426,14 @@ def restore_from_backup(
                 _replace_content(live)
             except sqlite3.Error as exc:
                 raise RestoreError(
-                    str(source_path), f"copying into {db.path} failed: {_restore_cause(exc)}",
+                    str(source_path),
+                    f"copying into {db.path} failed: {_restore_cause(exc)}",
                     hint=f"{unchanged} (rolled back){kept}",
                 ) from exc
             if live.execute("PRAGMA main.foreign_key_check").fetchone() is not None:
                 raise RestoreError(
-                    str(source_path), "the restored content violates a foreign key (PRAGMA foreign_key_check)",
+                    str(source_path),
+                    "the restored content violates a foreign key (PRAGMA foreign_key_check)",
                     hint=f"{unchanged} (rolled back){kept}",
                 )
             # The migrations the backup lacks, in the same transaction: no connection
@@ -1494,8 +1502,15 @@ def restore_from_backup(
         rows = count_rows(conn)
     log.info("restored %s from %s (safety backup %s)", db.path, source_path, safety.path if safety else None)
     return _restore_result(
-        db.path, source_path, verification, safety.path if safety is not None else None,
-        latest, applied, rows, created=False, started=started,
+        db.path,
+        source_path,
+        verification,
+        safety.path if safety is not None else None,
+        latest,
+        applied,
+        rows,
+        created=False,
+        started=started,
     )
 
 
@@ -1584,7 +1599,8 @@ def _restore_new(
                 source.backup(dest, pages=-1)
                 if dest.execute("PRAGMA foreign_key_check").fetchone() is not None:
                     raise RestoreError(
-                        str(source_path), "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
+                        str(source_path),
+                        "the backup has rows violating a foreign key (PRAGMA foreign_key_check)",
                         hint=nothing,
                     )
             finally:
@@ -1592,21 +1608,26 @@ def _restore_new(
         finally:
             source.close()
         with Database(
-            tmp, migrations_dir=migrations_dir, migrate=False,
-            allow_missing_migrations=allow_missing, allow_out_of_order_migrations=allow_out_of_order,
+            tmp,
+            migrations_dir=migrations_dir,
+            migrate=False,
+            allow_missing_migrations=allow_missing,
+            allow_out_of_order_migrations=allow_out_of_order,
         ) as new:
             try:
                 applied = new.migrate()
             except MigrationError as exc:
                 raise RestoreError(
-                    str(source_path), f"applying the migrations the backup lacks failed: {exc}",
+                    str(source_path),
+                    f"applying the migrations the backup lacks failed: {exc}",
                     hint=f"{nothing}; fix the migration and restore again",
                 ) from exc
             conn = new.connection()
             problems = _integrity(conn, "full")
             if problems:
                 raise RestoreError(
-                    str(source_path), f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
+                    str(source_path),
+                    f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
                     hint=nothing,
                 )
             latest = _latest_migration(conn)
@@ -1615,20 +1636,23 @@ def _restore_new(
         # The last connection closed: SQLite removed the -wal and -shm.
         leftovers = [s for s in ("-wal", "-shm", "-journal") if Path(f"{tmp}{s}").exists()]
         if leftovers:
-            raise RestoreError(str(source_path), f"the new database kept {', '.join(leftovers)} files open", hint=nothing)
+            raise RestoreError(
+                str(source_path), f"the new database kept {', '.join(leftovers)} files open", hint=nothing
+            )
         _fsync_path(tmp)
         try:
             os.link(tmp, target)  # never over a database that appeared meanwhile
         except FileExistsError:
             raise RestoreError(
-                str(source_path), f"{target} appeared while the restore ran (another restore or a server?)",
+                str(source_path),
+                f"{target} appeared while the restore ran (another restore or a server?)",
                 hint="it was left untouched; restore into it with 'icn-mcp db restore' again",
             ) from None
         os.unlink(tmp)
         tmp = None
         _fsync_path(target.parent, directory=True)
     except BaseException as exc:
-        for leftover in ([tmp] + [Path(f"{tmp}{s}") for s in ("-wal", "-shm", "-journal")] if tmp else []):
+        for leftover in [tmp] + [Path(f"{tmp}{s}") for s in ("-wal", "-shm", "-journal")] if tmp else []:
             try:
                 os.unlink(leftover)
             except FileNotFoundError:
@@ -1653,4 +1677,4 @@ def _restore_new(
 
 
 def _mtime(path: Path) -> str:
-    return format_ts(datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc))
+    return format_ts(datetime.fromtimestamp(path.stat().st_mtime, tz=UTC))

@@ -19,8 +19,7 @@ def quote_identifier(name: str) -> str:
 def user_tables(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
     """``(name, is_virtual)`` of every table but SQLite's own ``sqlite_*`` ones."""
     rows = conn.execute(
-        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' "
-        "AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
     ).fetchall()
     return [(name, (sql or "").lstrip().upper().startswith("CREATE VIRTUAL")) for name, sql in rows]
 

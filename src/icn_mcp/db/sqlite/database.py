@@ -30,13 +30,13 @@ from icn_mcp.config import (
     MAX_JOURNAL_SIZE_LIMIT,
     MAX_RETRIES,
 )
-from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.base import BaseDatabase
+from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.keyed_locks import KeyedLocks
+from icn_mcp.db.leases import AdvisoryLease
 from icn_mcp.db.sqlite import backup as _backup
 from icn_mcp.db.sqlite import info as _info
 from icn_mcp.db.sqlite import migrations as _migrations
-from icn_mcp.db.leases import AdvisoryLease
 from icn_mcp.db.sqlite.locks import SQLiteLeaseSQL
 from icn_mcp.db.storage import StorageWatch, is_storage_full_error
 from icn_mcp.errors import (
@@ -108,7 +108,7 @@ class _Connection:
 # Connections inherited across fork: kept referenced forever so that the child never
 # closes (and never checkpoints or unlocks) a connection that belongs to its parent.
 _inherited_after_fork: list[sqlite3.Connection] = []
-_open_databases: "weakref.WeakSet[Database]" = weakref.WeakSet()
+_open_databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
 
 class Database(BaseDatabase):
@@ -156,7 +156,12 @@ class Database(BaseDatabase):
         _require_seconds("retry_max_delay_s", retry_max_delay_s)
         _require_int("wal_autocheckpoint", wal_autocheckpoint, 0, 2**31 - 1)
         raw_path = os.fspath(path)
-        _require(raw_path not in ("", ":memory:") and not raw_path.startswith("file:"), "path", raw_path, "a file path (WAL needs a real file)")
+        _require(
+            raw_path not in ("", ":memory:") and not raw_path.startswith("file:"),
+            "path",
+            raw_path,
+            "a file path (WAL needs a real file)",
+        )
 
         self.path = Path(os.path.abspath(raw_path))
         self._path_str = str(self.path)  # stat()ed before every write: skip __fspath__
@@ -325,8 +330,9 @@ class Database(BaseDatabase):
             target, uri = "file:" + quote(path) + ("?mode=ro" if live_wal else "?mode=ro&immutable=1"), True
         conn = None
         try:
-            conn = sqlite3.connect(target, uri=uri, isolation_level=None,
-                                   check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+            conn = sqlite3.connect(
+                target, uri=uri, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
+            )
             conn.execute("PRAGMA query_only = ON")
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
@@ -377,9 +383,7 @@ class Database(BaseDatabase):
         actual = self.read_pragmas(conn)
         for name, value in expected.items():
             if actual[name] != value:
-                raise DatabaseError(
-                    f"PRAGMA {name} on {self.path} is {actual[name]!r} after setting it to {value!r}"
-                )
+                raise DatabaseError(f"PRAGMA {name} on {self.path} is {actual[name]!r} after setting it to {value!r}")
 
     def expected_pragmas(self) -> dict[str, Any]:
         """The value each pragma must read back as, in SQLite's own terms."""
@@ -397,8 +401,16 @@ class Database(BaseDatabase):
     @staticmethod
     def read_pragmas(conn: sqlite3.Connection) -> dict[str, Any]:
         """The live values of the pragmas this module sets."""
-        names = ("journal_mode", "busy_timeout", "synchronous", "temp_store",
-                 "foreign_keys", "journal_size_limit", "cache_size", "wal_autocheckpoint")
+        names = (
+            "journal_mode",
+            "busy_timeout",
+            "synchronous",
+            "temp_store",
+            "foreign_keys",
+            "journal_size_limit",
+            "cache_size",
+            "wal_autocheckpoint",
+        )
         values = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
         values["journal_mode"] = str(values["journal_mode"]).lower()
         return values
@@ -767,8 +779,7 @@ def check_database_file(path: Path) -> None:
     except IsADirectoryError:
         raise DatabaseError(f"database path {path} is a directory, not a database file") from None
     except OSError as exc:
-        raise DatabaseError(f"cannot read database {path}: {exc.strerror}",
-                            hint=_read_access_hint(path)) from None
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}", hint=_read_access_hint(path)) from None
     if header != SQLITE_HEADER:
         what = "the file is empty (0 bytes)" if not header else "it does not start with the SQLite header"
         raise DatabaseError(
@@ -795,8 +806,10 @@ def _read_access_hint(path: Path) -> str:
         except OSError:
             continue
         if level == path and not os.access(level, os.R_OK):
-            return (f"the file is not readable by this user (mode {stat.filemode(st.st_mode)}, "
-                    f"owner {_owner(st)}); run as its owner")
+            return (
+                f"the file is not readable by this user (mode {stat.filemode(st.st_mode)}, "
+                f"owner {_owner(st)}); run as its owner"
+            )
         if level != path and not os.access(level, os.X_OK):
             return f"directory {level} cannot be entered by this user; run as the database's owner"
     return "check the file's permissions"
@@ -811,9 +824,11 @@ def _write_access_hint(path: Path) -> str:
     except OSError:
         return "check the permissions of the file and of every directory above it"
     if st is not None and not os.access(path, os.W_OK):
-        return (f"the database file is read-only for this user (mode {stat.filemode(st.st_mode)}, "
-                f"owner {_owner(st)}); run as its owner. 'icn-mcp db status', 'db info' and "
-                "'db verify' can inspect it as it is")
+        return (
+            f"the database file is read-only for this user (mode {stat.filemode(st.st_mode)}, "
+            f"owner {_owner(st)}); run as its owner. 'icn-mcp db status', 'db info' and "
+            "'db verify' can inspect it as it is"
+        )
     directory = path.parent
     if not directory.exists():
         return f"directory {directory} does not exist and cannot be created here (MCP_DB_DIR / MCP_DB_PATH)"
@@ -850,8 +865,7 @@ def _is_int(value: object) -> bool:
 def _refuse_nested(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         raise DatabaseError(
-            "a transaction is already open on this thread's connection; "
-            "nested transactions are not supported"
+            "a transaction is already open on this thread's connection; nested transactions are not supported"
         )
 
 

@@ -59,9 +59,7 @@ def _missing_database(path: str, cause: str, *, hint: str | None = None) -> Data
     return DatabaseError(f"database {path}: {cause}", hint=hint)
 
 
-def get_database_info(
-    *, db: "Database", backup_dir: str | os.PathLike[str] | None = None
-) -> dict[str, Any]:
+def get_database_info(*, db: Database, backup_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Everything an operator wants to know about ``db``, as plain data.
 
     :func:`icn_mcp.db.get_database_info` calls this for the process-wide database.
@@ -74,7 +72,8 @@ def get_database_info(
     ``failed_migrations``, ``last_backup`` (``path``, ``created_at``, ``size_bytes``;
     None when there is none), ``backup_temp_files`` (temporary files of backups in
     the backup directory: ``path``, ``size_bytes``, ``state`` = ``in_progress``,
-    ``orphan`` or ``unknown``; see :func:`icn_mcp.db.sqlite.backup.list_temp_files`), ``health`` (``ok``, ``latency_ms``, ``error``) and
+    ``orphan`` or ``unknown``; see :func:`icn_mcp.db.sqlite.backup.list_temp_files`),
+    ``health`` (``ok``, ``latency_ms``, ``error``) and
     ``elapsed_ms`` (how long gathering this took).
 
     ``backup_dir`` is where to look for the last backup (default: ``backups/``
@@ -136,14 +135,8 @@ def get_database_info(
         "journal_mode": journal_mode,
         "sqlite_version": sqlite3.sqlite_version,
         "size_method": size_method,
-        "tables": [
-            {"name": name, "row_count": n, "size_bytes": table_sizes[name]}
-            for name, n in counts.items()
-        ],
-        "indexes": [
-            {"name": name, "table": table, "size_bytes": index_sizes[name]}
-            for name, table in indexes
-        ],
+        "tables": [{"name": name, "row_count": n, "size_bytes": table_sizes[name]} for name, n in counts.items()],
+        "indexes": [{"name": name, "table": table, "size_bytes": index_sizes[name]} for name, table in indexes],
         "migrations": [asdict(m) for m in history.values()],
         "failed_migrations": [asdict(f) for f in failures],
         "last_backup": latest,

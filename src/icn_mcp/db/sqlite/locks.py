@@ -43,24 +43,17 @@ class SQLiteLeaseSQL:
         return None if row is None else (acquired_at, expires_at)
 
     def holder(self, conn: Any, name: str) -> tuple[str, str] | None:
-        row = conn.execute(
-            "SELECT owner, expires_at FROM advisory_locks WHERE name = ?", (name,)
-        ).fetchone()
+        row = conn.execute("SELECT owner, expires_at FROM advisory_locks WHERE name = ?", (name,)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def renew(self, conn: Any, name: str, owner: str, ttl_s: float) -> str | None:
         now = utc_now()
         expires_at = format_ts(now, plus_s=ttl_s)
         updated = conn.execute(
-            "UPDATE advisory_locks SET expires_at = ? "
-            "WHERE name = ? AND owner = ? AND expires_at > ?",
+            "UPDATE advisory_locks SET expires_at = ? WHERE name = ? AND owner = ? AND expires_at > ?",
             (expires_at, name, owner, format_ts(now)),
         ).rowcount
         return expires_at if updated == 1 else None
 
     def release(self, conn: Any, name: str, owner: str) -> int:
-        return int(
-            conn.execute(
-                "DELETE FROM advisory_locks WHERE name = ? AND owner = ?", (name, owner)
-            ).rowcount
-        )
+        return int(conn.execute("DELETE FROM advisory_locks WHERE name = ? AND owner = ?", (name, owner)).rowcount)

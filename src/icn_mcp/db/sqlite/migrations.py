@@ -136,7 +136,7 @@ def _skip_comments(text: str, pos: int) -> int:
 
 
 def _strip_comments(sql: str) -> str:
-    return sql[_skip_comments(sql, 0):].strip()
+    return sql[_skip_comments(sql, 0) :].strip()
 
 
 def split_statements(text: str) -> list[Statement]:
@@ -195,9 +195,7 @@ class MigrationFile:
         try:
             statements = split_statements(self.text)
         except ValueError as exc:
-            raise MigrationError(
-                f"migration {self.version} ({self.path}): {exc}", version=self.version
-            ) from None
+            raise MigrationError(f"migration {self.version} ({self.path}): {exc}", version=self.version) from None
         if self.transactional:
             for st in statements:
                 if _NOT_IN_TRANSACTION.match(_strip_comments(st.sql)):
@@ -246,9 +244,7 @@ def discover(directory: Path | str) -> list[MigrationFile]:
         try:
             text = normalise(raw)
         except UnicodeDecodeError as exc:
-            raise MigrationError(
-                f"migration {path} is not valid UTF-8 (byte {exc.start})"
-            ) from None
+            raise MigrationError(f"migration {path} is not valid UTF-8 (byte {exc.start})") from None
         files.append(
             MigrationFile(
                 version=path.name[: -len(".sql")],
@@ -295,12 +291,7 @@ class FailedMigration:
 
 
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        is not None
-    )
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def _history_ready(conn: sqlite3.Connection) -> bool:
@@ -310,7 +301,7 @@ def _history_ready(conn: sqlite3.Connection) -> bool:
     return bool(columns) and set(_HISTORY_COLUMNS) <= columns
 
 
-def ensure_history_tables(db: "Database") -> None:
+def ensure_history_tables(db: Database) -> None:
     """Create the tracking tables, or add our columns to an existing (older) one."""
     if _history_ready(db.connection()):
         return
@@ -344,16 +335,13 @@ def read_history(conn: sqlite3.Connection) -> dict[str, AppliedMigration]:
         return {}
     columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{HISTORY_TABLE}")')}
     wanted = ["version", "checksum", "applied_at"] + [
-        c for c in ("description", "checksum_algorithm", "execution_ms", "applied_by")
-        if c in columns
+        c for c in ("description", "checksum_algorithm", "execution_ms", "applied_by") if c in columns
     ]
     where = "WHERE success = 1" if "success" in columns else ""
-    rows = conn.execute(
-        f'SELECT {", ".join(wanted)} FROM "{HISTORY_TABLE}" {where} ORDER BY version'
-    ).fetchall()
+    rows = conn.execute(f'SELECT {", ".join(wanted)} FROM "{HISTORY_TABLE}" {where} ORDER BY version').fetchall()
     history: dict[str, AppliedMigration] = {}
     for row in rows:
-        values = dict(zip(wanted, row))
+        values = dict(zip(wanted, row, strict=True))
         values["applied_at"] = str(values["applied_at"])
         history[values["version"]] = AppliedMigration(**values)
     return history
@@ -429,11 +417,9 @@ class MigrationPlan:
         """One error per version in :attr:`failed_since_applied` (for ``db verify``)."""
         return [
             MigrationError(
-                f"migration {item.version} failed at {item.failed_at} and has not been "
-                f"applied since: {item.error}",
+                f"migration {item.version} failed at {item.failed_at} and has not been applied since: {item.error}",
                 version=item.version,
-                hint="fix the migration and run 'icn-mcp db migrate' "
-                "('icn-mcp db status' shows the error)"
+                hint="fix the migration and run 'icn-mcp db migrate' ('icn-mcp db status' shows the error)"
                 if item.state == "failed"
                 else "its file changed since; run 'icn-mcp db migrate' to apply it",
             )
@@ -444,16 +430,11 @@ class MigrationPlan:
         """Plain data with stable keys (for ``db status --json``)."""
         return {
             "migrations": [asdict(item) for item in self.items],
-            "counts": {
-                state: len(self._by(state))
-                for state in ("applied", "pending", "changed", "missing", "failed")
-            },
+            "counts": {state: len(self._by(state)) for state in ("applied", "pending", "changed", "missing", "failed")},
             "out_of_order": list(self.out_of_order),
         }
 
-    def problems(
-        self, *, allow_missing: bool = False, allow_out_of_order: bool = False
-    ) -> list[MigrationError]:
+    def problems(self, *, allow_missing: bool = False, allow_out_of_order: bool = False) -> list[MigrationError]:
         """What stops start-up, most serious first (empty when all is well)."""
         found: list[MigrationError] = [
             ChecksumMismatch(item.version, item.stored_checksum or "", item.file_checksum or "")
@@ -475,8 +456,7 @@ class MigrationPlan:
                     f"migration {version} is new but sorts before the latest applied "
                     "migration; it would run out of order",
                     version=version,
-                    hint="renumber it after the latest applied migration, or set "
-                    "MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER=1",
+                    hint="renumber it after the latest applied migration, or set MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER=1",
                 )
                 for version in self.out_of_order
             ]
@@ -562,8 +542,7 @@ def _execute_all(conn: sqlite3.Connection, mf: MigrationFile) -> None:
             conn.execute(st.sql)
         except sqlite3.Error as exc:
             raise MigrationError(
-                f"migration {mf.version} failed at statement {st.index} "
-                f"(line {st.line}: {st.first_line}): {exc}",
+                f"migration {mf.version} failed at statement {st.index} (line {st.line}: {st.first_line}): {exc}",
                 version=mf.version,
                 statement_index=st.index,
                 line=st.line,
@@ -571,12 +550,11 @@ def _execute_all(conn: sqlite3.Connection, mf: MigrationFile) -> None:
                 sqlite_error=str(exc),
                 hint=f"fix {mf.path}; nothing of this migration was kept"
                 if mf.transactional
-                else f"fix {mf.path}; it is a no-transaction migration, so statements "
-                "before the failing one were kept",
+                else f"fix {mf.path}; it is a no-transaction migration, so statements before the failing one were kept",
             ) from exc
 
 
-def _record_failure(db: "Database", mf: MigrationFile, error: MigrationError) -> None:
+def _record_failure(db: Database, mf: MigrationFile, error: MigrationError) -> None:
     try:
         with db.write_transaction() as conn:
             conn.execute(
@@ -598,9 +576,7 @@ def _record_failure(db: "Database", mf: MigrationFile, error: MigrationError) ->
         log.exception("could not record the failure of migration %s", mf.version)
 
 
-def _insert_history(
-    conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: float, *, success: bool = True
-) -> None:
+def _insert_history(conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: float, *, success: bool = True) -> None:
     conn.execute(
         f'INSERT INTO "{HISTORY_TABLE}" (version, applied_at, checksum, description, '
         "checksum_algorithm, execution_ms, applied_by, success) "
@@ -651,16 +627,14 @@ def _foreign_keys_off(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("PRAGMA foreign_keys = ON")
 
 
-def _apply_one(db: "Database", mf: MigrationFile) -> bool:
+def _apply_one(db: Database, mf: MigrationFile) -> bool:
     """Apply ``mf`` unless another process already did; True if we applied it."""
-    mf.statements  # parse (and refuse bad statements) before taking the write lock
+    _ = mf.statements  # parse (and refuse bad statements) before taking the write lock
     if not mf.transactional:
         return _apply_outside_transaction(db, mf)
     with _foreign_keys_off(db.connection()), db.write_transaction() as conn:
         # Re-read while holding the write lock: another process may have won the race.
-        row = conn.execute(
-            f'SELECT checksum FROM "{HISTORY_TABLE}" WHERE version = ?', (mf.version,)
-        ).fetchone()
+        row = conn.execute(f'SELECT checksum FROM "{HISTORY_TABLE}" WHERE version = ?', (mf.version,)).fetchone()
         if row is not None:
             if row[0] != mf.checksum:
                 raise ChecksumMismatch(mf.version, row[0], mf.checksum)
@@ -676,7 +650,7 @@ def _apply_one(db: "Database", mf: MigrationFile) -> bool:
 NO_TRANSACTION_WAIT_S = 60.0
 
 
-def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
+def _apply_outside_transaction(db: Database, mf: MigrationFile) -> bool:
     """Run a no-transaction migration once across processes.
 
     Its history row is claimed first (success = 0) so that other processes wait for
@@ -687,8 +661,7 @@ def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
     while True:
         with db.write_transaction() as conn:
             row = conn.execute(
-                f'SELECT checksum, success, applied_by, applied_at FROM "{HISTORY_TABLE}" '
-                "WHERE version = ?",
+                f'SELECT checksum, success, applied_by, applied_at FROM "{HISTORY_TABLE}" WHERE version = ?',
                 (mf.version,),
             ).fetchone()
             if row is None:
@@ -700,8 +673,7 @@ def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
                 return False
         if time.monotonic() >= deadline:
             raise MigrationError(
-                f"no-transaction migration {mf.version} was started by {row[2]} at "
-                f"{row[3]} and has not finished",
+                f"no-transaction migration {mf.version} was started by {row[2]} at {row[3]} and has not finished",
                 version=mf.version,
                 hint="if that process is gone, check the schema by hand, then delete its "
                 "row from schema_migrations (success = 0) to run it again",
@@ -725,7 +697,7 @@ def _apply_outside_transaction(db: "Database", mf: MigrationFile) -> bool:
 
 
 def apply(
-    db: "Database",
+    db: Database,
     files: list[MigrationFile],
     *,
     allow_missing: bool = False,
@@ -738,9 +710,7 @@ def apply(
     """
     ensure_history_tables(db)
     current = plan(db.connection(), files)
-    problems = current.problems(
-        allow_missing=allow_missing, allow_out_of_order=allow_out_of_order
-    )
+    problems = current.problems(allow_missing=allow_missing, allow_out_of_order=allow_out_of_order)
     if problems:
         raise problems[0]
     if not current.pending:
@@ -750,7 +720,7 @@ def apply(
     for item in current.pending:
         mf = by_version[item.version]
         try:
-            did = db.run_in_transaction_retrying(lambda: _apply_one(db, mf))
+            did = db.run_in_transaction_retrying(lambda mf=mf: _apply_one(db, mf))
         except MigrationError as exc:
             if exc.sqlite_error is not None:  # the file's content failed, not its history
                 log.error(
@@ -814,7 +784,7 @@ class DryRunResult:
     skipped: bool = False
 
 
-def dry_run(target: "Database | sqlite3.Connection", files: list[MigrationFile]) -> list[DryRunResult]:
+def dry_run(target: Database | sqlite3.Connection, files: list[MigrationFile]) -> list[DryRunResult]:
     """Apply the pending migrations inside one transaction and roll it back.
 
     ``target`` is a database or a connection in autocommit mode (the CLI passes a
