@@ -151,6 +151,11 @@ def _open(ctx: click.Context, *, migrate: bool) -> BaseDatabase:
     return Database(ctx.obj["path"], migrate=migrate, **ctx.obj["options"])
 
 
+def _inspect_file(ctx: click.Context) -> Database:
+    """The SQLite file opened read-only (never created, converted or written)."""
+    return Database(ctx.obj["path"], migrate=False, read_only=True, **ctx.obj["options"])
+
+
 def _inspect(ctx: click.Context) -> BaseDatabase:
     """The database opened read-only: inspection never creates, converts or writes it.
 
@@ -158,7 +163,7 @@ def _inspect(ctx: click.Context) -> BaseDatabase:
     """
     if ctx.obj["postgres"]:
         return _open(ctx, migrate=False)
-    return Database(ctx.obj["path"], migrate=False, read_only=True, **ctx.obj["options"])
+    return _inspect_file(ctx)
 
 
 def _name(ctx: click.Context) -> str:
@@ -198,7 +203,7 @@ def _rehearse(ctx: click.Context) -> list[_migrations.DryRunResult]:
     scratch = sqlite3.connect("", isolation_level=None)
     try:
         if path.exists():
-            with _inspect(ctx) as database:
+            with _inspect_file(ctx) as database:
                 database.connection().backup(scratch)
         else:
             click.echo(f"database {path} does not exist yet; 'db migrate' would create it")
@@ -264,8 +269,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         if item.failed_at is not None:
             edited = "" if item.state == "failed" else " (the file changed since)"
             click.echo(f"{'':<{width}}    failed at {item.failed_at}{edited}: {item.error}")
-    counts = current.to_dict()["counts"]
-    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))  # type: ignore[union-attr]
+    counts: dict[str, int] = current.to_dict()["counts"]  # type: ignore[assignment]
+    click.echo(", ".join(f"{n} {state}" for state, n in counts.items()))
     for version in current.out_of_order:
         click.echo(f"warning: {version} is new but sorts before the latest applied migration")
     for item in current.failed_since_applied:
@@ -286,7 +291,7 @@ def verify(ctx: click.Context) -> None:
         return
     if not path.exists():
         _fail(f"database {path} does not exist", "run 'icn-mcp db migrate' to create it")
-    with _inspect(ctx) as database:
+    with _inspect_file(ctx) as database:
         current = database.verify_migrations()
         result = database.connection().execute("PRAGMA quick_check").fetchall()
     problems = [row[0] for row in result if row[0] != "ok"]
@@ -978,7 +983,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, stdio: bool, w
     settings = Settings.from_env()
     if host is not None:
         host = parse_host("--host", host)  # the rule MCP_HOST follows
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     settings = dataclasses.replace(settings, **overrides)
     configure_logging(logging.DEBUG if _debug(ctx) else settings.log_level)
     if stdio:

@@ -119,7 +119,7 @@ class AdvisoryLease:
 
     @property
     def _sql(self) -> LeaseSQL:
-        return self.db.lease_sql  # type: ignore[attr-defined, no-any-return]
+        return self.db.lease_sql  # type: ignore[attr-defined]
 
     def renew(self, ttl_s: float | None = None) -> str:
         """Extend the lease by ``ttl_s`` (default: the original ttl) from now."""

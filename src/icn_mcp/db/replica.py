@@ -267,7 +267,8 @@ def _first_level(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _load_prctl() -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):
         return None
 
@@ -325,7 +326,7 @@ class Replicator:
         self._stopping = threading.Event()
         self._first_spawn = threading.Event()
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._config_dir: str | None = None
         self._lock_fd: int | None = None
         self._started_at: str | None = None

@@ -154,6 +154,7 @@ async def register(request: Request, hub: Hub) -> Response:
 
 async def refresh(request: Request, hub: Hub) -> Response:
     token = _bearer(request, required=True)
+    assert token is not None  # required=True: Unauthorized otherwise
     # The original SDK retries a refused refresh forever (docs/server.md, "Clients"):
     # a token refused too often is answered 429 without touching the database, and
     # the SDK's 429 handling ends its loop.

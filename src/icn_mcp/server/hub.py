@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from icn_mcp.config import Settings, redact_url
-from icn_mcp.db import Database, open_database
+from icn_mcp.db import Database
 from icn_mcp.db.changes import DataVersion
 from icn_mcp.db.replica import Replicator
 from icn_mcp.db.sqlite.backup import backup_dir_for, latest_backup
@@ -90,7 +90,8 @@ class Hub:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
         self._owns_db = db is None
-        self.db = db if db is not None else open_database(settings)
+        # SQLite (PostgreSQL was refused above): the store and the watcher need its file.
+        self.db: Database = db if db is not None else Database(settings.db_path, **settings.database_options())
         #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
         self.replicator: Replicator | None = None
         self.data_version: DataVersion | None = None
@@ -172,18 +173,19 @@ class Hub:
 
         caller, claimed = await self.call("claim_next_task", first)
         if claimed is None and wait_s > 0:
+            assert caller.agent_id is not None  # authorize() let only an agent claim
             claimed = await self.waiters.wait(
                 caller.agent_id,
                 request.lease_s,
                 wait_s,
-                disconnected=disconnected,  # type: ignore[arg-type]
+                disconnected=disconnected,
             )
         operations.count_claim(self, claimed)
         return claimed
 
     async def _data_version(self) -> int | None:
         # On the event loop: a shared-memory read that never waits (busy timeout 0).
-        return self.data_version.read_or_none()
+        return None if self.data_version is None else self.data_version.read_or_none()
 
     async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""

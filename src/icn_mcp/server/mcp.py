@@ -182,11 +182,11 @@ class _Server(MCPServer):
 
         def run() -> dict[str, Any]:
             assert tool.body is not None
-            return tool.body(authorized(), parse_arguments(tool.model, arguments))
+            return tool.body(authorized(), parse_arguments(tool.model, arguments))  # type: ignore[type-var]
 
         try:
             if tool.async_body is not None:
-                result = await tool.async_body(authorized, parse_arguments(tool.model, arguments))
+                result = await tool.async_body(authorized, parse_arguments(tool.model, arguments))  # type: ignore[type-var]
             else:
                 result = await self.hub.call(name, run)
         except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
@@ -209,8 +209,8 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Principa
             token_verifier=StoreTokenVerifier(hub),
             # The SDK requires an issuer URL; this server issues its own tokens and
             # publishes no OAuth metadata (resource_server_url=None).
-            auth=AuthSettings(issuer_url=_own_url(hub.settings), resource_server_url=None),
-            log_level=hub.settings.log_level,  # type: ignore[arg-type]
+            auth=AuthSettings(issuer_url=_own_url(hub.settings), resource_server_url=None),  # type: ignore[arg-type]
+            log_level=hub.settings.log_level,
         )
     else:
         if stdio_actor is None:
@@ -222,7 +222,7 @@ def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Principa
             version=__version__,
             instructions=INSTRUCTIONS,
             log_level=hub.settings.log_level,
-        )  # type: ignore[arg-type]
+        )
     _register_tools(server)
     return server
 

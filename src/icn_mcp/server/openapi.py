@@ -14,7 +14,7 @@ from icn_mcp.store.validation import LIST_LIMIT_MAX
 
 __all__ = ["document"]
 
-_BEARER = [{"bearer": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -51,12 +51,14 @@ def count_claim(hub: Hub, claimed: Claim | None) -> None:
 
 def report_run(hub: Hub, principal: Principal, request: RunRequest) -> Run:
     """The caller's report on the task it holds; counted in the metrics."""
+    # The transports answer task_id_required before this; authorize() made it an agent.
+    assert request.task_id is not None and principal.agent_id is not None
     run = hub.store.report_run(
         request.task_id,
         principal.agent_id,
         request.status,
         request.notes,
-        attempt=request.attempt,  # type: ignore[arg-type]
+        attempt=request.attempt,
     )
     hub.metrics.reports.labels(request.status).inc()
     return run
@@ -64,11 +66,12 @@ def report_run(hub: Hub, principal: Principal, request: RunRequest) -> Run:
 
 def add_artifact(hub: Hub, principal: Principal, request: AddArtifactRequest) -> Artifact:
     """An artifact added as the caller: under its current claim, or as a maintainer."""
+    assert request.task_id is not None  # task_id_required was answered before this
     return hub.store.add_artifact(
         request.task_id,
         request.kind,
         request.path,
-        request.meta,  # type: ignore[arg-type]
+        request.meta,
         attempt=request.attempt,
         **artifact_author(principal),
     )

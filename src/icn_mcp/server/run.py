@@ -116,7 +116,7 @@ def _run_uvicorn(app: Any, settings: Settings, sock: socket.socket, on_ready: Ca
         log_config=None,  # the entry point configured logging
         access_log=False,  # ObserveMiddleware writes one structured line per request
         lifespan="on",
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # a float works
         server_header=False,
         # "auto": httptools and uvloop when installed (they are dependencies), else
         # the pure-Python h11 parser and asyncio's loop.
@@ -307,7 +307,7 @@ def _stop_workers(pool: list[_Worker], settings: Settings) -> None:
     """SIGTERM to every worker, then wait for each graceful shutdown (kill after the grace)."""
     for worker in pool:
         if worker.process.is_alive():
-            os.kill(worker.process.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            os.kill(worker.process.pid, signal.SIGTERM)
     deadline = time.monotonic() + settings.shutdown_timeout_s + WORKER_CLOSE_GRACE_S
     for worker in pool:
         worker.process.join(max(0.0, deadline - time.monotonic()))

@@ -241,7 +241,7 @@ class ClaimWaiters:
                 self._on_wake(time.monotonic() - noticed)
 
 
-async def client_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+async def client_disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
     """Returns when the HTTP client goes away (its request body already read)."""
     while True:
         message = await receive()

@@ -103,7 +103,7 @@ class Task(_ToDict):
         """A task from a row selected as :data:`TASK_COLUMNS` (positional: this sits
         on the claim path, where named access cost more than the rest of it)."""
         deps = row[8]
-        return cls(*row[:8], json.loads(deps) if deps else [], *row[9:14])
+        return cls(*row[:8], json.loads(deps) if deps else [], *row[9:14])  # type: ignore[call-arg]
 
 
 @dataclass(slots=True)

@@ -121,7 +121,12 @@ def _check_tool(tool: str, server_major: int, error: type[BackupError]) -> None:
 
 
 def _run(
-    args: list[str], env: dict[str, str], what: str, error: type[BackupError], target: str, stdin: Any = None
+    args: list[str],
+    env: dict[str, str],
+    what: str,
+    error: type[BackupError] | type[RestoreError],
+    target: str,
+    stdin: Any = None,
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, stdin=stdin)
     if result.returncode != 0:

@@ -79,10 +79,10 @@ class _ConnectionLost(Exception):
 def _make_loader(psycopg: Any) -> Any:
     from psycopg.types.datetime import TimestamptzLoader
 
-    class UtcTextLoader(TimestamptzLoader):  # type: ignore[misc]
+    class UtcTextLoader(TimestamptzLoader):
         """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps)."""
 
-        def load(self, data: Any) -> str:
+        def load(self, data: Any) -> str:  # type: ignore[override]
             return format_ts(super().load(data))
 
     return UtcTextLoader

@@ -1127,7 +1127,7 @@ def verify_backup(
         conn.close()
 
     try:
-        files = {mf.version: mf for mf in _migrations.discover(migrations_dir)}
+        files = {mf.version: mf for mf in _migrations.discover(Path(migrations_dir))}
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a report
         problems.append(f"cannot read the migration files in {migrations_dir}: {exc}")
         files = None

@@ -17,6 +17,7 @@ statement by statement, for the few statements SQLite refuses inside a transacti
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -498,16 +499,16 @@ def plan_from(
                 )
             )
             continue
-        failure = latest_failure.get(mf.version)
+        failed = latest_failure.get(mf.version)
         # A failure of this very file content is "failed"; once edited it is pending again.
-        state = "failed" if failure is not None and failure.checksum == mf.checksum else "pending"
+        state = "failed" if failed is not None and failed.checksum == mf.checksum else "pending"
         result.items.append(
             MigrationState(
                 mf.version,
                 state,
                 file_checksum=mf.checksum,
-                error=failure.error if failure is not None else None,
-                failed_at=failure.failed_at if failure is not None else None,
+                error=failed.error if failed is not None else None,
+                failed_at=failed.failed_at if failed is not None else None,
             )
         )
         if latest_applied is not None and mf.version < latest_applied:
@@ -720,7 +721,7 @@ def apply(
     for item in current.pending:
         mf = by_version[item.version]
         try:
-            did = db.run_in_transaction_retrying(lambda mf=mf: _apply_one(db, mf))
+            did = db.run_in_transaction_retrying(functools.partial(_apply_one, db, mf))
         except MigrationError as exc:
             if exc.sqlite_error is not None:  # the file's content failed, not its history
                 log.error(
