@@ -218,3 +218,31 @@ def test_the_page_ships_as_package_data() -> None:
     static = resources.files("icn_mcp.server") / "dashboard_static"
     shipped = {entry.name for entry in static.iterdir()}
     assert {name for name, _ in STATIC_FILES.values()} == shipped
+
+
+def test_database_shows_replication_when_a_replica_is_configured(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    """With MCP_REPLICA_URL the dashboard's database view carries Litestream's status
+    (running, lag), the same object /healthz/db reports."""
+    replica = tmp_path / "replica"
+    server = server_factory(
+        tmp_path / "var",
+        MCP_REPLICA_URL=replica.as_uri(),
+        MCP_REPLICA_SYNC_INTERVAL_S="0.5",
+        TMPDIR=str(tmp_path),  # Litestream's private directory, if a kill leaves it
+    ).start()
+    try:
+        with server.client() as client:
+            replication: dict[str, Any] = {}
+            for _ in range(200):
+                body = client.get("/api/admin/database", headers=bearer(MAINTAINER_TOKEN)).json()
+                replication = body["database"]["replication"]
+                if replication and replication["running"]:
+                    break
+                time.sleep(0.05)
+            assert replication["enabled"] is True and replication["running"] is True
+            assert isinstance(replication["lag_s"], float) and replication["lag_s"] >= 0
+            assert "password" not in replication["url"] and replication["url"] == replica.as_uri()
+    finally:
+        server.stop()

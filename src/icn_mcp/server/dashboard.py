@@ -200,9 +200,9 @@ class _Dashboard:
                     "last_migration": migrations[-1]["version"] if migrations else None,
                     "failed_migrations": len(info.get("failed_migrations") or []),
                     "last_backup": last_backup,
-                    # Replication status is reported here once the server runs a
-                    # replica (issue 12); None means replication is not configured.
-                    "replication": None,
+                    # Litestream's status (issue 12: running, lag_s, restarts, last
+                    # error...); None means replication is not configured.
+                    "replication": hub.replicator.status() if hub.replicator is not None else None,
                     "health": {"ok": health["ok"], "latency_ms": health["latency_ms"]},
                     # Counters of this server process since it started.
                     "busy_retries": stats["busy_retries"],

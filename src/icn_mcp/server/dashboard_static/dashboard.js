@@ -280,7 +280,9 @@
     let replication = "not configured";
     if (db.replication) {
       const lag = db.replication.lag_s;
-      replication = (db.replication.state || "on") + (lag === null || lag === undefined ? "" : ", lag " + duration(lag));
+      const state = db.replication.running ? "running" : db.replication.standby ? "standby" : "stopped";
+      replication = state + (lag === null || lag === undefined ? "" : ", lag " + duration(lag)) +
+        (db.replication.last_error ? " (last error: " + db.replication.last_error + ")" : "");
     }
     setFacts($("db-facts"), [
       ["Health", db.health && db.health.ok ? "ok (" + db.health.latency_ms + " ms)" : "failing"],
