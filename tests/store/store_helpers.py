@@ -38,6 +38,17 @@ def _write(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def open_database(target: str, **options: Any) -> Any:
+    """The store's database at ``target``: a PostgreSQL URL or a SQLite file path."""
+    if target.startswith(("postgresql://", "postgres://")):
+        from icn_mcp.db.postgres.database import PostgresDatabase
+
+        options.setdefault("pool_min", 1)
+        options.setdefault("pool_max", 4)
+        return PostgresDatabase(target, **options)
+    return Database(target, **options)
+
+
 def claim_until_done(db_path: str, agent_id: str, out: str, total: int, lease_s: float) -> None:
     """Claim and complete tasks until all ``total`` tasks are completed.
 
@@ -47,7 +58,7 @@ def claim_until_done(db_path: str, agent_id: str, out: str, total: int, lease_s:
     """
     claims: list[list[int]] = []
     try:
-        with Database(db_path) as db:
+        with open_database(db_path) as db:
             store = Store(db, default_lease_s=lease_s)
             while True:
                 claim = store.claim_next_task(agent_id)
@@ -66,7 +77,7 @@ def claim_until_done(db_path: str, agent_id: str, out: str, total: int, lease_s:
 
 def claim_forever(db_path: str, agent_id: str) -> None:
     """Claim and complete tasks as fast as possible, never stopping (killed by the test)."""
-    with Database(db_path) as db:
+    with open_database(db_path) as db:
         store = Store(db, default_lease_s=60)
         while True:
             claim = store.claim_next_task(agent_id)
@@ -80,7 +91,7 @@ def claim_forever(db_path: str, agent_id: str) -> None:
 def register_at_barrier(db_path: str, name: str, barrier: Any, out: str) -> None:
     """Wait for every racer, then try a bootstrap registration (no credential)."""
     try:
-        with Database(db_path) as db:
+        with open_database(db_path) as db:
             store = Store(db)
             barrier.wait(timeout=60)
             try:
@@ -97,7 +108,7 @@ def register_at_barrier(db_path: str, name: str, barrier: Any, out: str) -> None
 def ensure_local_at_barrier(db_path: str, barrier: Any, out: str) -> None:
     """Wait for every racer, then ask for the local agent "desk"."""
     try:
-        with Database(db_path) as db:
+        with open_database(db_path) as db:
             store = Store(db)
             barrier.wait(timeout=60)
             _write(Path(out), {"id": store.ensure_local_agent("desk", "ops").id})

@@ -10,6 +10,9 @@ from icn_mcp.store.dashboard import agent_activity, task_graph
 
 from .store_helpers import ADMIN_TOKEN, FakeClock
 
+# store/dashboard.py's queries are SQLite's in this version (issue 10 item 4 remains).
+pytestmark = pytest.mark.sqlite_only(reason="store/dashboard.py has no PostgreSQL queries yet")
+
 
 def _register(store: Store, name: str, kind: str = "ops") -> str:
     return store.register_agent(name, kind, credential=ADMIN_TOKEN).id

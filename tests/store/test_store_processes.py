@@ -97,7 +97,7 @@ def test_eight_processes_respect_chains_and_fan_ins(store: Store, db: Database, 
 
     def create(title: str, depends_on: list[int] | None = None) -> int:
         task = store.create_task(title, depends_on=depends_on or [], priority=len(deps) % 3)
-        deps[task.id] = list(depends_on)
+        deps[task.id] = list(depends_on or [])
         return task.id
 
     chain = [create("chain 0")]

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import uuid
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
-from icn_mcp.db import Database
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import NotFound, Unauthorized
 from icn_mcp.store.models import Agent, RegisteredAgent
+from icn_mcp.store.sql import Queries
 from icn_mcp.store.validation import NAME_PATTERN, VERSION_PATTERN, Problems
 
 __all__ = ["AgentsMixin", "hash_token", "TOKEN_BYTES", "TOKEN_MAX_LENGTH"]
@@ -43,37 +42,11 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-# A token usable now or refreshable later: not revoked, not expired beyond the grace
-# window (``expires_at > now - grace``). An agent is active while it has one.
-_LIVE_TOKEN = """
-    SELECT 1 FROM agent_tokens t
-    WHERE t.agent_id = agents.id AND t.revoked_at IS NULL AND t.expires_at > :cutoff
-"""
-
-#: Has an agent ever been registered (with a token)? Migration 0005's one row.
-_BOOTSTRAPPED = "SELECT 1 FROM agent_bootstrap"
-_RECORD_BOOTSTRAP = (
-    "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING"
-)
-
-#: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
-ACTIVE_AGENT_COUNT = f"""
-    SELECT count(*) FROM agents
-    WHERE revoked_at IS NULL AND (local = 1 OR EXISTS ({_LIVE_TOKEN}))
-"""
-
-_TOKEN_LOOKUP = """
-    SELECT a.id, a.name, a.kind, a.version, a.created_at, a.revoked_at AS agent_revoked_at,
-           t.expires_at, t.revoked_at
-    FROM agent_tokens t JOIN agents a ON a.id = t.agent_id
-    WHERE t.token_hash = ?
-"""
-
-
 class AgentsMixin:
     """The agent and token half of :class:`~icn_mcp.store.Store`."""
 
-    _db: Database
+    _db: Any
+    _sql: Queries
     _clock: Callable[[], datetime]
     agent_kinds: tuple[str, ...]
     token_ttl_s: int
@@ -108,12 +81,14 @@ class AgentsMixin:
             _check_token_shape(credential)
         is_maintainer = credential is not None and self.maintainer_role(credential) is not None
 
-        def register(conn: sqlite3.Connection) -> RegisteredAgent:
-            now = self._clock()
+        sql = self._sql
+
+        def register(conn: Any) -> RegisteredAgent:
+            now = sql.now(conn, self._clock)
             if operator:
                 pass
             elif credential is None:
-                if conn.execute(_BOOTSTRAPPED).fetchone():
+                if conn.execute(sql.BOOTSTRAPPED).fetchone():
                     raise Unauthorized(
                         "an agent has already registered here; registering another needs "
                         "an agent token, a maintainer token, or the operator command "
@@ -123,11 +98,8 @@ class AgentsMixin:
                 self._lookup_token(conn, credential, now)
             created_at = format_ts(now)
             agent_id = str(uuid.uuid4())
-            conn.execute(
-                "INSERT INTO agents (id, name, kind, version, created_at) VALUES (?, ?, ?, ?, ?)",
-                (agent_id, name, kind, version, created_at),
-            )
-            conn.execute(_RECORD_BOOTSTRAP, (agent_id, created_at))
+            conn.execute(sql.INSERT_AGENT, (agent_id, name, kind, version, created_at))
+            conn.execute(sql.RECORD_BOOTSTRAP, (agent_id, created_at))
             token, expires_at = self._issue_token(conn, agent_id, now)
             return RegisteredAgent(
                 id=agent_id,
@@ -138,7 +110,7 @@ class AgentsMixin:
                 token_expires_at=expires_at,
             )
 
-        return self._db.run_in_transaction(register)
+        return sql.write(self._db, register)
 
     def _validate_agent(self, name: object, kind: object, version: object) -> None:
         """ValidationError naming every bad field of a registration."""
@@ -172,36 +144,26 @@ class AgentsMixin:
         """
         self._validate_agent(name, kind, version)
 
-        def ensure(conn: sqlite3.Connection) -> Agent:
-            row = conn.execute(
-                "SELECT id, created_at FROM agents WHERE local = 1 AND name = ? AND revoked_at IS NULL",
-                (name,),
-            ).fetchone()
+        sql = self._sql
+
+        def ensure(conn: Any) -> Agent:
+            row = conn.execute(sql.FIND_LOCAL_AGENT, (name,)).fetchone()
             if row is None:
-                agent_id, created_at = str(uuid.uuid4()), format_ts(self._clock())
-                conn.execute(
-                    "INSERT INTO agents (id, name, kind, version, created_at, local) VALUES (?, ?, ?, ?, ?, 1)",
-                    (agent_id, name, kind, version, created_at),
-                )
+                agent_id, created_at = str(uuid.uuid4()), format_ts(sql.now(conn, self._clock))
+                conn.execute(sql.INSERT_LOCAL_AGENT, (agent_id, name, kind, version, created_at))
             else:
                 agent_id, created_at = row["id"], row["created_at"]
-                conn.execute(
-                    "UPDATE agents SET kind = ?, version = ? WHERE id = ?",
-                    (kind, version, agent_id),
-                )
+                conn.execute(sql.UPDATE_LOCAL_AGENT, (kind, version, agent_id))
             return Agent(
                 id=agent_id, name=name, kind=kind, version=version, created_at=created_at, token_expires_at=None
             )
 
-        return self._db.run_in_transaction(ensure)
+        return sql.write(self._db, ensure)
 
-    def _issue_token(self, conn: sqlite3.Connection, agent_id: str, now: datetime) -> tuple[str, str]:
+    def _issue_token(self, conn: Any, agent_id: str, now: datetime) -> tuple[str, str]:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         expires_at = format_ts(now, plus_s=self.token_ttl_s)
-        conn.execute(
-            "INSERT INTO agent_tokens (token_hash, agent_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-            (hash_token(token), agent_id, format_ts(now), expires_at),
-        )
+        conn.execute(self._sql.INSERT_TOKEN, (hash_token(token), agent_id, format_ts(now), expires_at))
         return token, expires_at
 
     # -- authentication -------------------------------------------------------------
@@ -213,10 +175,12 @@ class AgentsMixin:
         revoked (refreshed away), or its agent was revoked.
         """
         _check_token_shape(token)
-        return self._lookup_token(self._db.connection(), token, self._clock())  # type: ignore[arg-type]
+        with self._sql.read(self._db) as conn:
+            return self._lookup_token(conn, token, self._sql.now(conn, self._clock))  # type: ignore[arg-type]
 
-    def _lookup_token(self, conn: sqlite3.Connection, token: str, now: datetime) -> Agent:
+    def _lookup_token(self, conn: Any, token: str, now: datetime) -> Agent:
         row = _usable_token(
+            self._sql,
             conn,
             hash_token(token),
             expired_at_or_before=format_ts(now),
@@ -238,25 +202,26 @@ class AgentsMixin:
         # A refusal must be cheap: the original agent SDK repeats a refused refresh
         # without end (issue 8). So a plain read refuses first, without the write
         # lock; the transaction below checks again.
-        _usable_token(
-            self._db.connection(),
-            token_hash,
-            expired_at_or_before=format_ts(self._clock(), plus_s=-self.refresh_grace_s),
-            expired=expired,
-        )
+        sql = self._sql
+        with sql.read(self._db) as conn:
+            _usable_token(
+                sql,
+                conn,
+                token_hash,
+                expired_at_or_before=format_ts(sql.now(conn, self._clock), plus_s=-self.refresh_grace_s),
+                expired=expired,
+            )
 
-        def refresh(conn: sqlite3.Connection) -> RegisteredAgent:
-            now = self._clock()
+        def refresh(conn: Any) -> RegisteredAgent:
+            now = sql.now(conn, self._clock)
             row = _usable_token(
+                sql,
                 conn,
                 token_hash,
                 expired_at_or_before=format_ts(now, plus_s=-self.refresh_grace_s),
                 expired=expired,
             )
-            conn.execute(
-                "UPDATE agent_tokens SET revoked_at = ? WHERE token_hash = ?",
-                (format_ts(now), token_hash),
-            )
+            conn.execute(sql.REVOKE_TOKEN, (format_ts(now), token_hash))
             new_token, expires_at = self._issue_token(conn, row["id"], now)
             return RegisteredAgent(
                 id=row["id"],
@@ -267,7 +232,7 @@ class AgentsMixin:
                 token_expires_at=expires_at,
             )
 
-        return self._db.run_in_transaction(refresh)
+        return sql.write(self._db, refresh)
 
     # -- revocation and clean-up ----------------------------------------------------
 
@@ -275,21 +240,20 @@ class AgentsMixin:
         """Revoke an agent and all its tokens, and end its leases now so that other
         agents can claim its tasks. Idempotent; NotFound for an unknown id."""
 
-        def revoke(conn: sqlite3.Connection) -> None:
-            now = format_ts(self._clock())
-            row = conn.execute("SELECT revoked_at FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        sql = self._sql
+
+        def revoke(conn: Any) -> None:
+            now = format_ts(sql.now(conn, self._clock))
+            row = conn.execute(sql.AGENT_REVOKED_AT, (agent_id,)).fetchone()
             if row is None:
                 raise NotFound("agent", agent_id)
             if row["revoked_at"] is not None:
                 return
-            conn.execute("UPDATE agents SET revoked_at = ? WHERE id = ?", (now, agent_id))
-            conn.execute(
-                "UPDATE agent_tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
-                (now, agent_id),
-            )
-            _end_leases_of_revoked_agents(conn, now)
+            conn.execute(sql.REVOKE_AGENT, (now, agent_id))
+            conn.execute(sql.REVOKE_AGENT_TOKENS, (now, agent_id))
+            sql.end_leases_of_revoked_agents(conn, now)
 
-        self._db.run_in_transaction(revoke)
+        sql.write(self._db, revoke)
 
     def revoke_all_tokens(self) -> int:
         """Revoke every agent token not yet revoked, in one transaction; how many.
@@ -300,11 +264,13 @@ class AgentsMixin:
         refresh is refused, so each registers again (or a maintainer issues it one).
         """
 
-        def revoke(conn: sqlite3.Connection) -> int:
-            now = format_ts(self._clock())
-            return conn.execute("UPDATE agent_tokens SET revoked_at = ? WHERE revoked_at IS NULL", (now,)).rowcount
+        sql = self._sql
 
-        return self._db.run_in_transaction(revoke)
+        def revoke(conn: Any) -> int:
+            now = format_ts(sql.now(conn, self._clock))
+            return int(conn.execute(sql.REVOKE_ALL_TOKENS, (now,)).rowcount)
+
+        return sql.write(self._db, revoke)
 
     def cleanup_expired(self) -> int:
         """Remove what can never be used again; the number of agents removed.
@@ -316,24 +282,19 @@ class AgentsMixin:
         deleted.
         """
 
-        def cleanup(conn: sqlite3.Connection) -> int:
-            moment = self._clock()
+        sql = self._sql
+
+        def cleanup(conn: Any) -> int:
+            moment = sql.now(conn, self._clock)
             now = format_ts(moment)
             cutoff = format_ts(moment, plus_s=-self.refresh_grace_s)
-            removed = conn.execute(
-                f"UPDATE agents SET revoked_at = :now "
-                f"WHERE revoked_at IS NULL AND local = 0 AND NOT EXISTS ({_LIVE_TOKEN})",
-                {"now": now, "cutoff": cutoff},
-            ).rowcount
-            conn.execute(
-                "DELETE FROM agent_tokens WHERE revoked_at IS NOT NULL OR expires_at <= ?",
-                (cutoff,),
-            )
+            removed = int(conn.execute(sql.REMOVE_LAPSED_AGENTS, {"now": now, "cutoff": cutoff}).rowcount)
+            conn.execute(sql.DELETE_DEAD_TOKENS, (cutoff,))
             if removed:
-                _end_leases_of_revoked_agents(conn, now)
+                sql.end_leases_of_revoked_agents(conn, now)
             return removed
 
-        return self._db.run_in_transaction(cleanup)
+        return sql.write(self._db, cleanup)
 
     # -- maintainers ----------------------------------------------------------------
 
@@ -360,10 +321,10 @@ class AgentsMixin:
         return None
 
 
-def _usable_token(conn: sqlite3.Connection, token_hash: str, *, expired_at_or_before: str, expired: str) -> sqlite3.Row:
+def _usable_token(sql: Queries, conn: Any, token_hash: str, *, expired_at_or_before: str, expired: str) -> Any:
     """The token's row joined with its agent, or Unauthorized naming why not: unknown,
     agent revoked, token revoked, or expiring at or before ``expired_at_or_before``."""
-    row = conn.execute(_TOKEN_LOOKUP, (token_hash,)).fetchone()
+    row = conn.execute(sql.TOKEN_LOOKUP, (token_hash,)).fetchone()
     if row is None:
         raise Unauthorized("unknown token")
     if row["agent_revoked_at"] is not None:
@@ -382,19 +343,7 @@ def _check_token_shape(token: object) -> None:
         raise Unauthorized("malformed token")
 
 
-def _end_leases_of_revoked_agents(conn: sqlite3.Connection, now: str) -> None:
-    """Expire now the unexpired leases held by revoked agents (reclaimed on the next
-    claim, like any expired lease)."""
-    conn.execute(
-        "UPDATE tasks SET lease_expires_at = :now, updated_at = :now WHERE id IN ("
-        " SELECT id FROM tasks INDEXED BY tasks_lease"
-        " WHERE status = 'claimed' AND lease_expires_at > :now"
-        " AND claimed_by IN (SELECT id FROM agents WHERE revoked_at IS NOT NULL))",
-        {"now": now},
-    )
-
-
-def _agent(row: sqlite3.Row) -> Agent:
+def _agent(row: Any) -> Agent:
     return Agent(
         id=row["id"],
         name=row["name"],

@@ -1,9 +1,8 @@
-"""The :class:`Store`: the agent HQ domain on one :class:`~icn_mcp.db.Database`."""
+"""The :class:`Store`: the agent HQ domain on one database (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -18,11 +17,13 @@ from icn_mcp.config import (
     MIN_MAINTAINER_TOKEN_LENGTH,
 )
 from icn_mcp.db import Database
+from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ConfigError
 from icn_mcp.store import validation as v
-from icn_mcp.store.agents import ACTIVE_AGENT_COUNT, AgentsMixin
+from icn_mcp.store.agents import AgentsMixin
 from icn_mcp.store.models import TASK_STATUSES
+from icn_mcp.store.sql import queries_for
 from icn_mcp.store.tasks import TasksMixin
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Store(AgentsMixin, TasksMixin):
 
     def __init__(
         self,
-        db: Database,
+        db: BaseDatabase,
         *,
         agent_kinds: Sequence[str] = DEFAULT_AGENT_KINDS,
         token_ttl_s: int = DEFAULT_TOKEN_TTL_S,
@@ -74,8 +75,6 @@ class Store(AgentsMixin, TasksMixin):
         maintainer_tokens: Sequence[str] = (),
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if getattr(db, "backend", "sqlite") != "sqlite":
-            raise store_backend_refused(getattr(db, "target", "?"))
         kinds = tuple(agent_kinds) if not isinstance(agent_kinds, str) else ()
         if not kinds or not all(isinstance(k, str) and AGENT_KIND_PATTERN.fullmatch(k) for k in kinds):
             raise ConfigError("agent_kinds", agent_kinds, "a non-empty list of kinds matching [a-z][a-z0-9_-]{0,31}")
@@ -103,6 +102,7 @@ class Store(AgentsMixin, TasksMixin):
                 f"strings of at least {MIN_MAINTAINER_TOKEN_LENGTH} characters",
             )
         self._db = db
+        self._sql = queries_for(db)
         self._clock = clock
         self.agent_kinds = tuple(dict.fromkeys(kinds))
         self.token_ttl_s = token_ttl_s
@@ -113,7 +113,7 @@ class Store(AgentsMixin, TasksMixin):
         self._maintainer_digests = tuple(hashlib.sha256(t.encode()).digest() for t in maintainer_tokens)
 
     @classmethod
-    def from_settings(cls, db: Database, settings: Settings, **overrides: Any) -> Store:
+    def from_settings(cls, db: BaseDatabase, settings: Settings, **overrides: Any) -> Store:
         """A Store configured from :class:`~icn_mcp.config.Settings` (``MCP_*``).
 
         ``overrides`` (e.g. ``clock``) are passed to the constructor as they are.
@@ -131,8 +131,9 @@ class Store(AgentsMixin, TasksMixin):
 
     @property
     def db(self) -> Database:
-        """The database this store works on."""
-        return self._db
+        """The database this store works on (typed as SQLite's: the server, which reads
+        SQLite's attributes, runs on SQLite only in this version)."""
+        return self._db  # type: ignore[return-value]
 
     def stats(self) -> dict[str, int]:
         """Counts for operators and metrics, with constant keys (:data:`STATS_KEYS`).
@@ -140,14 +141,16 @@ class Store(AgentsMixin, TasksMixin):
         ``tasks_claimed`` counts claimed rows, including claims whose lease has passed
         but that nobody has reclaimed yet.
         """
-        with self._db.read_transaction() as conn:
+        sql = self._sql
+        with self._db.read_transaction() as raw:
+            conn = sql.wrap(raw)
             by_status = dict.fromkeys(TASK_STATUSES, 0)
-            for row in conn.execute("SELECT status, count(*) AS n FROM tasks GROUP BY status"):
+            for row in conn.execute(sql.TASK_STATUS_COUNTS).fetchall():
                 by_status[row["status"]] = row["n"]
-            cutoff = format_ts(self._clock(), plus_s=-self.refresh_grace_s)
-            agents = conn.execute(ACTIVE_AGENT_COUNT, {"cutoff": cutoff}).fetchone()[0]
-            runs = _count(conn, "runs")
-            artifacts = _count(conn, "artifacts")
+            cutoff = format_ts(sql.now(conn, self._clock), plus_s=-self.refresh_grace_s)
+            agents = conn.execute(sql.ACTIVE_AGENT_COUNT, {"cutoff": cutoff}).fetchone()[0]
+            runs = conn.execute(sql.COUNT_RUNS).fetchone()[0]
+            artifacts = conn.execute(sql.COUNT_ARTIFACTS).fetchone()[0]
         return {
             "agents_active": agents,
             "tasks_open": by_status["open"],
@@ -160,9 +163,4 @@ class Store(AgentsMixin, TasksMixin):
         }
 
     def __repr__(self) -> str:
-        return f"<Store {str(self._db.path)!r}>"
-
-
-def _count(conn: sqlite3.Connection, table: str) -> int:
-    # ``table`` is one of our own constant names, never user input.
-    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return f"<Store {self._db.target!r}>"

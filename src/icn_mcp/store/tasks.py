@@ -1,13 +1,9 @@
 """Tasks with dependencies, claims with leases, runs and artifacts.
 
-Claiming is one ``BEGIN IMMEDIATE`` transaction whose work is one indexed ``UPDATE
-... WHERE id = (SELECT ... LIMIT 1) RETURNING``: the partial index
-``tasks_claim_order`` holds exactly the claimable rows (open, no unmet dependency) in
-claim order, so the first index entry is the task to claim at any table size. The
-same statement probes ``tasks_lease`` for an expired lease and claims nothing if
-there is one; then (rarely) the expired claims are recorded as ``expired`` runs and
-put back to open (or failed, when out of attempts), which makes them claimable
-through the same index, and the claim runs again. docs/store.md has the details.
+The SQL lives per backend in :mod:`icn_mcp.store.sql` (``self._sql``): on SQLite a
+claim is one ``BEGIN IMMEDIATE`` transaction over the partial index
+``tasks_claim_order``; on PostgreSQL one ``FOR UPDATE SKIP LOCKED`` statement over
+the same index, timed by the server's clock. docs/store.md has the details.
 """
 
 from __future__ import annotations
@@ -15,17 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import sqlite3
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-from icn_mcp.db import Database
 from icn_mcp.db.timestamps import format_ts, parse_ts
 from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import validation as v
 from icn_mcp.store.models import (
     REPORT_STATUSES,
-    TASK_COLUMNS,
     TASK_STATUSES,
     Artifact,
     Claim,
@@ -34,78 +27,10 @@ from icn_mcp.store.models import (
     TaskPage,
     TaskStatus,
 )
+from icn_mcp.store.sql import Queries
+from icn_mcp.store.sql.sqlite import CLAIM_SQL, EXPIRED_LEASE_PROBE_SQL
 
 __all__ = ["TasksMixin", "CLAIM_SQL", "EXPIRED_LEASE_PROBE_SQL"]
-
-#: Is there any expired lease? One probe of ``tasks_lease``; normally finds nothing.
-#: (Left to itself the planner picks ``tasks_status`` and walks every claimed row.)
-EXPIRED_LEASE_PROBE_SQL = (
-    "SELECT 1 FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed' AND lease_expires_at <= ? LIMIT 1"
-)
-
-_RECORD_EXPIRED_RUNS = """
-    INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at)
-    SELECT id, claimed_by, attempt, 'expired', 'lease expired at ' || lease_expires_at, :now
-    FROM tasks INDEXED BY tasks_lease
-    WHERE status = 'claimed' AND lease_expires_at <= :now
-    ORDER BY lease_expires_at, id
-"""
-
-# An expired claim counts as a failed attempt: back to open while attempts remain.
-_RELEASE_EXPIRED = """
-    UPDATE tasks SET
-        status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'open' END,
-        claimed_by = CASE WHEN attempt >= max_attempts THEN claimed_by END,
-        lease_expires_at = NULL,
-        lease_s = NULL,
-        updated_at = :now
-    WHERE id IN (
-        SELECT id FROM tasks INDEXED BY tasks_lease
-        WHERE status = 'claimed' AND lease_expires_at <= :now
-    )
-"""
-
-#: The claim itself. The WHERE terms of the subquery are exactly those of the
-#: partial index ``tasks_claim_order``, so SQLite reads its first entry and stops.
-#: It claims nothing while an expired lease waits to be released (one probe of
-#: ``tasks_lease``), so that an expired claim of higher priority is not passed over.
-#: ``INDEXED BY`` because without statistics the planner prefers ``tasks_status``
-#: (status = ?) and then sorts every open task; if the index were ever missing the
-#: statement fails loudly instead of silently scanning.
-CLAIM_SQL = f"""
-    UPDATE tasks SET
-        status = 'claimed',
-        claimed_by = :agent_id,
-        attempt = attempt + 1,
-        lease_expires_at = :lease_expires_at,
-        lease_s = :lease_s,
-        updated_at = :now
-    WHERE id = (
-        SELECT id FROM tasks INDEXED BY tasks_claim_order
-        WHERE status = 'open' AND blocking_deps = 0
-        ORDER BY priority DESC, created_at, id
-        LIMIT 1
-    )
-    AND EXISTS (SELECT 1 FROM agents WHERE id = :agent_id AND revoked_at IS NULL)
-    AND NOT EXISTS (
-        SELECT 1 FROM tasks INDEXED BY tasks_lease
-        WHERE status = 'claimed' AND lease_expires_at <= :now
-    )
-    RETURNING {TASK_COLUMNS}
-"""
-
-_RELEASE_DEPENDENTS = """
-    UPDATE tasks SET blocking_deps = blocking_deps - 1, updated_at = :now
-    WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on_id = :task_id)
-"""
-
-_INSERT_TASK = f"""
-    INSERT INTO tasks (title, description, status, priority, created_by, created_at,
-                       updated_at, depends_on, blocking_deps, max_attempts, idempotency_key)
-    VALUES (:title, :description, 'open', :priority, :created_by, :now, :now,
-            :depends_on, :blocking_deps, :max_attempts, :idempotency_key)
-    RETURNING {TASK_COLUMNS}
-"""
 
 _CURSOR_PREFIX = "tasks:"
 
@@ -113,7 +38,8 @@ _CURSOR_PREFIX = "tasks:"
 class TasksMixin:
     """The task half of :class:`~icn_mcp.store.Store`."""
 
-    _db: Database
+    _db: Any
+    _sql: Queries
     _clock: Callable[[], datetime]
     default_lease_s: float
 
@@ -153,31 +79,28 @@ class TasksMixin:
         problems.raise_if_any()
         deps_json = json.dumps(deps) if deps else None
 
-        def create(conn: sqlite3.Connection) -> Task:
+        sql = self._sql
+
+        def create(conn: Any) -> Task:
             if idempotency_key is not None:
-                row = conn.execute(
-                    f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
+                row = conn.execute(sql.TASK_BY_IDEMPOTENCY_KEY, (idempotency_key,)).fetchone()
                 if row is not None:
                     return Task.from_row(row)
             blocking = 0
             if deps:
-                found = conn.execute(
-                    "SELECT j.value AS id, t.status FROM json_each(?) AS j LEFT JOIN tasks AS t ON t.id = j.value",
-                    (deps_json,),
-                ).fetchall()
-                unknown = [row["id"] for row in found if row["status"] is None]
+                found = sql.dependency_statuses(conn, deps)
+                unknown = [dep for dep, status in found if status is None]
                 if unknown:
                     raise ValidationError({"depends_on": "unknown task ids: " + ", ".join(map(str, unknown))})
-                blocking = sum(1 for row in found if row["status"] != "completed")
+                blocking = sum(1 for _, status in found if status != "completed")
             row = conn.execute(
-                _INSERT_TASK,
+                sql.INSERT_TASK,
                 {
                     "title": title,
                     "description": description,
                     "priority": priority,
                     "created_by": created_by,
-                    "now": format_ts(self._clock()),
+                    "now": format_ts(sql.now(conn, self._clock)),
                     "depends_on": deps_json,
                     "blocking_deps": blocking,
                     "max_attempts": max_attempts,
@@ -185,18 +108,16 @@ class TasksMixin:
                 },
             ).fetchall()[0]
             if deps:
-                conn.execute(
-                    "INSERT INTO task_dependencies (task_id, depends_on_id) SELECT ?, value FROM json_each(?)",
-                    (row["id"], deps_json),
-                )
+                sql.insert_dependencies(conn, row["id"], deps)
             return Task.from_row(row)
 
-        return self._db.run_in_transaction(create)
+        return sql.write(self._db, create)
 
     def get_task(self, task_id: int) -> Task:
         """The task with this id; NotFound if there is none."""
         task_id = v.task_id(task_id)
-        row = self._db.connection().execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        with self._sql.read(self._db) as conn:
+            row = conn.execute(self._sql.TASK_BY_ID, (task_id,)).fetchone()
         if row is None:
             raise NotFound("task", task_id)
         return Task.from_row(row)
@@ -214,17 +135,11 @@ class TasksMixin:
         problems.integer("limit", limit, minimum=1, maximum=v.LIST_LIMIT_MAX)
         after = _decode_cursor(problems, cursor)
         problems.raise_if_any()
-        conn = self._db.connection()
-        if status is None:
-            rows = conn.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit + 1),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
-                (status, after, limit + 1),
-            ).fetchall()
+        with self._sql.read(self._db) as conn:
+            if status is None:
+                rows = conn.execute(self._sql.LIST_TASKS, (after, limit + 1)).fetchall()
+            else:
+                rows = conn.execute(self._sql.LIST_TASKS_BY_STATUS, (status, after, limit + 1)).fetchall()
         tasks = [Task.from_row(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(tasks[-1].id) if len(rows) > limit else None
         return TaskPage(tasks=tasks, next_cursor=next_cursor)
@@ -241,16 +156,12 @@ class TasksMixin:
         ``lease_expires_at``) until the next claim puts it back to open.
         """
         task_id = v.task_id(task_id)
-        with self._db.read_transaction() as conn:
-            task = conn.execute(
-                "SELECT id, status, attempt, lease_expires_at, claimed_by FROM tasks WHERE id = ?",
-                (task_id,),
-            ).fetchone()
+        with self._db.read_transaction() as raw:
+            conn = self._sql.wrap(raw)
+            task = conn.execute(self._sql.TASK_STATUS_ROW, (task_id,)).fetchone()
             if task is None:
                 raise NotFound("task", task_id)
-            run_row = conn.execute(
-                "SELECT * FROM runs WHERE task_id = ? ORDER BY id DESC LIMIT 1", (task_id,)
-            ).fetchone()
+            run_row = conn.execute(self._sql.LATEST_RUN, (task_id,)).fetchone()
         run = Run.from_row(run_row) if run_row is not None else None
         return TaskStatus(
             id=task["id"],
@@ -265,9 +176,10 @@ class TasksMixin:
     def list_runs(self, task_id: int) -> list[Run]:
         """Every run of a task, oldest first (its complete history); NotFound."""
         task_id = v.task_id(task_id)
-        with self._db.read_transaction() as conn:
-            _require_task(conn, task_id)
-            rows = conn.execute("SELECT * FROM runs WHERE task_id = ? ORDER BY id", (task_id,)).fetchall()
+        with self._db.read_transaction() as raw:
+            conn = self._sql.wrap(raw)
+            _require_task(self._sql, conn, task_id)
+            rows = conn.execute(self._sql.RUNS_OF_TASK, (task_id,)).fetchall()
         return [Run.from_row(row) for row in rows]
 
     # -- claiming and reporting -----------------------------------------------------
@@ -283,33 +195,20 @@ class TasksMixin:
         """
         lease = self.default_lease_s if lease_s is None else v.lease_seconds(lease_s)
 
-        def claim(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            # The clock is read here, inside the transaction, after BEGIN IMMEDIATE got
-            # the write lock: a claim that waited seconds for the lock must not come
-            # back with a lease that ended while it waited (issue 9 item 11).
-            moment = self._clock()
-            now = format_ts(moment)
-            params = {
-                "agent_id": agent_id,
-                "lease_expires_at": format_ts(moment, plus_s=lease),
-                "lease_s": lease,
-                "now": now,
-            }
-            rows = conn.execute(CLAIM_SQL, params).fetchall()
-            if rows:
-                return rows[0]
-            # Nothing claimed: an expired lease to release first, nothing claimable,
-            # or an agent that may not claim.
-            if conn.execute(EXPIRED_LEASE_PROBE_SQL, (now,)).fetchone() is not None:
-                conn.execute(_RECORD_EXPIRED_RUNS, {"now": now})
-                conn.execute(_RELEASE_EXPIRED, {"now": now})
-                rows = conn.execute(CLAIM_SQL, params).fetchall()
-                if rows:
-                    return rows[0]
-            _require_active_agent(conn, agent_id)
-            return None
+        sql = self._sql
 
-        row = self._db.run_in_transaction(claim)
+        def claim(conn: Any) -> Any:
+            # The clock is read inside the transaction, after it began (SQLite: after
+            # BEGIN IMMEDIATE got the write lock; PostgreSQL: the server's now()): a
+            # claim that waited for the lock must not come back with a lease that ended
+            # while it waited (issue 9 item 11).
+            row = sql.claim(conn, agent_id, lease, self._clock)
+            if row is None:
+                # Nothing claimable, or an agent that may not claim.
+                _require_active_agent(sql, conn, agent_id)
+            return row
+
+        row = sql.claim_write(self._db, claim)
         if row is None:
             return None
         task = Task.from_row(row)
@@ -327,12 +226,9 @@ class TasksMixin:
         Waiting claims use it to wake when a lease lapses (no commit announces that).
         One probe of the partial index ``tasks_lease``.
         """
-        row = (
-            self._db.connection()
-            .execute("SELECT min(lease_expires_at) FROM tasks INDEXED BY tasks_lease WHERE status = 'claimed'")
-            .fetchone()
-        )
-        return parse_ts(row[0]) if row is not None and row[0] is not None else None
+        with self._sql.read(self._db) as conn:
+            earliest = self._sql.next_lease_expiry(conn)
+        return parse_ts(earliest) if earliest is not None else None
 
     def report_run(
         self,
@@ -365,42 +261,30 @@ class TasksMixin:
             problems.add("agent_id", "an agent id")
         problems.raise_if_any()
 
-        def report(conn: sqlite3.Connection) -> Run:
-            # The clock is read inside the transaction (after BEGIN IMMEDIATE took the
-            # write lock): a report that waited for the lock is judged at the time it
-            # runs, not at the time it asked (issue 9 item 11).
-            moment = self._clock()
+        sql = self._sql
+
+        def report(conn: Any) -> Run:
+            # The clock is read inside the transaction (SQLite: after BEGIN IMMEDIATE took
+            # the write lock; PostgreSQL: the server's now()): a report that waited for
+            # the lock is judged at the time it runs, not at the time it asked (issue 9
+            # item 11).
+            moment = sql.now(conn, self._clock)
             now = format_ts(moment)
-            task = _require_current_claim(conn, task_id, agent_id, attempt, now)
-            run_row = conn.execute(
-                "INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-                (task_id, agent_id, task["attempt"], status, notes, now),
-            ).fetchall()[0]
+            task = _require_current_claim(sql, conn, task_id, agent_id, attempt, now)
+            run_row = conn.execute(sql.INSERT_RUN, (task_id, agent_id, task["attempt"], status, notes, now)).fetchall()[0]
             if status == "claimed":
-                conn.execute("UPDATE tasks SET updated_at = ? WHERE id = ?", (now, task_id))
+                conn.execute(sql.TOUCH_TASK, (now, task_id))
             elif status == "in_progress":
-                conn.execute(
-                    "UPDATE tasks SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
-                    (format_ts(moment, plus_s=task["lease_s"]), now, task_id),
-                )
+                conn.execute(sql.RENEW_LEASE, (format_ts(moment, plus_s=task["lease_s"]), now, task_id))
             elif status == "completed":
-                conn.execute(
-                    "UPDATE tasks SET status = 'completed', lease_expires_at = NULL, "
-                    "lease_s = NULL, updated_at = ? WHERE id = ?",
-                    (now, task_id),
-                )
-                conn.execute(_RELEASE_DEPENDENTS, {"now": now, "task_id": task_id})
+                conn.execute(sql.COMPLETE_TASK, (now, task_id))
+                conn.execute(sql.RELEASE_DEPENDENTS, {"now": now, "task_id": task_id})
             else:  # failed
                 final = task["attempt"] >= task["max_attempts"]
-                conn.execute(
-                    "UPDATE tasks SET status = ?, claimed_by = ?, lease_expires_at = NULL, "
-                    "lease_s = NULL, updated_at = ? WHERE id = ?",
-                    ("failed" if final else "open", agent_id if final else None, now, task_id),
-                )
+                conn.execute(sql.FAIL_TASK, ("failed" if final else "open", agent_id if final else None, now, task_id))
             return Run.from_row(run_row)
 
-        return self._db.run_in_transaction(report)
+        return sql.write(self._db, report)
 
     # -- artifacts ------------------------------------------------------------------
 
@@ -453,41 +337,36 @@ class TasksMixin:
             problems.integer("attempt", attempt, minimum=1, maximum=v.ATTEMPT_MAX)
         problems.raise_if_any()
 
-        def add(conn: sqlite3.Connection) -> Artifact:
-            now = format_ts(self._clock())
+        sql = self._sql
+
+        def add(conn: Any) -> Artifact:
+            now = format_ts(sql.now(conn, self._clock))
             if agent_id is None:
-                _require_task(conn, task_id)
+                _require_task(sql, conn, task_id)
                 author, recorded_attempt = added_by, None
             else:
                 author = agent_id
                 # The same rule as a report: the current, unexpired claim (attempt required
                 # when this agent held an expired attempt of the task).
-                recorded_attempt = int(_require_current_claim(conn, task_id, agent_id, attempt, now)["attempt"])
+                recorded_attempt = int(_require_current_claim(sql, conn, task_id, agent_id, attempt, now)["attempt"])
             row = conn.execute(
-                "INSERT INTO artifacts (task_id, kind, path, meta, created_at, added_by, attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                (task_id, kind, path, meta_json, now, author, recorded_attempt),
+                sql.INSERT_ARTIFACT, (task_id, kind, path, meta_json, now, author, recorded_attempt)
             ).fetchall()[0]
             return Artifact.from_row(row)
 
-        return self._db.run_in_transaction(add)
+        return sql.write(self._db, add)
 
     def list_artifacts(self, task_id: int) -> list[Artifact]:
         """The artifacts of a task, oldest first; NotFound for an unknown task."""
         task_id = v.task_id(task_id)
-        with self._db.read_transaction() as conn:
-            _require_task(conn, task_id)
-            rows = conn.execute("SELECT * FROM artifacts WHERE task_id = ? ORDER BY id", (task_id,)).fetchall()
+        with self._db.read_transaction() as raw:
+            conn = self._sql.wrap(raw)
+            _require_task(self._sql, conn, task_id)
+            rows = conn.execute(self._sql.ARTIFACTS_OF_TASK, (task_id,)).fetchall()
         return [Artifact.from_row(row) for row in rows]
 
 
-#: Columns of a task that :func:`_require_current_claim` returns.
-_CLAIM_COLUMNS = "status, claimed_by, attempt, max_attempts, lease_expires_at, lease_s"
-
-
-def _require_current_claim(
-    conn: sqlite3.Connection, task_id: int, agent_id: str, attempt: int | None, now: str
-) -> sqlite3.Row:
+def _require_current_claim(sql: Queries, conn: Any, task_id: int, agent_id: str, attempt: int | None, now: str) -> Any:
     """The task's row when ``agent_id`` holds its current, unexpired claim; else
     NotFound or Conflict naming what is stale. Call it inside the write transaction
     that acts on the claim, with ``now`` read after that transaction began.
@@ -497,7 +376,7 @@ def _require_current_claim(
     ``expired`` run in its name): the report may then be that attempt's late one, and
     only ``attempt`` can tell (issue 9 item 10).
     """
-    task = conn.execute(f"SELECT {_CLAIM_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    task = conn.execute(sql.CLAIM_ROW, (task_id,)).fetchone()
     if task is None:
         raise NotFound("task", task_id)
     facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
@@ -510,7 +389,7 @@ def _require_current_claim(
             f"attempt {attempt} of task {task_id} is stale: the current attempt is {task['attempt']}",
             **facts,
         )
-    if attempt is None and conn.execute(_HELD_AN_EXPIRED_ATTEMPT, (task_id, agent_id)).fetchone():
+    if attempt is None and conn.execute(sql.HELD_AN_EXPIRED_ATTEMPT, (task_id, agent_id)).fetchone():
         raise Conflict(
             f"attempt is required: this agent held an earlier attempt of task {task_id} "
             f"whose lease expired, so a report without attempt is ambiguous; send the "
@@ -526,18 +405,13 @@ def _require_current_claim(
     return task
 
 
-#: Did this agent hold an attempt of this task that expired? (``runs_task`` index:
-#: the runs of one task, a handful.) The current attempt never has an expired run.
-_HELD_AN_EXPIRED_ATTEMPT = "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
-
-
-def _require_task(conn: sqlite3.Connection, task_id: int) -> None:
-    if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+def _require_task(sql: Queries, conn: Any, task_id: int) -> None:
+    if conn.execute(sql.TASK_EXISTS, (task_id,)).fetchone() is None:
         raise NotFound("task", task_id)
 
 
-def _require_active_agent(conn: sqlite3.Connection, agent_id: str) -> None:
-    row = conn.execute("SELECT revoked_at FROM agents WHERE id = ?", (agent_id,)).fetchone()
+def _require_active_agent(sql: Queries, conn: Any, agent_id: str) -> None:
+    row = conn.execute(sql.AGENT_REVOKED_AT, (agent_id,)).fetchone()
     if row is None:
         raise NotFound("agent", agent_id)
     if row["revoked_at"] is not None:

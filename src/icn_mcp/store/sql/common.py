@@ -1,0 +1,212 @@
+"""The :class:`Queries` contract and the statements both backends run as written.
+
+Statements here use ``?`` and ``:name`` placeholders and nothing engine-specific;
+:mod:`icn_mcp.store.sql.postgres` rewrites the placeholders once, at import. What
+differs between engines (claims, lease expiry, index hints, dependency lists, the
+clock) is a method or attribute each backend defines in its own module.
+"""
+
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Callable, ClassVar, TypeVar
+
+from icn_mcp.store.models import TASK_COLUMNS
+
+__all__ = ["Queries", "PORTABLE"]
+
+T = TypeVar("T")
+
+# A token usable now or refreshable later: not revoked, not expired beyond the grace
+# window (``expires_at > now - grace``). An agent is active while it has one.
+_LIVE_TOKEN = """
+    SELECT 1 FROM agent_tokens t
+    WHERE t.agent_id = agents.id AND t.revoked_at IS NULL AND t.expires_at > :cutoff
+"""
+
+#: Columns of a task that the claim checks read.
+CLAIM_COLUMNS = "status, claimed_by, attempt, max_attempts, lease_expires_at, lease_s"
+
+#: Statements both engines run as written (name -> SQL with ``?``/``:name``).
+PORTABLE: dict[str, str] = {
+    # -- agents and tokens
+    #: Has an agent ever been registered (with a token)? Migration 0005's one row.
+    "BOOTSTRAPPED": "SELECT 1 FROM agent_bootstrap",
+    "RECORD_BOOTSTRAP": (
+        "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO NOTHING"
+    ),
+    #: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
+    "ACTIVE_AGENT_COUNT": f"""
+        SELECT count(*) FROM agents
+        WHERE revoked_at IS NULL AND (local = 1 OR EXISTS ({_LIVE_TOKEN}))
+    """,
+    "TOKEN_LOOKUP": """
+        SELECT a.id, a.name, a.kind, a.version, a.created_at, a.revoked_at AS agent_revoked_at,
+               t.expires_at, t.revoked_at
+        FROM agent_tokens t JOIN agents a ON a.id = t.agent_id
+        WHERE t.token_hash = ?
+    """,
+    "INSERT_AGENT": "INSERT INTO agents (id, name, kind, version, created_at) VALUES (?, ?, ?, ?, ?)",
+    "FIND_LOCAL_AGENT": "SELECT id, created_at FROM agents WHERE local = 1 AND name = ? AND revoked_at IS NULL",
+    "INSERT_LOCAL_AGENT": (
+        "INSERT INTO agents (id, name, kind, version, created_at, local) VALUES (?, ?, ?, ?, ?, 1)"
+    ),
+    "UPDATE_LOCAL_AGENT": "UPDATE agents SET kind = ?, version = ? WHERE id = ?",
+    "INSERT_TOKEN": "INSERT INTO agent_tokens (token_hash, agent_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+    "REVOKE_TOKEN": "UPDATE agent_tokens SET revoked_at = ? WHERE token_hash = ?",
+    "AGENT_REVOKED_AT": "SELECT revoked_at FROM agents WHERE id = ?",
+    "REVOKE_AGENT": "UPDATE agents SET revoked_at = ? WHERE id = ?",
+    "REVOKE_AGENT_TOKENS": "UPDATE agent_tokens SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
+    "REVOKE_ALL_TOKENS": "UPDATE agent_tokens SET revoked_at = ? WHERE revoked_at IS NULL",
+    "REMOVE_LAPSED_AGENTS": (
+        f"UPDATE agents SET revoked_at = :now WHERE revoked_at IS NULL AND local = 0 AND NOT EXISTS ({_LIVE_TOKEN})"
+    ),
+    "DELETE_DEAD_TOKENS": "DELETE FROM agent_tokens WHERE revoked_at IS NOT NULL OR expires_at <= ?",
+    # -- tasks
+    "TASK_BY_IDEMPOTENCY_KEY": f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ?",
+    "INSERT_TASK": f"""
+        INSERT INTO tasks (title, description, status, priority, created_by, created_at,
+                           updated_at, depends_on, blocking_deps, max_attempts, idempotency_key)
+        VALUES (:title, :description, 'open', :priority, :created_by, :now, :now,
+                :depends_on, :blocking_deps, :max_attempts, :idempotency_key)
+        RETURNING {TASK_COLUMNS}
+    """,
+    "TASK_BY_ID": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?",
+    "LIST_TASKS": f"SELECT {TASK_COLUMNS} FROM tasks WHERE id > ? ORDER BY id LIMIT ?",
+    "LIST_TASKS_BY_STATUS": f"SELECT {TASK_COLUMNS} FROM tasks WHERE status = ? AND id > ? ORDER BY id LIMIT ?",
+    "TASK_STATUS_ROW": "SELECT id, status, attempt, lease_expires_at, claimed_by FROM tasks WHERE id = ?",
+    "LATEST_RUN": "SELECT * FROM runs WHERE task_id = ? ORDER BY id DESC LIMIT 1",
+    "RUNS_OF_TASK": "SELECT * FROM runs WHERE task_id = ? ORDER BY id",
+    "INSERT_RUN": (
+        "INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *"
+    ),
+    "TOUCH_TASK": "UPDATE tasks SET updated_at = ? WHERE id = ?",
+    "RENEW_LEASE": "UPDATE tasks SET lease_expires_at = ?, updated_at = ? WHERE id = ?",
+    "COMPLETE_TASK": (
+        "UPDATE tasks SET status = 'completed', lease_expires_at = NULL, lease_s = NULL, updated_at = ? WHERE id = ?"
+    ),
+    "RELEASE_DEPENDENTS": """
+        UPDATE tasks SET blocking_deps = blocking_deps - 1, updated_at = :now
+        WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on_id = :task_id)
+    """,
+    "FAIL_TASK": (
+        "UPDATE tasks SET status = ?, claimed_by = ?, lease_expires_at = NULL, lease_s = NULL, updated_at = ? "
+        "WHERE id = ?"
+    ),
+    "INSERT_ARTIFACT": (
+        "INSERT INTO artifacts (task_id, kind, path, meta, created_at, added_by, attempt) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *"
+    ),
+    "ARTIFACTS_OF_TASK": "SELECT * FROM artifacts WHERE task_id = ? ORDER BY id",
+    "CLAIM_ROW": f"SELECT {CLAIM_COLUMNS} FROM tasks WHERE id = ?",
+    #: Did this agent hold an attempt of this task that expired? (``runs_task`` index:
+    #: the runs of one task, a handful.) The current attempt never has an expired run.
+    "HELD_AN_EXPIRED_ATTEMPT": (
+        "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
+    ),
+    "TASK_EXISTS": "SELECT 1 FROM tasks WHERE id = ?",
+    # -- stats
+    "TASK_STATUS_COUNTS": "SELECT status, count(*) AS n FROM tasks GROUP BY status",
+    "COUNT_RUNS": "SELECT count(*) FROM runs",
+    "COUNT_ARTIFACTS": "SELECT count(*) FROM artifacts",
+}
+
+
+class Queries(abc.ABC):
+    """One backend's statements and ways: the store's only view of the engine.
+
+    Attributes named as the keys of :data:`PORTABLE` hold those statements in the
+    backend's placeholder style. The methods below hold what differs.
+    """
+
+    backend: ClassVar[str]
+
+    BOOTSTRAPPED: str
+    RECORD_BOOTSTRAP: str
+    ACTIVE_AGENT_COUNT: str
+    TOKEN_LOOKUP: str
+    INSERT_AGENT: str
+    FIND_LOCAL_AGENT: str
+    INSERT_LOCAL_AGENT: str
+    UPDATE_LOCAL_AGENT: str
+    INSERT_TOKEN: str
+    REVOKE_TOKEN: str
+    AGENT_REVOKED_AT: str
+    REVOKE_AGENT: str
+    REVOKE_AGENT_TOKENS: str
+    REVOKE_ALL_TOKENS: str
+    REMOVE_LAPSED_AGENTS: str
+    DELETE_DEAD_TOKENS: str
+    TASK_BY_IDEMPOTENCY_KEY: str
+    INSERT_TASK: str
+    TASK_BY_ID: str
+    LIST_TASKS: str
+    LIST_TASKS_BY_STATUS: str
+    TASK_STATUS_ROW: str
+    LATEST_RUN: str
+    RUNS_OF_TASK: str
+    INSERT_RUN: str
+    TOUCH_TASK: str
+    RENEW_LEASE: str
+    COMPLETE_TASK: str
+    RELEASE_DEPENDENTS: str
+    FAIL_TASK: str
+    INSERT_ARTIFACT: str
+    ARTIFACTS_OF_TASK: str
+    CLAIM_ROW: str
+    HELD_AN_EXPIRED_ATTEMPT: str
+    TASK_EXISTS: str
+    TASK_STATUS_COUNTS: str
+    COUNT_RUNS: str
+    COUNT_ARTIFACTS: str
+
+    # -- connections and transactions ----------------------------------------------
+
+    @abc.abstractmethod
+    def wrap(self, conn: Any) -> Any:
+        """A connection of ``db.read_transaction()`` as the statements here expect it."""
+
+    @abc.abstractmethod
+    def read(self, db: Any) -> AbstractContextManager[Any]:
+        """A connection for reads (statements run with ``conn.execute(sql, params)``)."""
+
+    @abc.abstractmethod
+    def write(self, db: Any, fn: Callable[[Any], T]) -> T:
+        """``fn(conn)`` in a write transaction, retried as the backend retries."""
+
+    @abc.abstractmethod
+    def claim_write(self, db: Any, fn: Callable[[Any], T]) -> T:
+        """``fn(conn)`` in the transaction a claim runs in."""
+
+    # -- time -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def now(self, conn: Any, clock: Callable[[], datetime]) -> datetime:
+        """The moment that decides ownership in this transaction: the store's clock on
+        SQLite (one host), the database server's ``now()`` on PostgreSQL (many hosts)."""
+
+    # -- what differs ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(self, conn: Any, agent_id: str, lease_s: float, clock: Callable[[], datetime]) -> Any:
+        """Claim the next claimable task (requeueing expired leases first when any
+        wait); its row as :data:`TASK_COLUMNS`, or None."""
+
+    @abc.abstractmethod
+    def next_lease_expiry(self, conn: Any) -> str | None:
+        """The earliest lease expiry of a claimed task (stored text), or None."""
+
+    @abc.abstractmethod
+    def end_leases_of_revoked_agents(self, conn: Any, now: str) -> None:
+        """Expire now the unexpired leases held by revoked agents."""
+
+    @abc.abstractmethod
+    def dependency_statuses(self, conn: Any, deps: list[int]) -> list[tuple[int, str | None]]:
+        """``(id, status or None when unknown)`` for each dependency id."""
+
+    @abc.abstractmethod
+    def insert_dependencies(self, conn: Any, task_id: int, deps: list[int]) -> None:
+        """The dependency edges of a new task."""

@@ -1,0 +1,212 @@
+"""The store's SQL on PostgreSQL: many hosts, row locks, the server's clock.
+
+Every moment that decides ownership (claim time, lease expiry, token expiry) is the
+database server's ``now()`` (the transaction's start on the server), never a host's
+clock: hosts sharing one database may disagree about the time, the server does not
+(DESIGN.md guarantee 10). Timestamps still read back as icn-mcp's fixed-width UTC
+text (the loader of :mod:`icn_mcp.db.postgres.database`).
+
+Claims run under ``READ COMMITTED`` (SERIALIZABLE makes concurrent claimers of
+different rows conflict on the index range they read: bench/bench_pg_transactions.py)
+as one ``UPDATE ... WHERE id = (SELECT ... ORDER BY priority DESC, created_at, id
+LIMIT 1 FOR UPDATE SKIP LOCKED)``: the subquery's terms are those of the partial
+index ``tasks_claim_order`` (migration 0002), so it reads the first index entry no
+other claimer holds. The same statement claims nothing while an expired lease that no
+other claimer is releasing waits (so an expired claim of higher priority is not
+passed over); the claimer then records the expired claims as ``expired`` runs and
+puts them back in one statement that locks them ``SKIP LOCKED`` (each expired claim
+is released by exactly one claimer), and claims again. Everything else runs in
+SERIALIZABLE transactions, retried by the database layer.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Callable, Iterator, TypeVar
+
+from icn_mcp.db.timestamps import parse_ts
+from icn_mcp.store.models import TASK_COLUMNS
+from icn_mcp.store.sql.common import PORTABLE, Queries
+
+__all__ = ["PostgresQueries", "CLAIM_SQL", "REQUEUE_EXPIRED_SQL", "to_pyformat"]
+
+T = TypeVar("T")
+
+_TEXT_TS = """to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+#: The claim: one statement, the first unlocked entry of ``tasks_claim_order``.
+CLAIM_SQL = f"""
+    UPDATE tasks SET
+        status = 'claimed',
+        claimed_by = %(agent_id)s,
+        attempt = attempt + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s::float8),
+        lease_s = %(lease_s)s::float8,
+        updated_at = now()
+    WHERE id = (
+        SELECT id FROM tasks
+        WHERE status = 'open' AND blocking_deps = 0
+        ORDER BY priority DESC, created_at, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    AND EXISTS (SELECT 1 FROM agents WHERE id = %(agent_id)s AND revoked_at IS NULL)
+    AND NOT EXISTS (
+        SELECT 1 FROM tasks AS expired
+        WHERE expired.status = 'claimed' AND expired.lease_expires_at <= now()
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING {TASK_COLUMNS}
+"""
+
+#: Is there an expired lease no other claimer is releasing? (``tasks_lease``.)
+EXPIRED_LEASE_PROBE_SQL = (
+    "SELECT 1 FROM tasks WHERE status = 'claimed' AND lease_expires_at <= now() LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+
+#: Record the expired claims as ``expired`` runs and put them back to open (or failed,
+#: out of attempts), in one statement over the rows it could lock.
+REQUEUE_EXPIRED_SQL = f"""
+    WITH expired AS (
+        SELECT id, claimed_by, attempt, lease_expires_at FROM tasks
+        WHERE status = 'claimed' AND lease_expires_at <= now()
+        ORDER BY lease_expires_at, id
+        FOR UPDATE SKIP LOCKED
+    ), recorded AS (
+        INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at)
+        SELECT id, claimed_by, attempt, 'expired',
+               'lease expired at ' || {_TEXT_TS.format(col="lease_expires_at")}, now()
+        FROM expired ORDER BY lease_expires_at, id
+    )
+    UPDATE tasks SET
+        status = CASE WHEN tasks.attempt >= tasks.max_attempts THEN 'failed' ELSE 'open' END,
+        claimed_by = CASE WHEN tasks.attempt >= tasks.max_attempts THEN tasks.claimed_by END,
+        lease_expires_at = NULL,
+        lease_s = NULL,
+        updated_at = now()
+    FROM expired WHERE tasks.id = expired.id
+"""
+
+_NEXT_LEASE_EXPIRY = "SELECT min(lease_expires_at) FROM tasks WHERE status = 'claimed'"
+
+_END_LEASES_OF_REVOKED_AGENTS = """
+    UPDATE tasks SET lease_expires_at = %(now)s, updated_at = %(now)s
+    WHERE status = 'claimed' AND lease_expires_at > %(now)s
+      AND claimed_by IN (SELECT id FROM agents WHERE revoked_at IS NOT NULL)
+"""
+
+_DEPENDENCY_STATUSES = """
+    SELECT j.id, t.status FROM unnest(%s::bigint[]) WITH ORDINALITY AS j (id, n)
+    LEFT JOIN tasks AS t ON t.id = j.id ORDER BY j.n
+"""
+
+_INSERT_DEPENDENCIES = "INSERT INTO task_dependencies (task_id, depends_on_id) SELECT %s, unnest(%s::bigint[])"
+
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def to_pyformat(sql: str) -> str:
+    """``?`` -> ``%s`` and ``:name`` -> ``%(name)s`` (for the portable statements,
+    which contain neither ``%`` nor ``::``)."""
+    if "%" in sql or "::" in sql:
+        raise ValueError("a portable statement may not contain '%' or '::'")
+    return _NAMED.sub(r"%(\1)s", sql.replace("?", "%s"))
+
+
+class Row:
+    """A result row read by position or by column name, as ``sqlite3.Row`` is."""
+
+    __slots__ = ("_values", "_index")
+
+    def __init__(self, values: tuple[Any, ...], index: dict[str, int]) -> None:
+        self._values = values
+        self._index = index
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self._values[self._index[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+def _row_factory(cursor: Any) -> Callable[[Any], Row]:
+    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(tuple(values), index)
+
+
+class PgConnection:
+    """A pooled psycopg connection whose ``execute`` returns rows as :class:`Row`."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        cursor = self.raw.cursor(row_factory=_row_factory)
+        cursor.execute(sql, params)
+        return cursor
+
+
+class PostgresQueries(Queries):
+    """PostgreSQL: pyformat placeholders, server time, SKIP LOCKED claims."""
+
+    backend = "postgresql"
+
+    def wrap(self, conn: Any) -> Any:
+        return PgConnection(conn)
+
+    @contextmanager
+    def read(self, db: Any) -> Iterator[Any]:
+        with db.read_transaction() as conn:
+            yield PgConnection(conn)
+
+    def write(self, db: Any, fn: Callable[[Any], T]) -> T:
+        return db.run_in_transaction(lambda conn: fn(PgConnection(conn)))  # type: ignore[no-any-return]
+
+    def claim_write(self, db: Any, fn: Callable[[Any], T]) -> T:
+        return db.run_in_transaction(  # type: ignore[no-any-return]
+            lambda conn: fn(PgConnection(conn)), isolation="read committed"
+        )
+
+    def now(self, conn: Any, clock: Callable[[], datetime]) -> datetime:
+        # The server's transaction time: every host agrees on it (the store's clock,
+        # a host's, is not asked).
+        return parse_ts(conn.execute("SELECT now()").fetchone()[0])
+
+    def claim(self, conn: Any, agent_id: str, lease_s: float, clock: Callable[[], datetime]) -> Any:
+        params = {"agent_id": agent_id, "lease_s": lease_s}
+        row = conn.execute(CLAIM_SQL, params).fetchone()
+        if row is not None:
+            return row
+        if conn.execute(EXPIRED_LEASE_PROBE_SQL).fetchone() is not None:
+            conn.execute(REQUEUE_EXPIRED_SQL)
+            return conn.execute(CLAIM_SQL, params).fetchone()
+        return None
+
+    def next_lease_expiry(self, conn: Any) -> str | None:
+        row = conn.execute(_NEXT_LEASE_EXPIRY).fetchone()
+        return row[0] if row is not None else None
+
+    def end_leases_of_revoked_agents(self, conn: Any, now: str) -> None:
+        conn.execute(_END_LEASES_OF_REVOKED_AGENTS, {"now": now})
+
+    def dependency_statuses(self, conn: Any, deps: list[int]) -> list[tuple[int, str | None]]:
+        return [(row[0], row[1]) for row in conn.execute(_DEPENDENCY_STATUSES, (deps,)).fetchall()]
+
+    def insert_dependencies(self, conn: Any, task_id: int, deps: list[int]) -> None:
+        conn.execute(_INSERT_DEPENDENCIES, (task_id, deps))
+
+
+for _name, _sql in PORTABLE.items():
+    setattr(PostgresQueries, _name, to_pyformat(_sql))
