@@ -43,7 +43,7 @@ def _register(store: Store, count: int) -> list[str]:
     return [first.id] + [agent.id for agent in rest]
 
 
-def _run_claimers(db_path: Path, agent_ids: list[str], tmp_path: Path, total: int) -> list[dict]:
+def _run_claimers(db_path: str | Path, agent_ids: list[str], tmp_path: Path, total: int) -> list[dict]:
     outs = [tmp_path / f"claimer-{i}.json" for i in range(len(agent_ids))]
     procs = [
         CTX.Process(target=claim_until_done, args=(str(db_path), agent, str(out), total, 300.0))
@@ -75,23 +75,42 @@ def _assert_each_claimed_once(store: Store, results: list[dict], task_ids: list[
     assert sum(1 for r in results if r["claims"]) > 1, "only one process did any work"
 
 
-def test_eight_processes_claim_every_task_exactly_once(store: Store, db_path: Path, tmp_path: Path) -> None:
+def test_eight_processes_claim_every_task_exactly_once(store: Store, db_target: str, tmp_path: Path) -> None:
     agent_ids = _register(store, WORKERS)
     task_ids = [store.create_task(f"task {i}", priority=i % 5).id for i in range(TASKS)]
-    results = _run_claimers(db_path, agent_ids, tmp_path, TASKS)
+    results = _run_claimers(db_target, agent_ids, tmp_path, TASKS)
     _assert_each_claimed_once(store, results, task_ids)
 
 
-def test_eight_processes_respect_chains_and_fan_ins(store: Store, db: Database, db_path: Path, tmp_path: Path) -> None:
-    # Every claim and completion is logged by a trigger, in commit order: the oracle
-    # for "no task was claimed before its dependencies completed".
+#: A trigger logs every claim and completion with an increasing number: the oracle
+#: for "no task was claimed before its dependencies completed". On SQLite (one writer)
+#: in commit order; on PostgreSQL a sequence value taken inside the completing
+#: transaction, so before its commit, while a dependent's claim can only see
+#: blocking_deps = 0 after that commit: a claim logged before its dependency's
+#: completion is a claim that did not wait for it.
+_CLAIM_LOG = {
+    "sqlite": [
+        "CREATE TABLE claim_log (seq INTEGER PRIMARY KEY, task_id INTEGER, status TEXT)",
+        "CREATE TRIGGER log_claims AFTER UPDATE OF status ON tasks "
+        "WHEN NEW.status IN ('claimed', 'completed') BEGIN "
+        "INSERT INTO claim_log (task_id, status) VALUES (NEW.id, NEW.status); END",
+    ],
+    "postgresql": [
+        "CREATE TABLE claim_log (seq BIGSERIAL PRIMARY KEY, task_id BIGINT, status TEXT)",
+        "CREATE FUNCTION log_claims() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO claim_log (task_id, status) VALUES (NEW.id, NEW.status); RETURN NEW; END $$",
+        "CREATE TRIGGER log_claims AFTER UPDATE OF status ON tasks FOR EACH ROW "
+        "WHEN (NEW.status IN ('claimed', 'completed')) EXECUTE FUNCTION log_claims()",
+    ],
+}
+
+
+def test_eight_processes_respect_chains_and_fan_ins(
+    store: Store, db: Database, backend: str, db_target: str, tmp_path: Path
+) -> None:
     with db.write_transaction() as conn:
-        conn.execute("CREATE TABLE claim_log (seq INTEGER PRIMARY KEY, task_id INTEGER, status TEXT)")
-        conn.execute(
-            "CREATE TRIGGER log_claims AFTER UPDATE OF status ON tasks "
-            "WHEN NEW.status IN ('claimed', 'completed') BEGIN "
-            "INSERT INTO claim_log (task_id, status) VALUES (NEW.id, NEW.status); END"
-        )
+        for statement in _CLAIM_LOG[backend]:
+            conn.execute(statement)
     agent_ids = _register(store, WORKERS)
     deps: dict[int, list[int]] = {}
 
@@ -111,23 +130,24 @@ def test_eight_processes_respect_chains_and_fan_ins(store: Store, db: Database, 
     while len(deps) < TASKS:
         create(f"free {len(deps)}")
 
-    results = _run_claimers(db_path, agent_ids, tmp_path, TASKS)
+    results = _run_claimers(db_target, agent_ids, tmp_path, TASKS)
     _assert_each_claimed_once(store, results, list(deps))
 
-    log = db.connection().execute("SELECT seq, task_id, status FROM claim_log").fetchall()
-    claimed_at = {row["task_id"]: row["seq"] for row in log if row["status"] == "claimed"}
-    completed_at = {row["task_id"]: row["seq"] for row in log if row["status"] == "completed"}
+    with db.read_transaction() as conn:
+        log = conn.execute("SELECT seq, task_id, status FROM claim_log").fetchall()
+    claimed_at = {task_id: seq for seq, task_id, status in log if status == "claimed"}
+    completed_at = {task_id: seq for seq, task_id, status in log if status == "completed"}
     assert len(claimed_at) == len(completed_at) == TASKS
     early = [(task, dep) for task, ds in deps.items() for dep in ds if claimed_at[task] < completed_at[dep]]
     assert early == []
 
 
-def test_racing_bootstrap_registrations_yield_exactly_one_agent(db: Database, db_path: Path, tmp_path: Path) -> None:
+def test_racing_bootstrap_registrations_yield_exactly_one_agent(db: Database, db_target: str, tmp_path: Path) -> None:
     racers = 6
     barrier = CTX.Barrier(racers)
     outs = [tmp_path / f"racer-{i}.json" for i in range(racers)]
     procs = [
-        CTX.Process(target=register_at_barrier, args=(str(db_path), f"racer-{i}", barrier, str(out)))
+        CTX.Process(target=register_at_barrier, args=(db_target, f"racer-{i}", barrier, str(out)))
         for i, out in enumerate(outs)
     ]
     for proc in procs:
@@ -139,10 +159,12 @@ def test_racing_bootstrap_registrations_yield_exactly_one_agent(db: Database, db
     winners = [r for r in results if r["ok"]]
     assert len(winners) == 1
     assert all("already registered" in r["reason"] for r in results if not r["ok"])
-    rows = db.connection().execute("SELECT id FROM agents").fetchall()
-    assert [row["id"] for row in rows] == [winners[0]["id"]]
+    with db.read_transaction() as conn:
+        rows = conn.execute("SELECT id FROM agents").fetchall()
+    assert [row[0] for row in rows] == [winners[0]["id"]]
 
 
+@pytest.mark.sqlite_only(reason="reopens the SQLite file and checks its integrity")
 def test_kill_9_in_the_middle_of_claiming_loses_nothing(store: Store, db: Database, db_path: Path) -> None:
     victim, survivor = _register(store, 2)
     task_ids = [store.create_task(f"task {i}").id for i in range(600)]
@@ -181,6 +203,7 @@ def test_kill_9_in_the_middle_of_claiming_loses_nothing(store: Store, db: Databa
         assert max(t.attempt for t in later.list_tasks(limit=1000).tasks) <= 2
 
 
+@pytest.mark.sqlite_only(reason="reopens the SQLite file and checks its integrity")
 def test_everything_survives_close_and_reopen(db_path: Path, tmp_path: Path) -> None:
     clock = FakeClock()
     with Database(db_path) as db:

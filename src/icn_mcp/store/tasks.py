@@ -208,7 +208,7 @@ class TasksMixin:
                 _require_active_agent(sql, conn, agent_id)
             return row
 
-        row = sql.claim_write(self._db, claim)
+        row = sql.locking_write(self._db, claim)
         if row is None:
             return None
         task = Task.from_row(row)
@@ -284,7 +284,7 @@ class TasksMixin:
                 conn.execute(sql.FAIL_TASK, ("failed" if final else "open", agent_id if final else None, now, task_id))
             return Run.from_row(run_row)
 
-        return sql.write(self._db, report)
+        return sql.locking_write(self._db, report)
 
     # -- artifacts ------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class TasksMixin:
             ).fetchall()[0]
             return Artifact.from_row(row)
 
-        return sql.write(self._db, add)
+        return sql.locking_write(self._db, add)
 
     def list_artifacts(self, task_id: int) -> list[Artifact]:
         """The artifacts of a task, oldest first; NotFound for an unknown task."""

@@ -178,8 +178,11 @@ class Queries(abc.ABC):
         """``fn(conn)`` in a write transaction, retried as the backend retries."""
 
     @abc.abstractmethod
-    def claim_write(self, db: Any, fn: Callable[[Any], T]) -> T:
-        """``fn(conn)`` in the transaction a claim runs in."""
+    def locking_write(self, db: Any, fn: Callable[[Any], T]) -> T:
+        """``fn(conn)`` for work that locks the task rows it decides on (claims,
+        reports, artifacts of a claim): on PostgreSQL ``READ COMMITTED``, correct
+        statement by statement because :attr:`CLAIM_ROW` and the claim lock their rows,
+        and free of the serialization failures SERIALIZABLE gives concurrent claimers."""
 
     # -- time -----------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ other claimer holds. The same statement claims nothing while an expired lease th
 other claimer is releasing waits (so an expired claim of higher priority is not
 passed over); the claimer then records the expired claims as ``expired`` runs and
 puts them back in one statement that locks them ``SKIP LOCKED`` (each expired claim
-is released by exactly one claimer), and claims again. Everything else runs in
-SERIALIZABLE transactions, retried by the database layer.
+is released by exactly one claimer), and claims again. Reports and an agent's
+artifacts also run under READ COMMITTED, with the task row locked ``FOR UPDATE``
+before the claim is checked; everything else runs in SERIALIZABLE transactions,
+retried by the database layer.
 """
 
 from __future__ import annotations
@@ -97,10 +99,11 @@ _END_LEASES_OF_REVOKED_AGENTS = """
       AND claimed_by IN (SELECT id FROM agents WHERE revoked_at IS NOT NULL)
 """
 
-_DEPENDENCY_STATUSES = """
-    SELECT j.id, t.status FROM unnest(%s::bigint[]) WITH ORDINALITY AS j (id, n)
-    LEFT JOIN tasks AS t ON t.id = j.id ORDER BY j.n
-"""
+#: The dependencies of a new task, locked FOR SHARE until it commits: a dependency
+#: completing meanwhile waits, then (READ COMMITTED, a fresh snapshot per statement)
+#: its release of dependents sees the new edge; one that completed first is read as
+#: completed. Either way the new task's blocking_deps is right.
+_DEPENDENCY_STATUSES = "SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) ORDER BY id FOR SHARE"
 
 _INSERT_DEPENDENCIES = "INSERT INTO task_dependencies (task_id, depends_on_id) SELECT %s, unnest(%s::bigint[])"
 
@@ -174,7 +177,7 @@ class PostgresQueries(Queries):
     def write(self, db: Any, fn: Callable[[Any], T]) -> T:
         return db.run_in_transaction(lambda conn: fn(PgConnection(conn)))  # type: ignore[no-any-return]
 
-    def claim_write(self, db: Any, fn: Callable[[Any], T]) -> T:
+    def locking_write(self, db: Any, fn: Callable[[Any], T]) -> T:
         return db.run_in_transaction(  # type: ignore[no-any-return]
             lambda conn: fn(PgConnection(conn)), isolation="read committed"
         )
@@ -202,7 +205,8 @@ class PostgresQueries(Queries):
         conn.execute(_END_LEASES_OF_REVOKED_AGENTS, {"now": now})
 
     def dependency_statuses(self, conn: Any, deps: list[int]) -> list[tuple[int, str | None]]:
-        return [(row[0], row[1]) for row in conn.execute(_DEPENDENCY_STATUSES, (deps,)).fetchall()]
+        found = {row[0]: row[1] for row in conn.execute(_DEPENDENCY_STATUSES, (deps,)).fetchall()}
+        return [(dep, found.get(dep)) for dep in deps]
 
     def insert_dependencies(self, conn: Any, task_id: int, deps: list[int]) -> None:
         conn.execute(_INSERT_DEPENDENCIES, (task_id, deps))
@@ -210,3 +214,7 @@ class PostgresQueries(Queries):
 
 for _name, _sql in PORTABLE.items():
     setattr(PostgresQueries, _name, to_pyformat(_sql))
+
+#: A report or artifact decides on the task's claim: the row is locked until commit,
+#: so no claim, requeue or other report changes it between the check and the write.
+PostgresQueries.CLAIM_ROW = PostgresQueries.CLAIM_ROW + " FOR UPDATE"

@@ -108,7 +108,7 @@ class SqliteQueries(Queries):
     def write(self, db: Any, fn: Callable[[Any], T]) -> T:
         return db.run_in_transaction(fn)  # type: ignore[no-any-return]
 
-    def claim_write(self, db: Any, fn: Callable[[Any], T]) -> T:
+    def locking_write(self, db: Any, fn: Callable[[Any], T]) -> T:
         return db.run_in_transaction(fn)  # type: ignore[no-any-return]
 
     def now(self, conn: Any, clock: Callable[[], datetime]) -> datetime:
