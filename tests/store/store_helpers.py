@@ -11,12 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from icn_mcp.db import Database
 from icn_mcp.errors import Unauthorized
 from icn_mcp.store import Store
 
 ADMIN_TOKEN = "admin-" + "a" * 40
 MAINTAINER_TOKEN = "maint-" + "m" * 40
+
+
+#: A store test that moves the store's clock: SQLite only, since on PostgreSQL the
+#: server's now() decides (its lease tests: tests/store/test_store_postgres.py).
+MOVES_CLOCK = pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides")
 
 
 class FakeClock:

@@ -13,7 +13,7 @@ from icn_mcp.db import Database
 from icn_mcp.errors import NotFound, Unauthorized, ValidationError
 from icn_mcp.store import Store
 
-from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, FakeClock
+from .store_helpers import ADMIN_TOKEN, MAINTAINER_TOKEN, MOVES_CLOCK, FakeClock
 
 DAY = 24 * 60 * 60
 
@@ -55,7 +55,7 @@ def test_allowed_kinds_come_from_the_store_settings(db: Database, clock: FakeClo
     assert store.register_agent("a", "builder").kind == "builder"
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(store: Store, clock: FakeClock) -> None:
     agent = store.register_agent("worker", "planner")
     assert store.authenticate(agent.token).id == agent.id
@@ -70,7 +70,7 @@ def test_authenticate_refuses_missing_unknown_expired_and_revoked_tokens(store: 
         store.authenticate(agent.token)
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_refresh_within_grace_replaces_the_token_and_refuses_the_old_one(store: Store, clock: FakeClock) -> None:
     agent = store.register_agent("worker", "planner")
     clock.advance(DAY + 6 * DAY)  # expired 6 days ago: inside the 7-day grace window
@@ -101,7 +101,7 @@ def test_revoked_agents_tokens_never_work_again(store: Store) -> None:
         store.revoke_agent("no-such-agent")
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_bootstrap_never_reopens_once_an_agent_was_registered(store: Store, clock: FakeClock, db: Database) -> None:
     """Issue 9 item 14: when every token has lapsed (TTL plus grace), or was revoked,
     or cleaned up, nobody may register without a credential: the first registration is
@@ -147,7 +147,7 @@ def test_the_bootstrap_fact_survives_revocation_of_everyone_and_reopening(db_pat
             Store(db).register_agent("next", "planner")
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_cleanup_expired_removes_agents_whose_tokens_can_never_be_used(
     store: Store, clock: FakeClock, db: Database
 ) -> None:

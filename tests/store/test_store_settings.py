@@ -100,7 +100,8 @@ def test_public_names_are_exactly_the_exported_ones() -> None:
     assert sorted(store_package.__all__) == sorted(
         name
         for name in vars(store_package)
-        if not name.startswith("_") and name not in {"models", "store", "agents", "tasks", "validation", "dashboard", "sql"}
+        if not name.startswith("_")
+        and name not in {"models", "store", "agents", "tasks", "validation", "dashboard", "sql"}
     )
     for name in ("StoreError", "ValidationError", "NotFound", "Unauthorized", "Forbidden", "Conflict"):
         assert name in errors.__all__

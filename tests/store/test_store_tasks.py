@@ -12,7 +12,7 @@ from icn_mcp.errors import Conflict, Forbidden, NotFound, ValidationError
 from icn_mcp.store import STATS_KEYS, RegisteredAgent, Store
 from icn_mcp.store.tasks import CLAIM_SQL, EXPIRED_LEASE_PROBE_SQL
 
-from .store_helpers import MAINTAINER_TOKEN, FakeClock
+from .store_helpers import MAINTAINER_TOKEN, MOVES_CLOCK, FakeClock
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_a_task_is_claimable_only_after_all_dependencies_completed(store: Store,
     assert store.claim_next_task(a).task_id == late.id  # type: ignore[union-attr]
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_expired_lease_is_reclaimed_late_report_refused_history_kept(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -138,7 +138,7 @@ def test_expired_lease_is_reclaimed_late_report_refused_history_kept(
     assert status.latest_run == runs[-1]
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_status_of_a_reclaimed_task_names_the_current_claimer(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -166,7 +166,7 @@ def test_status_of_a_reclaimed_task_names_the_current_claimer(
     assert (status.status, status.agent, status.notes) == ("open", b, "b gave up")
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_report_conflicts_name_what_is_stale(store: Store, agents: list[RegisteredAgent], clock: FakeClock) -> None:
     a, b = agents[0].id, agents[1].id
     task = store.create_task("t")
@@ -193,7 +193,7 @@ def test_report_conflicts_name_what_is_stale(store: Store, agents: list[Register
         store.report_run(task.id, a, "completed")
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_failed_reopens_until_max_attempts_then_fails_for_good(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -215,7 +215,7 @@ def test_failed_reopens_until_max_attempts_then_fails_for_good(
         store.report_run(task.id, a, "completed")
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_expired_lease_on_the_last_attempt_fails_the_task(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -294,7 +294,7 @@ def test_artifacts_are_recorded_per_task(store: Store, agents: list[RegisteredAg
     assert store.stats()["artifacts_total"] == 2
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_an_agent_adds_artifacts_only_under_the_current_claim(
     store: Store, clock: FakeClock, agents: list[RegisteredAgent]
 ) -> None:
@@ -385,7 +385,7 @@ def test_claim_query_reads_one_index_entry_without_scanning_or_sorting(
     assert store.claim_next_task(agents[0].id).task.priority == 6  # type: ignore[union-attr]
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_a_report_without_attempt_is_refused_while_the_agent_held_an_expired_attempt(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -423,7 +423,7 @@ def test_a_report_without_attempt_is_refused_while_the_agent_held_an_expired_att
     ]
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_an_artifact_without_attempt_follows_the_report_rule(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:
@@ -442,7 +442,7 @@ def test_an_artifact_without_attempt_follows_the_report_rule(
     assert (added.added_by, added.attempt) == (a, 2)
 
 
-@pytest.mark.sqlite_only(reason="moves the store's clock; on PostgreSQL the server's now() decides (tests/store/test_store_postgres.py)")
+@MOVES_CLOCK
 def test_a_report_without_attempt_works_for_an_agent_that_held_only_the_current_attempt(
     store: Store, agents: list[RegisteredAgent], clock: FakeClock
 ) -> None:

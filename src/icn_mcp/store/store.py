@@ -133,7 +133,7 @@ class Store(AgentsMixin, TasksMixin):
     def db(self) -> Database:
         """The database this store works on (typed as SQLite's: the server, which reads
         SQLite's attributes, runs on SQLite only in this version)."""
-        return self._db  # type: ignore[return-value]
+        return self._db
 
     def stats(self) -> dict[str, int]:
         """Counts for operators and metrics, with constant keys (:data:`STATS_KEYS`).

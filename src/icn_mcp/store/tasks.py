@@ -271,7 +271,9 @@ class TasksMixin:
             moment = sql.now(conn, self._clock)
             now = format_ts(moment)
             task = _require_current_claim(sql, conn, task_id, agent_id, attempt, now)
-            run_row = conn.execute(sql.INSERT_RUN, (task_id, agent_id, task["attempt"], status, notes, now)).fetchall()[0]
+            run_row = conn.execute(sql.INSERT_RUN, (task_id, agent_id, task["attempt"], status, notes, now)).fetchall()[
+                0
+            ]
             if status == "claimed":
                 conn.execute(sql.TOUCH_TASK, (now, task_id))
             elif status == "in_progress":

@@ -35,8 +35,7 @@ PORTABLE: dict[str, str] = {
     #: Has an agent ever been registered (with a token)? Migration 0005's one row.
     "BOOTSTRAPPED": "SELECT 1 FROM agent_bootstrap",
     "RECORD_BOOTSTRAP": (
-        "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) "
-        "ON CONFLICT (id) DO NOTHING"
+        "INSERT INTO agent_bootstrap (id, first_agent_id, registered_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING"
     ),
     #: Active agents for stats: live tokens, or local (token-less, see ensure_local_agent).
     "ACTIVE_AGENT_COUNT": f"""
@@ -51,9 +50,7 @@ PORTABLE: dict[str, str] = {
     """,
     "INSERT_AGENT": "INSERT INTO agents (id, name, kind, version, created_at) VALUES (?, ?, ?, ?, ?)",
     "FIND_LOCAL_AGENT": "SELECT id, created_at FROM agents WHERE local = 1 AND name = ? AND revoked_at IS NULL",
-    "INSERT_LOCAL_AGENT": (
-        "INSERT INTO agents (id, name, kind, version, created_at, local) VALUES (?, ?, ?, ?, ?, 1)"
-    ),
+    "INSERT_LOCAL_AGENT": ("INSERT INTO agents (id, name, kind, version, created_at, local) VALUES (?, ?, ?, ?, ?, 1)"),
     "UPDATE_LOCAL_AGENT": "UPDATE agents SET kind = ?, version = ? WHERE id = ?",
     "INSERT_TOKEN": "INSERT INTO agent_tokens (token_hash, agent_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
     "REVOKE_TOKEN": "UPDATE agent_tokens SET revoked_at = ? WHERE token_hash = ?",
@@ -104,9 +101,7 @@ PORTABLE: dict[str, str] = {
     "CLAIM_ROW": f"SELECT {CLAIM_COLUMNS} FROM tasks WHERE id = ?",
     #: Did this agent hold an attempt of this task that expired? (``runs_task`` index:
     #: the runs of one task, a handful.) The current attempt never has an expired run.
-    "HELD_AN_EXPIRED_ATTEMPT": (
-        "SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"
-    ),
+    "HELD_AN_EXPIRED_ATTEMPT": ("SELECT 1 FROM runs WHERE task_id = ? AND agent_id = ? AND status = 'expired' LIMIT 1"),
     "TASK_EXISTS": "SELECT 1 FROM tasks WHERE id = ?",
     # -- stats
     "TASK_STATUS_COUNTS": "SELECT status, count(*) AS n FROM tasks GROUP BY status",

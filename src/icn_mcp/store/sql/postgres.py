@@ -175,12 +175,10 @@ class PostgresQueries(Queries):
             yield PgConnection(conn)
 
     def write(self, db: Any, fn: Callable[[Any], T]) -> T:
-        return db.run_in_transaction(lambda conn: fn(PgConnection(conn)))  # type: ignore[no-any-return]
+        return db.run_in_transaction(lambda conn: fn(PgConnection(conn)))
 
     def locking_write(self, db: Any, fn: Callable[[Any], T]) -> T:
-        return db.run_in_transaction(  # type: ignore[no-any-return]
-            lambda conn: fn(PgConnection(conn)), isolation="read committed"
-        )
+        return db.run_in_transaction(lambda conn: fn(PgConnection(conn)), isolation="read committed")
 
     def now(self, conn: Any, clock: Callable[[], datetime]) -> datetime:
         # The server's transaction time: every host agrees on it (the store's clock,

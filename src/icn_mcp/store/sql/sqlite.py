@@ -106,10 +106,10 @@ class SqliteQueries(Queries):
         yield db.connection()
 
     def write(self, db: Any, fn: Callable[[Any], T]) -> T:
-        return db.run_in_transaction(fn)  # type: ignore[no-any-return]
+        return db.run_in_transaction(fn)
 
     def locking_write(self, db: Any, fn: Callable[[Any], T]) -> T:
-        return db.run_in_transaction(fn)  # type: ignore[no-any-return]
+        return db.run_in_transaction(fn)
 
     def now(self, conn: Any, clock: Callable[[], datetime]) -> datetime:
         # One host: its clock, read inside the transaction (after BEGIN IMMEDIATE got the
