@@ -45,11 +45,12 @@ STATS_KEYS = (
 
 
 def store_backend_refused(target: str) -> ConfigError:
-    """The store's SQL is SQLite's in this version: PostgreSQL serves the db commands only."""
+    """serve, MCP and the agent commands run on SQLite only in this version (the store
+    library runs on PostgreSQL; the server's claim watcher and dashboard do not yet)."""
     return ConfigError(
         "MCP_DB_URL",
         target,
-        "unset for the agent HQ (serve, MCP, the store): it runs on SQLite only in this "
+        "unset for the agent HQ (serve, MCP, agent commands): it runs on SQLite only in this "
         "version; on PostgreSQL, 'icn-mcp db migrate|status|verify|info' work",
     )
 
