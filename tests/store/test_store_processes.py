@@ -96,7 +96,8 @@ def test_eight_processes_respect_chains_and_fan_ins(store: Store, db: Database, 
     deps: dict[int, list[int]] = {}
 
     def create(title: str, depends_on: list[int] | None = None) -> int:
-        task = store.create_task(title, depends_on=depends_on or [], priority=len(deps) % 3)
+        depends_on = depends_on or []
+        task = store.create_task(title, depends_on=depends_on, priority=len(deps) % 3)
         deps[task.id] = list(depends_on)
         return task.id
 
