@@ -785,7 +785,7 @@ def _replication_info(ctx: click.Context) -> dict[str, Any]:
     from icn_mcp.db.replica import replica_report
 
     url = Settings.from_env().replica_url
-    if not url:
+    if not url or ctx.obj["postgres"]:  # Litestream replicates the SQLite file only
         return {"enabled": False}
     try:
         return {"enabled": True, "error": None, **replica_report(url, ctx.obj["path"])}
@@ -840,16 +840,16 @@ def _restore_from_replica(ctx: click.Context, path: Path | None, url: str | None
 
     if path is not None:
         _fail("give either PATH or --from-replica, not both", code=EXIT_USAGE)
-    url = _replica_url(url or None)
-    moment = _parse_moment(at) if at is not None else None
-    target = Path(ctx.obj["path"]).absolute()
-    what = f"the state of {redact(url)} at {at}" if at else f"the latest state of {redact(url)}"
     if ctx.obj["postgres"]:
         _fail(
             "--from-replica restores the SQLite file: Litestream replicates SQLite, not PostgreSQL",
             "unset MCP_DB_URL, or restore PostgreSQL from a 'db backup' dump",
             code=EXIT_USAGE,
         )
+    url = _replica_url(url or None)
+    moment = _parse_moment(at) if at is not None else None
+    target = Path(ctx.obj["path"]).absolute()
+    what = f"the state of {redact(url)} at {at}" if at else f"the latest state of {redact(url)}"
     if not yes:
         _confirm(
             f"Replace the contents of {target} with {what}? (a safety backup is made first)"
@@ -889,9 +889,9 @@ def replicate(ctx: click.Context) -> None:
     from icn_mcp.db.replica import Replicator, redact
     from icn_mcp.server.logs import configure_logging
 
+    _require_sqlite(ctx, "replicate")
     url = _replica_url()
     settings = Settings.from_env()
-    _require_sqlite(ctx, "replicate")
     _require_database(ctx)
     # Litestream would retry a file that is not a database forever: refuse it here.
     check_database_file(Path(ctx.obj["path"]))

@@ -129,3 +129,44 @@ def test_sigterm_answers_the_requests_in_flight_before_exiting(tmp_path: Path) -
         created = {int(row[0].split()[1]) for row in db.connection().execute("SELECT title FROM tasks")}
     assert created - answered == set(), f"created but never answered: {sorted(created - answered)}"
     assert b"Traceback" not in err
+
+
+def test_end_of_input_ends_waiting_claims_with_no_available_tasks(tmp_path: Path) -> None:
+    """A waiting claim (issue 11) over stdio is answered no_available_tasks when the
+    client closes stdin, as SIGTERM answers it over HTTP; before, it ran into the
+    shutdown timeout and came back as a JSON-RPC error "Connection closed"."""
+    env = server_env(
+        tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops", MCP_SHUTDOWN_TIMEOUT_S="3"
+    )
+    payload = _line(
+        {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": LATEST_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "wait-test", "version": "1"},
+            },
+        }
+    )
+    payload += _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    payload += _line(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "claim_task", "arguments": {"wait_s": 50}},
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(payload, timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    answers = {m.get("id"): m for m in map(json.loads, out.decode().splitlines()) if "id" in m}
+    assert answers[1]["result"]["structuredContent"] == {"error": "no_available_tasks"}, answers[1]

@@ -301,3 +301,33 @@ def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerP
     assert threads_waiting <= 40 + threads_before, (threads_before, threads_waiting)
     # Reported, not asserted (shared machines): bench/bench_waiting.py measures it.
     print(f"200 idle waiting claims for ~10 s: server CPU {cpu_used:.2f} s")
+
+
+def test_a_token_revoked_while_waiting_gets_401_never_a_task(waiting_server: ServerProcess) -> None:
+    """The credential is checked again when work appears: a waiter whose token was
+    revoked meanwhile (here by the operator's command, as after a restore) is told
+    so, and the task stays open for the others."""
+    server = waiting_server
+    db_path = server.db_dir / "icn-mcp.sqlite"
+    with server.client() as client:
+        agent = _register(client, "revoked-while-waiting")
+
+    def claim() -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            return c.post("/api/task/claim", json={"wait_s": LONG_WAIT_S}, headers=bearer(agent["token"]))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
+        future = pool.submit(claim)
+        _wait_for_waiters(client, 1)
+        revoked = subprocess.run(
+            [sys.executable, "-m", "icn_mcp", "agent", "--db", str(db_path), "revoke-tokens", "--all", "--yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert revoked.returncode == 0, revoked.stderr
+        _elsewhere(db_path, "store.create_task('not for a revoked token')")
+        response = future.result()
+    assert response.status_code == 401, response.text
+    status = _elsewhere(db_path, "print(store.list_tasks().tasks[0].status)")
+    assert status.strip() == "open"

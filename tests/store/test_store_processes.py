@@ -115,8 +115,9 @@ def test_eight_processes_respect_chains_and_fan_ins(
     deps: dict[int, list[int]] = {}
 
     def create(title: str, depends_on: list[int] | None = None) -> int:
-        task = store.create_task(title, depends_on=depends_on or [], priority=len(deps) % 3)
-        deps[task.id] = list(depends_on or [])
+        depends_on = depends_on or []
+        task = store.create_task(title, depends_on=depends_on, priority=len(deps) % 3)
+        deps[task.id] = list(depends_on)
         return task.id
 
     chain = [create("chain 0")]

@@ -129,7 +129,6 @@ class Hub:
         #: Waiting claims (issue 11): one watcher of the database for every waiter.
         self.data_version = DataVersion(self.db.path)
         self.waiters = ClaimWaiters(
-            claim=lambda agent, lease_s: self.call("claim_next_task", self.store.claim_next_task, agent, lease_s),
             data_version=self._data_version,
             next_lease_expiry=lambda: self.call("next_lease_expiry", self.store.next_lease_expiry),
             now=utc_now,
@@ -171,14 +170,16 @@ class Hub:
             caller = principal()
             return caller, (operations.claim_task(self, caller, request) if claim_now else None)
 
-        caller, claimed = await self.call("claim_next_task", first)
+        _, claimed = await self.call("claim_next_task", first)
         if claimed is None and wait_s > 0:
-            assert caller.agent_id is not None  # authorize() let only an agent claim
+
+            def claim_again() -> Claim | None:
+                # The credential is checked again at each try: a token revoked (or an
+                # agent gone in a restore) while waiting gets 401, never a task.
+                return operations.claim_task(self, principal(), request)
+
             claimed = await self.waiters.wait(
-                caller.agent_id,
-                request.lease_s,
-                wait_s,
-                disconnected=disconnected,
+                lambda: self.call("claim_next_task", claim_again), wait_s, disconnected=disconnected
             )
         operations.count_claim(self, claimed)
         return claimed

@@ -463,6 +463,11 @@ async def _serve_stdio_answering_before_eof(
                                 pending.add(item.message.id)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return  # the server stopped reading: nothing left to hold back
+                # End of input or a signal: waiting claims answer no_available_tasks at
+                # once, as on SIGTERM over HTTP, instead of holding the shutdown up.
+                hub = getattr(server, "hub", None)
+                if hub is not None:
+                    hub.waiters.close()
                 with anyio.move_on_after(finish_timeout_s):
                     await all_answered.wait()
                 if pending:

@@ -44,8 +44,9 @@ DEFAULT_POLL_INTERVAL_S = 0.01
 
 @dataclass(eq=False)
 class _Waiter:
-    agent_id: str
-    lease_s: float | None
+    #: Claims for this waiter's caller, checking its credential again first (a token
+    #: revoked while it waited must not be handed a task).
+    claim: Callable[[], Awaitable[Claim | None]]
     future: asyncio.Future[Claim | None]
     #: A claim for this waiter is running: its result is the answer, whatever happens.
     claiming: bool = False
@@ -57,9 +58,9 @@ class _Waiter:
 class ClaimWaiters:
     """The waiting claims of one server process and their one watcher.
 
-    ``claim(agent_id, lease_s)`` claims like ``Store.claim_next_task`` (in a worker
-    thread); ``data_version()`` returns a number that changes when anyone commits, or
-    None when it cannot tell;
+    Each waiter brings its own ``claim()`` (in a worker thread: the caller's
+    credential checked again, then ``Store.claim_next_task``); ``data_version()``
+    returns a number that changes when anyone commits, or None when it cannot tell;
     ``next_lease_expiry()`` is the earliest lease of a claimed task, or None; ``now()``
     the clock leases are written with.
     """
@@ -67,7 +68,6 @@ class ClaimWaiters:
     def __init__(
         self,
         *,
-        claim: Callable[[str, float | None], Awaitable[Claim | None]],
         data_version: Callable[[], Awaitable[int | None]],
         next_lease_expiry: Callable[[], Awaitable[datetime | None]],
         now: Callable[[], datetime],
@@ -75,7 +75,6 @@ class ClaimWaiters:
         on_wake: Callable[[float], None] | None = None,
         on_empty_wake: Callable[[], None] | None = None,
     ) -> None:
-        self._claim = claim
         self._data_version = data_version
         self._next_lease_expiry = next_lease_expiry
         self._now = now
@@ -103,8 +102,7 @@ class ClaimWaiters:
 
     async def wait(
         self,
-        agent_id: str,
-        lease_s: float | None,
+        claim: Callable[[], Awaitable[Claim | None]],
         wait_s: float,
         *,
         disconnected: Callable[[], Awaitable[Any]] | None = None,
@@ -119,7 +117,7 @@ class ClaimWaiters:
         if wait_s <= 0 or self._closed:
             return None
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(agent_id, lease_s, loop.create_future())
+        waiter = _Waiter(claim, loop.create_future())
         self._waiters.append(waiter)
         self._start_watcher()
         self.notify()
@@ -223,7 +221,7 @@ class ClaimWaiters:
                 return
             waiter.claiming = True
             try:
-                claimed = await self._claim(waiter.agent_id, waiter.lease_s)
+                claimed = await waiter.claim()
             except Exception as exc:  # noqa: BLE001 - the waiter's own error (revoked...)
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)

@@ -51,7 +51,7 @@ def store_backend_refused(target: str) -> ConfigError:
         "MCP_DB_URL",
         target,
         "unset for the agent HQ (serve, MCP, agent commands): it runs on SQLite only in this "
-        "version; on PostgreSQL, 'icn-mcp db migrate|status|verify|info' work",
+        "version; on PostgreSQL, 'icn-mcp db migrate|status|verify|info|backup|verify-backup|restore' work",
     )
 
 
