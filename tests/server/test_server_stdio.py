@@ -22,21 +22,24 @@ def _line(message: dict) -> bytes:
     return (json.dumps(message) + "\n").encode()
 
 
+def _handshake(client_name: str) -> bytes:
+    """MCP's initialize request and initialized notification, as a client sends them."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LATEST_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client_name, "version": "1"},
+        },
+    }
+    return _line(initialize) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+
 def test_requests_sent_right_before_eof_all_get_their_responses(tmp_path: Path) -> None:
     env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
-    payload = _line(
-        {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": LATEST_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "eof-test", "version": "1"},
-            },
-        }
-    )
-    payload += _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    payload = _handshake("eof-test")
     for n in range(1, REQUESTS + 1):
         payload += _line(
             {
@@ -138,19 +141,7 @@ def test_end_of_input_ends_waiting_claims_with_no_available_tasks(tmp_path: Path
     env = server_env(
         tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops", MCP_SHUTDOWN_TIMEOUT_S="3"
     )
-    payload = _line(
-        {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": LATEST_PROTOCOL_VERSION,
-                "capabilities": {},
-                "clientInfo": {"name": "wait-test", "version": "1"},
-            },
-        }
-    )
-    payload += _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    payload = _handshake("wait-test")
     payload += _line(
         {
             "jsonrpc": "2.0",
