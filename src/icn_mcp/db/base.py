@@ -193,9 +193,13 @@ class BaseDatabase(abc.ABC):
         """``{"path", "created_at", "size_bytes"}`` of the newest backup in ``directory``, or None."""
 
     @abc.abstractmethod
-    def change_feed(self) -> ChangeFeed:
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> ChangeFeed:
         """A new watcher of commits that may make work claimable, for waiting claims:
-        one per server process (it holds a connection of its own); close it after use."""
+        one per server process (it holds a connection of its own); close it after use.
+
+        ``on_change`` is called, from another thread, as soon as the backend learns of
+        a change by itself (PostgreSQL's notifications); where changes are only seen
+        by reading :meth:`ChangeFeed.version` (SQLite) it is never called."""
 
     @abc.abstractmethod
     def size_bytes(self) -> dict[str, int]:

@@ -88,6 +88,8 @@ class Hub:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
         self._owns_db = db is None
+        #: The event loop the waiting claims run on (known once one waits).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
         self.replicator: Replicator | None = None
         #: What waiting claims watch: one feed (one connection) per server process.
@@ -110,7 +112,7 @@ class Hub:
                     sync_interval_s=settings.replica_sync_interval_s,
                     retention_s=settings.replica_retention_s,
                 ).start()
-            self.changes = self.db.change_feed()
+            self.changes = self.db.change_feed(on_change=self._changed_elsewhere)
         except BaseException:
             self.close()
             raise
@@ -194,7 +196,15 @@ class Hub:
         operations.count_claim(self, claimed)
         return claimed
 
+    def _changed_elsewhere(self) -> None:
+        """The change feed learned of a commit (from its own thread): wake the watcher
+        now rather than at its next poll."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.waiters.notify)
+
     async def _data_version(self) -> int | None:
+        self._loop = asyncio.get_running_loop()
         # On the event loop: SQLite's is a shared-memory read that never waits (busy
         # timeout 0), PostgreSQL's a counter kept by the listening thread.
         return None if self.changes is None else self.changes.version()

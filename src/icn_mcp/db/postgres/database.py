@@ -415,9 +415,10 @@ class PostgresDatabase(BaseDatabase):
         """The newest published dump in ``directory`` (one with its manifest), or None."""
         return _info.last_backup(directory)
 
-    def change_feed(self) -> WorkListener:
-        """``LISTEN icn_mcp_work`` on a connection of its own (see :mod:`.listen`), started."""
-        return WorkListener(self).start()
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> WorkListener:
+        """``LISTEN icn_mcp_work`` on a connection of its own (see :mod:`.listen`), started;
+        ``on_change`` is called from its thread at each notification."""
+        return WorkListener(self, on_change=on_change).start()
 
     def size_bytes(self) -> dict[str, int]:
         """``pg_database_size`` of this database; ``wal`` is 0: PostgreSQL's WAL is the

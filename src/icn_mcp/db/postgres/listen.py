@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from icn_mcp.db.postgres.database import PostgresDatabase
@@ -58,8 +58,16 @@ class WorkListener:
 
     fallback_poll_s = FALLBACK_POLL_S
 
-    def __init__(self, db: PostgresDatabase, *, channel: str = CHANNEL, probe_timeout_s: float = PROBE_TIMEOUT_S):
+    def __init__(
+        self,
+        db: PostgresDatabase,
+        *,
+        on_change: Callable[[], None] | None = None,
+        channel: str = CHANNEL,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
+    ):
         self._db = db
+        self._on_change = on_change
         self._channel = channel
         self._probe_timeout_s = probe_timeout_s
         self._lock = threading.Lock()
@@ -97,6 +105,11 @@ class WorkListener:
     def _changed(self) -> None:
         with self._lock:
             self._count += 1
+        if self._on_change is not None:
+            try:
+                self._on_change()
+            except Exception:  # noqa: BLE001 - the listener outlives its subscriber
+                log.debug("LISTEN %s: on_change failed", self._channel, exc_info=True)
 
     def _run(self) -> None:
         delay = RETRY_MIN_S

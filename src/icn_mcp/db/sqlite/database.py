@@ -766,8 +766,9 @@ class Database(BaseDatabase):
         """The newest backup in ``directory`` (see :func:`icn_mcp.db.sqlite.backup.latest_backup`)."""
         return _backup.latest_backup(directory)
 
-    def change_feed(self) -> DataVersion:
-        """``PRAGMA data_version`` on one read-only connection (see :mod:`icn_mcp.db.changes`)."""
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> DataVersion:
+        """``PRAGMA data_version`` on one read-only connection (see :mod:`icn_mcp.db.changes`);
+        read by polling, so ``on_change`` is never called."""
         return DataVersion(self.path)
 
     def size_bytes(self) -> dict[str, int]:
