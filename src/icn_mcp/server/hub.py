@@ -4,15 +4,18 @@ Every store call goes through :meth:`Hub.call`, which runs it in a worker thread
 calls block; the event loop must not) and times it for the transaction histogram: one
 thread hop per request, with authentication done in the same hop as the store call.
 
-Calls that write (:data:`WRITE_OPERATIONS`) run one at a time per process, in arrival
-order, on one writer thread (so one writer connection): threads of one process that
-contend for the write lock otherwise wait in SQLite's busy handler, which sleeps 1, 2,
-5, 10 ... 100 ms between tries, and those sleeps were the p99 of every request (issue
-14). The busy handler still arbitrates between processes. Reads run on a pool of
-:data:`READ_THREADS`. Both are plain ``concurrent.futures`` executors, whose C queue
-hands a call to a thread more cheaply than anyio's worker threads did; as with
-``anyio.to_thread``, the caller's context variables go with the call, and a caller
-cancelled while its call runs still waits for it to finish.
+Calls that write (:data:`WRITE_OPERATIONS`) run on writer threads. On SQLite there is
+ONE, so writes run one at a time per process, in arrival order, on one writer
+connection: threads of one process that contend for the write lock otherwise wait in
+SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between tries, and those
+sleeps were the p99 of every request (issue 14). The busy handler still arbitrates
+between processes. On PostgreSQL, which writes in parallel (row locks, SKIP LOCKED
+claims), there are as many writer threads as the pool has connections
+(``MCP_DB_POOL_MAX``). Reads run on a pool of :data:`READ_THREADS`. Both are plain
+``concurrent.futures`` executors, whose C queue hands a call to a thread more cheaply
+than anyio's worker threads did; as with ``anyio.to_thread``, the caller's context
+variables go with the call, and a caller cancelled while its call runs still waits
+for it to finish.
 
 The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
 no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
@@ -85,8 +88,8 @@ class Hub:
 
     def __init__(self, settings: Settings, *, db: BaseDatabase | None = None) -> None:
         self.settings = settings
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
+        self._writer: ThreadPoolExecutor | None = None
         self._owns_db = db is None
         #: The event loop the waiting claims run on (known once one waits).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,6 +106,11 @@ class Hub:
             )
         #: SQLite from MCP_DB_PATH, or PostgreSQL when MCP_DB_URL is set (opened, migrated).
         self.db: BaseDatabase = db if db is not None else open_database(settings)
+        # SQLite has one writer at a time: one writer thread, so writes queue here in
+        # arrival order instead of in the busy handler's sleeps. PostgreSQL writes in
+        # parallel (row locks, SKIP LOCKED claims): as many as the pool has connections.
+        writers = 1 if isinstance(self.db, Database) else settings.pool_max
+        self._writer = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="icn-mcp-writer")
         try:
             self.store = Store.from_settings(self.db, settings)
             if settings.replica_url and isinstance(self.db, Database):
@@ -220,7 +228,7 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
-        executor = self._writer if operation in WRITE_OPERATIONS else self._readers
+        executor = self._writer if operation in WRITE_OPERATIONS and self._writer is not None else self._readers
         result = await _in_thread(executor, contextvars.copy_context().run, timed)
         if operation in _MAY_RELEASE_WORK:
             self.waiters.notify()
@@ -268,7 +276,8 @@ class Hub:
         the hub opened it (checkpoints the WAL), then stop Litestream: after the last
         write, so its final sync carries everything."""
         try:
-            self._writer.shutdown(wait=True, cancel_futures=True)
+            if self._writer is not None:
+                self._writer.shutdown(wait=True, cancel_futures=True)
             self._readers.shutdown(wait=True, cancel_futures=True)
             if self.changes is not None:
                 self.changes.close()
