@@ -330,8 +330,9 @@ class _ReplicationCollector(Collector):
         status = self._status()
         yield GaugeMetricFamily(
             "icn_mcp_replication_running",
-            "1 while Litestream runs for this server, else 0.",
-            value=1 if status["running"] else 0,
+            "1 while Litestream runs for this database: in this process, or (with serve --workers) "
+            "in the worker holding the replicator lock, whose published status a standby worker reports; else 0.",
+            value=1 if status.get("active", status["running"]) else 0,
         )
         yield GaugeMetricFamily(
             "icn_mcp_replication_lag_seconds",

@@ -280,7 +280,8 @@
     let replication = "not configured";
     if (db.replication) {
       const lag = db.replication.lag_s;
-      const state = db.replication.running ? "running" : db.replication.standby ? "standby" : "stopped";
+      const r = db.replication;
+      const state = r.running ? "running" : r.standby ? (r.active ? "running (in worker pid " + r.pid + ")" : "standby") : "stopped";
       replication = state + (lag === null || lag === undefined ? "" : ", lag " + duration(lag)) +
         (db.replication.last_error ? " (last error: " + db.replication.last_error + ")" : "");
     }
