@@ -119,6 +119,27 @@ def test_an_agent_works_through_a_server_on_postgresql(
     assert not list((tmp_path / "var").glob("*.sqlite*"))
 
 
+def test_the_dashboard_reads_postgresql(server_factory: type[ServerProcess], pg_url: str, tmp_path: Path) -> None:
+    server = server_factory(tmp_path / "var", MCP_DB_URL=pg_url).start()
+    admin = bearer(ADMIN_TOKEN)
+    with server.client() as client:
+        agent = _register(client, "shown")
+        auth = bearer(agent["token"])
+        first = client.post("/api/task/create", json={"title": "first"}, headers=auth).json()["id"]
+        second = client.post("/api/task/create", json={"title": "second", "depends_on": [first]}, headers=auth)
+        claim = client.post("/api/task/claim", json={}, headers=auth).json()
+        assert claim["task_id"] == first
+        agents = client.get("/api/admin/agents", headers=admin).json()["agents"]
+        assert [(a["name"], a["tasks_held"], a["tokens_active"]) for a in agents] == [("shown", [first], 1)]
+        graph = client.get("/api/admin/graph", params={"task_id": first}, headers=admin).json()["graph"]
+        assert graph["edges"] == [{"from": first, "to": second.json()["id"]}]
+        assert client.get("/api/admin/runs", params={"task_id": first}, headers=admin).json()["runs"] == []
+        database = client.get("/api/admin/database", headers=admin).json()["database"]
+        assert database["backend"] == "postgresql" and database["server_version"]
+        assert database["last_migration"] == "0007_notify_work" and database["health"]["ok"] is True
+        assert client.get("/api/admin/backups", headers=admin).json()["backups"] == []
+
+
 def test_mcp_tools_work_on_postgresql(server_factory: type[ServerProcess], pg_url: str, tmp_path: Path) -> None:
     server = server_factory(tmp_path / "var", MCP_DB_URL=pg_url).start()
     with server.client() as client:

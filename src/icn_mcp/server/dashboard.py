@@ -191,11 +191,15 @@ class _Dashboard:
                 "ok": True,
                 "now": format_ts(now),
                 "database": {
+                    "backend": hub.db.backend,
                     "path": info["path"],
                     "size_bytes": info["size_bytes"],
-                    "wal_size_bytes": info["wal_size_bytes"],
-                    "journal_mode": info["journal_mode"],
-                    "sqlite_version": info["sqlite_version"],
+                    # SQLite's own (None on PostgreSQL, whose WAL is the cluster's).
+                    "wal_size_bytes": info.get("wal_size_bytes"),
+                    "journal_mode": info.get("journal_mode"),
+                    "sqlite_version": info.get("sqlite_version"),
+                    # PostgreSQL's own (None on SQLite).
+                    "server_version": info.get("server_version"),
                     "migrations_applied": len(migrations),
                     "last_migration": migrations[-1]["version"] if migrations else None,
                     "failed_migrations": len(info.get("failed_migrations") or []),

@@ -288,7 +288,9 @@
     setFacts($("db-facts"), [
       ["Health", db.health && db.health.ok ? "ok (" + db.health.latency_ms + " ms)" : "failing"],
       ["Size", bytes(db.size_bytes)],
-      ["WAL", bytes(db.wal_size_bytes) + " (" + db.journal_mode + ")"],
+      db.backend === "postgresql"
+        ? ["Server", "PostgreSQL " + db.server_version]
+        : ["WAL", bytes(db.wal_size_bytes) + " (" + db.journal_mode + ")"],
       ["Migrations", migrations],
       ["Last backup", backupText],
       ["Replication", replication],
