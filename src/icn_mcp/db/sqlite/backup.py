@@ -573,6 +573,8 @@ def _open_live(db: Database, mode: str, error: Callable[..., Exception]) -> sqli
             isolation_level=None,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+        # As the database's own connections: 0 when Litestream owns checkpointing.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(db.wal_autocheckpoint)}")
     except sqlite3.Error as exc:
         if not db.path.exists():
             raise error(str(db.path), missing, hint=hint) from None
@@ -1476,10 +1478,11 @@ def restore_from_backup(
                 f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
                 hint=f"restore another backup{where}",
             )
-        try:
-            live.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # a checkpoint is an optimisation here
-            log.debug("checkpoint after restore failed: %s", exc)
+        if db.wal_autocheckpoint:  # 0: Litestream checkpoints, after shipping the WAL
+            try:
+                live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a checkpoint is an optimisation here
+                log.debug("checkpoint after restore failed: %s", exc)
     except (sqlite3.Error, OSError) as exc:
         # Anything not mapped above (a failing DETACH, an I/O error): one clean error.
         raise RestoreError(str(source_path), f"restoring into {db.path} failed: {_restore_cause(exc)}") from exc
