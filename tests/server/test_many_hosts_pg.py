@@ -6,11 +6,11 @@ the bridge between them. Agents on hosts 1 and 2 drain the tasks through their o
 host's server. An agent on host 3 claims a few tasks with a short lease
 (``MCP_LEASE_S``) and holds them; then host 3's link goes down and, from inside host
 3, the agent reports them: the reports reach host 3's server but not the database.
-Meanwhile the leases expire, hosts 1 and 2 claim those tasks again (attempt 2) and
-complete them. When the link comes back, host 3's reports arrive late, carrying
-attempt 1, and are refused with 409; so are later ones. Every task is completed
-exactly once, by an acknowledged report, and nothing is lost. Afterwards host 3
-serves again.
+Meanwhile the leases expire and hosts 1 and 2, draining the rest, claim those tasks
+again (attempt 2) and hold them. When the link comes back, host 3's reports arrive
+late, carrying attempt 1, while attempt 2 is live: they are refused with 409, and so
+are later ones; then attempt 2 completes. Every task is completed exactly once, by an
+acknowledged report, and nothing is lost. Afterwards host 3 serves again.
 
 Needs root for ``ip netns`` and a private PostgreSQL (PostgreSQL 15 server binaries);
 skipped with the reason otherwise, and that skip fails in CI (``postgres`` marker).
@@ -80,16 +80,25 @@ class Ledger:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     completed: list[tuple[str, str, int]] = field(default_factory=list)  # (task_id, agent_id, attempt)
+    #: Claims of host 3's held tasks on the other hosts, kept open: (task_id, attempt, server, token).
+    reclaimed: list[tuple[str, int, ServerProcess, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def count(self) -> int:
         with self.lock:
             return len(self.completed)
 
+    def reclaims(self) -> int:
+        with self.lock:
+            return len(self.reclaimed)
 
-def _drain(url: str, agent_id: str, token: str, ledger: Ledger, stop: threading.Event) -> None:
-    """Claim and complete through one host's server until told to stop."""
-    with httpx.Client(base_url=url, headers=bearer(token), timeout=60.0) as client:
+
+def _drain(
+    server: ServerProcess, agent_id: str, token: str, ledger: Ledger, stop: threading.Event, keep: set[str]
+) -> None:
+    """Claim and complete through one host's server until told to stop; claims of the
+    tasks in ``keep`` are held open instead (``ledger.reclaimed``)."""
+    with httpx.Client(base_url=server.url, headers=bearer(token), timeout=60.0) as client:
         while not stop.is_set():
             claim = client.post("/api/task/claim", json={"lease_s": LONG_LEASE_S})
             if claim.status_code != 200:
@@ -98,6 +107,10 @@ def _drain(url: str, agent_id: str, token: str, ledger: Ledger, stop: threading.
             body = claim.json()
             if "task_id" not in body:
                 stop.wait(0.1)
+                continue
+            if body["task_id"] in keep:
+                with ledger.lock:
+                    ledger.reclaimed.append((body["task_id"], body["attempt"], server, token))
                 continue
             report = client.post(
                 "/api/task/run",
@@ -197,7 +210,7 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
         ledger = Ledger()
         stop = threading.Event()
         drainers = [
-            threading.Thread(target=_drain, args=(server.url, agent_id, token, ledger, stop))
+            threading.Thread(target=_drain, args=(server, agent_id, token, ledger, stop, set(held)))
             for server, agent_id, token in workers
         ]
         for thread in drainers:
@@ -214,8 +227,12 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
             holder.stdin.flush()
             assert json.loads(said.get(timeout=DEADLINE_S)) == {"reporting": HELD}
 
-            # The held leases expire; hosts 1 and 2 claim those tasks again and finish all.
-            _wait_for(lambda: ledger.count() >= TASKS, "every task to be completed on hosts 1 and 2", ledger)
+            # The held leases expire; hosts 1 and 2 claim those tasks again and finish the rest.
+            _wait_for(
+                lambda: ledger.count() >= TASKS - HELD and ledger.reclaims() >= HELD,
+                "hosts 1 and 2 to complete the other tasks and claim the held ones again",
+                ledger,
+            )
         finally:
             stop.set()
             for thread in drainers:
@@ -232,11 +249,15 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
     finally:
         holder.kill()
         holder.wait()
+    # Refused while attempt 2 is live on another host.
     for answer in late:
         assert answer.get("status_code") == 409, answer
         assert answer["body"]["error"] == "conflict", answer
-        assert answer["body"]["attempt"] == 2, answer
+        assert (answer["body"]["status"], answer["body"]["attempt"]) == ("claimed", 2), answer
     assert {answer["task_id"] for answer in late} == set(held)
+    assert sorted((task_id, attempt) for task_id, attempt, _, _ in ledger.reclaimed) == [
+        (task_id, 2) for task_id in sorted(held)
+    ]
 
     # Later reports from host 3 are refused too, with or without the old attempt.
     with cut_server.client(headers=bearer(holder_token)) as client:
@@ -248,6 +269,17 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
                 response = client.post("/api/task/run", json=payload)
                 assert response.status_code == 409, (payload, response.text)
                 assert response.json()["error"] == "conflict"
+    # Attempt 2 is untouched by them: its holders complete it.
+    for task_id, attempt, server, token in ledger.reclaimed:
+        with server.client(headers=bearer(token)) as client:
+            response = client.post(
+                "/api/task/run", json={"task_id": task_id, "status": "completed", "attempt": attempt}
+            )
+            assert response.status_code == 200, response.text
+        agent_id = next(agent_id for _, agent_id, worker_token in workers if worker_token == token)
+        ledger.completed.append((task_id, agent_id, attempt))
+    with cut_server.client() as client:
+        for task_id in held:
             status = client.get("/api/task/status", params={"task_id": task_id}).json()
             assert (status["status"], status["attempt"]) == ("completed", 2), status
             assert status["agent"] != holder_id
@@ -257,7 +289,7 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
         after_ids = [client.post("/api/task/create", json={"title": f"after {n}"}).json()["id"] for n in range(AFTER)]
     stop = threading.Event()
     drainers = [
-        threading.Thread(target=_drain, args=(server.url, agent_id, token, ledger, stop))
+        threading.Thread(target=_drain, args=(server, agent_id, token, ledger, stop, set()))
         for server, agent_id, token in [*workers[::AGENTS_PER_UP_HOST], (cut_server, holder_id, holder_token)]
     ]
     for thread in drainers:
