@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from icn_mcp.db.sqlite.backup import list_backups, manifest_path
+from icn_mcp.db.sqlite.backup import manifest_path
 from icn_mcp.db.timestamps import format_ts, parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.errors import task_id_required
@@ -95,7 +95,7 @@ def _age_s(now: datetime, stamp: str | None) -> float | None:
 def _backups(hub: Hub) -> list[dict[str, Any]]:
     """Every backup of ours in the backup directory, newest first (blocking)."""
     found = []
-    for path in reversed(list_backups(hub.backup_dir)):
+    for path in reversed(hub.db.list_backups(hub.backup_dir)):
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # pruned meanwhile

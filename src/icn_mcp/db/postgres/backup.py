@@ -453,6 +453,16 @@ def restore_from_backup(
         tables = [
             r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
         ]
+        # Functions the migrations made (migration 0007's trigger function): the dump
+        # creates them again.
+        functions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                "WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+            ).fetchall()
+        ]
         nonempty = any(n for n in _row_counts(conn).values())
     safety: str | None = None
     if tables and nonempty:
@@ -462,7 +472,7 @@ def restore_from_backup(
 
     drops = "".join(
         sql.SQL("DROP TABLE IF EXISTS {} CASCADE;\n").format(sql.Identifier(t)).as_string(None) for t in tables
-    )
+    ) + "".join(f"DROP FUNCTION IF EXISTS {signature} CASCADE;\n" for signature in functions)
     script = _run(
         ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(path)],
         env,

@@ -36,6 +36,7 @@ from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import driver
 from icn_mcp.db.postgres import info as _info
 from icn_mcp.db.postgres import migrations as _pg_migrations
+from icn_mcp.db.postgres.listen import WorkListener
 from icn_mcp.db.postgres.locks import PostgresLeaseSQL
 from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.timestamps import format_ts
@@ -405,6 +406,25 @@ class PostgresDatabase(BaseDatabase):
     def get_database_info(self, **options: Any) -> dict[str, Any]:
         """Size, tables, indexes, migrations, health and pool, from the catalogs."""
         return _info.get_database_info(self, backup_dir=options.get("backup_dir"))
+
+    def list_backups(self, directory: Any) -> list[Path]:
+        """``pg_dump`` backups in ``directory`` named like ours, oldest first."""
+        return _backup.list_backups(directory)
+
+    def latest_backup(self, directory: Any) -> dict[str, Any] | None:
+        """The newest published dump in ``directory`` (one with its manifest), or None."""
+        return _info.last_backup(directory)
+
+    def change_feed(self) -> WorkListener:
+        """``LISTEN icn_mcp_work`` on a connection of its own (see :mod:`.listen`), started."""
+        return WorkListener(self).start()
+
+    def size_bytes(self) -> dict[str, int]:
+        """``pg_database_size`` of this database; ``wal`` is 0: PostgreSQL's WAL is the
+        cluster's, shared by every database on the server, not this database's."""
+        with self.read_transaction() as conn:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        return {"database": int(size), "wal": 0}
 
     # -- diagnostics and life cycle -------------------------------------------------
 
