@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 #: The private range the tests take a free /24 from.
 SUBNET_PREFIX = "10.213"
@@ -83,6 +84,30 @@ def _free_subnet() -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(f"{SUBNET_PREFIX}.{secrets.choice(free)}.0/24")
 
 
+class _Made:
+    """A context manager that makes something on entry (``_make``) and removes all of
+    it on exit (``close``), also when making it failed half-way."""
+
+    def _make(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self._make()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
 @dataclass
 class Host:
     """One simulated machine: a namespace, its address, the root end of its link."""
@@ -99,7 +124,7 @@ class Host:
 
 
 @dataclass
-class HostNetwork:
+class HostNetwork(_Made):
     """A bridge in the root namespace and ``count`` hosts on it (a context manager)."""
 
     count: int
@@ -113,20 +138,7 @@ class HostNetwork:
         """The root namespace's address on the subnet (where PostgreSQL listens)."""
         return str(self.subnet.network_address + 1)
 
-    def __enter__(self) -> HostNetwork:
-        try:
-            self._create()
-        except BaseException:
-            self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.remove()
-
-    def _create(self) -> None:
+    def _make(self) -> None:
         # Interface names are at most 15 characters: "icnbr" + 4 and "icn" + 4 + "h1r".
         self.bridge = f"icnbr{self.suffix}"
         _run("ip", "link", "add", self.bridge, "type", "bridge")
@@ -159,7 +171,7 @@ class HostNetwork:
         """Plug the host back in."""
         _run("ip", "link", "set", host.root_veth, "up")
 
-    def remove(self) -> None:
+    def close(self) -> None:
         """Delete every namespace, veth and the bridge this network made (idempotent).
 
         Processes still inside a namespace (started by the test, whatever killed it)
@@ -188,7 +200,7 @@ def free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-class PrivatePostgres:
+class PrivatePostgres(_Made):
     """A throwaway PostgreSQL 15 cluster listening on ``address`` (a context manager).
 
     initdb refuses to run as root, so every server command runs as ``postgres``
@@ -218,20 +230,7 @@ class PrivatePostgres:
     def _as_postgres(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run("runuser", "-u", PG_OS_USER, "--", *args, check=check)
 
-    def __enter__(self) -> PrivatePostgres:
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _start(self) -> None:
+    def _make(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="icn-mcp-pg-"))
         shutil.chown(self.directory, PG_OS_USER, PG_OS_USER)
         # --no-sync and fsync=off: this cluster is thrown away and never crashed; the
@@ -278,7 +277,7 @@ class PrivatePostgres:
             return ""
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def close(self) -> None:
         """Stop the cluster at once (no checkpoint needed) and delete its directory."""
         if self.directory is None:
             return
