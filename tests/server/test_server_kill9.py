@@ -111,7 +111,9 @@ def _agent(url: str, agent_id: str, token: str, ledger: Ledger, drain: bool) -> 
             # Otherwise the kill: whatever was in flight is unacknowledged.
 
 
-def _database_state(backend: str, where: str) -> tuple[dict[str, tuple[str, int, str | None]], list[tuple[str, ...]]]:
+def _database_state(
+    backend: str, where: str
+) -> tuple[dict[str, tuple[str, int, str | None]], list[tuple[str, str, int, str]]]:
     """Read straight from the database (the server is dead): tasks and runs."""
     tasks_sql = "SELECT id, status, attempt, claimed_by FROM tasks"
     runs_sql = "SELECT task_id, agent_id, attempt, status FROM runs ORDER BY id"
@@ -133,7 +135,7 @@ def _database_state(backend: str, where: str) -> tuple[dict[str, tuple[str, int,
 
 
 def _check_nothing_acknowledged_lost(
-    ledger: Ledger, tasks: dict[str, tuple[str, int, str | None]], runs: list[tuple[str, ...]]
+    ledger: Ledger, tasks: dict[str, tuple[str, int, str | None]], runs: list[tuple[str, str, int, str]]
 ) -> None:
     completions = [(task_id, agent, attempt) for task_id, agent, attempt, status in runs if status == "completed"]
     assert max(Counter(task_id for task_id, _, _ in completions).values(), default=0) <= 1, "a task completed twice"
