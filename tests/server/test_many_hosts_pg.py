@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +80,9 @@ class Ledger:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     completed: list[tuple[str, str, int]] = field(default_factory=list)  # (task_id, agent_id, attempt)
-    #: Claims of host 3's held tasks on the other hosts, kept open: (task_id, attempt, server, token).
-    reclaimed: list[tuple[str, int, ServerProcess, str]] = field(default_factory=list)
+    #: Claims of host 3's held tasks on the other hosts, kept open:
+    #: (task_id, attempt, server, agent_id, token).
+    reclaimed: list[tuple[str, int, ServerProcess, str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def count(self) -> int:
@@ -110,7 +111,7 @@ def _drain(
                 continue
             if body["task_id"] in keep:
                 with ledger.lock:
-                    ledger.reclaimed.append((body["task_id"], body["attempt"], server, token))
+                    ledger.reclaimed.append((body["task_id"], body["attempt"], server, agent_id, token))
                 continue
             report = client.post(
                 "/api/task/run",
@@ -123,7 +124,7 @@ def _drain(
                 ledger.completed.append((body["task_id"], agent_id, body["attempt"]))
 
 
-def _wait_for(condition: Any, what: str, ledger: Ledger) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, ledger: Ledger) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
         assert not ledger.errors, ledger.errors[:5]
@@ -255,7 +256,7 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
         assert answer["body"]["error"] == "conflict", answer
         assert (answer["body"]["status"], answer["body"]["attempt"]) == ("claimed", 2), answer
     assert {answer["task_id"] for answer in late} == set(held)
-    assert sorted((task_id, attempt) for task_id, attempt, _, _ in ledger.reclaimed) == [
+    assert sorted((task_id, attempt) for task_id, attempt, _, _, _ in ledger.reclaimed) == [
         (task_id, 2) for task_id in sorted(held)
     ]
 
@@ -270,13 +271,12 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
                 assert response.status_code == 409, (payload, response.text)
                 assert response.json()["error"] == "conflict"
     # Attempt 2 is untouched by them: its holders complete it.
-    for task_id, attempt, server, token in ledger.reclaimed:
+    for task_id, attempt, server, agent_id, token in ledger.reclaimed:
         with server.client(headers=bearer(token)) as client:
             response = client.post(
                 "/api/task/run", json={"task_id": task_id, "status": "completed", "attempt": attempt}
             )
             assert response.status_code == 200, response.text
-        agent_id = next(agent_id for _, agent_id, worker_token in workers if worker_token == token)
         ledger.completed.append((task_id, agent_id, attempt))
     with cut_server.client() as client:
         for task_id in held:
@@ -284,9 +284,23 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
             assert (status["status"], status["attempt"]) == ("completed", 2), status
             assert status["agent"] != holder_id
 
-    # Host 3 serves again: tasks it creates are drained by every host, itself included.
-    with cut_server.client(headers=bearer(boss)) as client:
-        after_ids = [client.post("/api/task/create", json={"title": f"after {n}"}).json()["id"] for n in range(AFTER)]
+    # Host 3 serves again: it creates tasks, its agent claims and completes one, and
+    # every host drains the rest.
+    after_ids = []
+    with cut_server.client() as client:
+        for n in range(AFTER):
+            response = client.post("/api/task/create", json={"title": f"after {n}"}, headers=bearer(boss))
+            assert response.status_code == 200, response.text
+            after_ids.append(response.json()["id"])
+        claim = client.post("/api/task/claim", json={}, headers=bearer(holder_token)).json()
+        assert claim["task_id"] in after_ids, claim
+        response = client.post(
+            "/api/task/run",
+            json={"task_id": claim["task_id"], "status": "completed", "attempt": claim["attempt"]},
+            headers=bearer(holder_token),
+        )
+        assert response.status_code == 200, response.text
+        ledger.completed.append((claim["task_id"], holder_id, claim["attempt"]))
     stop = threading.Event()
     drainers = [
         threading.Thread(target=_drain, args=(server, agent_id, token, ledger, stop, set()))
