@@ -8,9 +8,14 @@ host's server. An agent on host 3 claims a few tasks with a short lease
 3, the agent reports them: the reports reach host 3's server but not the database.
 Meanwhile the leases expire and hosts 1 and 2, draining the rest, claim those tasks
 again (attempt 2) and hold them. When the link comes back, host 3's reports arrive
-late, carrying attempt 1, while attempt 2 is live: they are refused with 409, and so
-are later ones; then attempt 2 completes. Every task is completed exactly once, by an
-acknowledged report, and nothing is lost. Afterwards host 3 serves again.
+late, carrying attempt 1, while attempt 2 is live: they are refused with 409 (or, had
+host 3's server given up on the database first, 503), and so are later ones; then
+attempt 2 completes. Every task is completed exactly once, by an acknowledged report,
+and nothing is lost. Afterwards host 3 serves again.
+
+The second test cuts a host off and asks its server for work from inside the host:
+every request must be answered 503 ``unavailable`` while the link is down (today some
+answer 500 and some hang: a product bug, marked xfail).
 
 Needs root for ``ip netns`` and a private PostgreSQL (PostgreSQL 15 server binaries);
 skipped with the reason otherwise, and that skip fails in CI (``postgres`` marker).
@@ -239,8 +244,6 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
             for thread in drainers:
                 thread.join(DEADLINE_S)
         assert not ledger.errors, ledger.errors[:5]
-        # Host 3's reports could not have been accepted while it was cut off.
-        assert said.empty(), f"host 3 answered while cut off: {said.get()}"
     finally:
         network.restore(cut_host)
 
@@ -250,11 +253,14 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
     finally:
         holder.kill()
         holder.wait()
-    # Refused while attempt 2 is live on another host.
+    # Each in-flight report was refused: it reached the database late, while attempt 2
+    # was live on another host (409), or host 3's server gave up on the database while
+    # the link was down (503; today it waits for the link, see the test below).
     for answer in late:
-        assert answer.get("status_code") == 409, answer
-        assert answer["body"]["error"] == "conflict", answer
-        assert (answer["body"]["status"], answer["body"]["attempt"]) == ("claimed", 2), answer
+        refused = answer.get("status_code"), answer.get("body", {}).get("error")
+        assert refused in {(409, "conflict"), (503, "unavailable")}, answer
+        if refused[0] == 409:
+            assert (answer["body"]["status"], answer["body"]["attempt"]) == ("claimed", 2), answer
     assert {answer["task_id"] for answer in late} == set(held)
     assert sorted((task_id, attempt) for task_id, attempt, _, _, _ in ledger.reclaimed) == [
         (task_id, 2) for task_id in sorted(held)
@@ -264,12 +270,14 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
     with cut_server.client(headers=bearer(holder_token)) as client:
         for task_id, attempt in held.items():
             for payload in (
+                {"task_id": task_id, "status": "completed", "attempt": attempt},
                 {"task_id": task_id, "status": "in_progress", "attempt": attempt},
                 {"task_id": task_id, "status": "completed"},
             ):
                 response = client.post("/api/task/run", json=payload)
                 assert response.status_code == 409, (payload, response.text)
-                assert response.json()["error"] == "conflict"
+                body = response.json()
+                assert (body["error"], body["status"], body["attempt"]) == ("conflict", "claimed", 2), body
     # Attempt 2 is untouched by them: its holders complete it.
     for task_id, attempt, server, agent_id, token in ledger.reclaimed:
         with server.client(headers=bearer(token)) as client:
@@ -335,3 +343,61 @@ def test_a_host_cut_off_mid_claim_loses_its_leases_and_its_late_reports_are_refu
         assert tasks[int(task_id)] == ("completed", 2)
     others = [tasks[t] for t in all_ids if str(t) not in held]
     assert set(others) == {("completed", 1)}, "no other task was claimed twice"
+
+
+#: How long a request of a host cut off from PostgreSQL may go unanswered: many times
+#: what the settings below allow (a 2 s pool timeout, one retry), so it bounds a hang,
+#: not a speed.
+UNANSWERED_BOUND_S = 20.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug (issue 10): while PostgreSQL is unreachable, a pool timeout "
+    "(DatabaseUnavailable) answers 500 internal_error, not 503 unavailable (server/errors.py maps "
+    "only BusyError and DatabaseClosed), and a request handed a pooled connection whose peer "
+    "went silent hangs until the kernel gives up on TCP (~15 min): pooled connections have "
+    "no keepalives or tcp_user_timeout (only the LISTEN connection does)",
+)
+def test_a_host_cut_off_from_postgresql_answers_503_until_the_link_returns(
+    network: HostNetwork, shared_db_url: str, server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    host = network.hosts[0]
+    server = server_factory(
+        tmp_path / host.name,
+        prefix=tuple(host.exec_prefix()),
+        MCP_DB_URL=shared_db_url,
+        MCP_HOST=host.address,
+        MCP_DB_POOL_MIN="2",
+        MCP_DB_POOL_TIMEOUT_S="2",
+        MCP_DB_CONNECT_TIMEOUT_S="2",
+        MCP_DB_RETRIES="1",
+    ).start()
+    with server.client() as client:
+        _, token = _register(client, None, "agent")
+        for n in range(3):
+            response = client.post("/api/task/create", json={"title": f"task {n}"}, headers=bearer(token))
+            assert response.status_code == 200, response.text
+
+    requests = ["POST:/api/task/claim", "POST:/api/task/claim", "POST:/api/task/create", "GET:/api/task/list"]
+    network.cut(host)
+    try:
+        # From inside the host: its server is reachable, PostgreSQL is not.
+        probe = subprocess.run(
+            [*host.exec_prefix(), sys.executable, str(WORKERS / "http_requests.py")]
+            + [server.url, token, str(UNANSWERED_BOUND_S), *requests, "GET:/healthz/db"],
+            capture_output=True,
+            text=True,
+            timeout=UNANSWERED_BOUND_S + 60,
+        )
+    finally:
+        network.restore(host)
+    answers = [json.loads(line) for line in probe.stdout.splitlines()]
+    assert len(answers) == len(requests) + 1, probe.stderr
+    refused = [(a["request"], a.get("status_code"), a.get("body", {}).get("error"), a.get("error")) for a in answers]
+    assert all(status == 503 and error == "unavailable" for _, status, error, _ in refused), refused
+
+    # The link is back: the same server claims again.
+    with server.client(headers=bearer(token)) as client:
+        claim = client.post("/api/task/claim", json={})
+        assert claim.status_code == 200 and "task_id" in claim.json(), claim.text
