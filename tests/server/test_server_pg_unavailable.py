@@ -33,12 +33,6 @@ def _allow_connections(url: str, allow: bool) -> None:
         pg.terminate_backends(admin, url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (issue 10): DatabaseUnavailable (no pooled connection within "
-    "MCP_DB_POOL_TIMEOUT_S) answers 500 internal_error with a traceback in the log; "
-    "server/errors.py maps only BusyError and DatabaseClosed to 503 unavailable",
-)
 def test_a_database_that_refuses_connections_answers_503_unavailable_not_500(
     pg_url: str, server_factory: type[ServerProcess], tmp_path: Path
 ) -> None:

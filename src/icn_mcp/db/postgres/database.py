@@ -195,6 +195,7 @@ class PostgresDatabase(BaseDatabase):
             "autocommit": True,
             "connect_timeout": max(1, int(self.connect_timeout_s)),
             "application_name": self.application_name,
+            **driver.DEAD_PEER_SETTINGS,
         }
 
     def _configure(self, conn: Any) -> None:

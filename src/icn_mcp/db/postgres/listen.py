@@ -13,7 +13,8 @@ itself and waits for it. Until that probe arrives, or while the connection is do
 :meth:`~WorkListener.version` answers None and the waiters fall back to looking every
 :data:`FALLBACK_POLL_S`. That is also what happens behind a PgBouncer in transaction
 pooling mode, where LISTEN cannot work: the probe never comes back. A connection
-lost is noticed within seconds (TCP keepalives and ``tcp_user_timeout``), then
+lost is noticed within seconds (TCP keepalives and ``tcp_user_timeout``, as on every
+connection: :data:`icn_mcp.db.postgres.driver.DEAD_PEER_SETTINGS`), then
 reopened with backoff; every reconnection counts as a change, because notifications
 sent while it was down are lost.
 """
@@ -42,15 +43,6 @@ PROBE_TIMEOUT_S = 2.0
 #: Reconnection backoff: first and longest wait.
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
-#: Libpq settings that notice a dead peer (a host cut off, a server gone) in seconds
-#: instead of TCP's minutes.
-_KEEPALIVE = {
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 10_000,
-}
 
 
 class WorkListener:
@@ -137,8 +129,7 @@ class WorkListener:
     def _listen(self) -> None:
         psycopg = self._db._psycopg
         kwargs = {
-            **self._db._connect_kwargs(),
-            **_KEEPALIVE,
+            **self._db._connect_kwargs(),  # with driver.DEAD_PEER_SETTINGS
             "autocommit": True,
             # Told apart from the pool's connections in pg_stat_activity.
             "application_name": f"{self._db.application_name}-listen",
