@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icn_mcp.db.files import make_private_dirs
+from icn_mcp.db.postgres import driver
 from icn_mcp.db.sqlite.backup import (
     BackupResult,
     BackupVerification,
@@ -81,7 +82,9 @@ def _tool_env(db: PostgresDatabase) -> tuple[str, dict[str, str]]:
     """A conninfo without password for argv, and an environment carrying it."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    params = {k: v for k, v in conninfo_to_dict(db.url).items() if v is not None}
+    # pg_dump, pg_restore and psql notice a dead peer as the pool does (a dump into a
+    # cut link fails in seconds instead of hanging); the URL's own settings win.
+    params = {**driver.DEAD_PEER_SETTINGS, **{k: v for k, v in conninfo_to_dict(db.url).items() if v is not None}}
     password = params.pop("password", None)
     env = dict(os.environ)
     if password is not None:
