@@ -17,6 +17,13 @@ backend, from the settings) or :func:`open_database`.
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks, with_lock
 from icn_mcp.db.leases import AdvisoryLease
+from icn_mcp.db.migration_files import (
+    AppliedMigration,
+    DryRunResult,
+    FailedMigration,
+    MigrationPlan,
+    MigrationState,
+)
 from icn_mcp.db.process import (
     close_db,
     create_backup,
@@ -32,13 +39,6 @@ from icn_mcp.db.process import (
 )
 from icn_mcp.db.sqlite.backup import BackupResult, BackupVerification, RestoreResult
 from icn_mcp.db.sqlite.database import Database
-from icn_mcp.db.sqlite.migrations import (
-    AppliedMigration,
-    DryRunResult,
-    FailedMigration,
-    MigrationPlan,
-    MigrationState,
-)
 
 __all__ = [
     "BaseDatabase",
