@@ -14,6 +14,7 @@ or, in an application configured from the environment, :func:`get_db` (either
 backend, from the settings) or :func:`open_database`.
 """
 
+from icn_mcp.db.backup_files import BackupResult, BackupVerification, RestoreResult
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks, with_lock
 from icn_mcp.db.leases import AdvisoryLease
@@ -37,7 +38,6 @@ from icn_mcp.db.process import (
     verify_backup,
     verify_backup_async,
 )
-from icn_mcp.db.sqlite.backup import BackupResult, BackupVerification, RestoreResult
 from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
