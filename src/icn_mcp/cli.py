@@ -322,7 +322,7 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     Without MCP_BACKUP_DIR: ``backups/`` beside the database, however its path was
     given (MCP_DB_DIR, MCP_DB_PATH or --db), never relative to the current directory.
     """
-    from icn_mcp.db.sqlite.backup import backup_dir_for
+    from icn_mcp.db.backup_files import backup_dir_for
 
     settings = Settings.from_env()
     directory = settings.backup_dir if settings.backup_dir is not None else backup_dir_for(ctx.obj["path"])

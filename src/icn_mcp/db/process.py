@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.backup_files import BACKUP_DIR_NAME, backup_dir_for
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.errors import DatabaseFileError
 
@@ -42,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("icn_mcp.db")
-
-BACKUP_DIR_NAME = "backups"
 
 
 def open_database(settings: Settings, *, migrate: bool = True, **overrides: Any) -> BaseDatabase:
@@ -134,8 +133,6 @@ def backup_dir_from(settings: Settings) -> Path:
     if settings.backup_dir is not None:
         return settings.backup_dir
     if settings.db_url is None:
-        from icn_mcp.db.sqlite.backup import backup_dir_for
-
         return backup_dir_for(settings.db_path)
     return Path(os.path.abspath(settings.db_dir)) / BACKUP_DIR_NAME
 

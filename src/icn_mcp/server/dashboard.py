@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from icn_mcp.db.sqlite.backup import manifest_path
+from icn_mcp.db.backup_files import manifest_path
 from icn_mcp.db.timestamps import format_ts, parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.errors import task_id_required

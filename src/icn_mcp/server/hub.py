@@ -35,10 +35,10 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from icn_mcp.config import Settings, redact_url
 from icn_mcp.db import BaseDatabase, Database, open_database
+from icn_mcp.db.backup_files import backup_dir_for
 from icn_mcp.db.base import ChangeFeed
 from icn_mcp.db.process import backup_dir_from
 from icn_mcp.db.replica import Replicator
-from icn_mcp.db.sqlite.backup import backup_dir_for
 from icn_mcp.db.timestamps import parse_ts, utc_now
 from icn_mcp.errors import ConfigError
 from icn_mcp.server import operations

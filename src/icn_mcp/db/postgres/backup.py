@@ -38,14 +38,22 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icn_mcp.db.files import make_private_dirs
-from icn_mcp.db.postgres import driver
-from icn_mcp.db.sqlite.backup import (
+from icn_mcp.db.backup_files import (
+    BACKUP_PREFIX,
+    FILE_MODE,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_VERSION,
+    NAME_TIME_FORMAT,
+    SAFETY_BACKUP_PREFIX,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
     BackupResult,
     BackupVerification,
     RestoreResult,
     manifest_path,
 )
+from icn_mcp.db.files import make_private_dirs
+from icn_mcp.db.postgres import driver
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, RestoreError
 
@@ -62,14 +70,7 @@ __all__ = [
 
 log = logging.getLogger("icn_mcp.db.backup")
 
-BACKUP_PREFIX = "icn-mcp-"
-SAFETY_BACKUP_PREFIX = "icn-mcp-pre-restore-"
 BACKUP_SUFFIX = ".pgdump"
-MANIFEST_FORMAT = "icn-mcp-backup"
-MANIFEST_FORMAT_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-_NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 BACKUP_NAME = re.compile(r"^icn-mcp-[0-9]{8}T[0-9]{6}\.[0-9]{6}Z\.pgdump$")
 #: How long one pg_dump / pg_restore / psql run may take.
 TOOL_TIMEOUT_S = 6 * 3600
@@ -234,14 +235,14 @@ def create_backup(
         )
     directory = Path(backup_dir) if backup_dir is not None else Path(".")
     final = (
-        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
     )
     final = Path(os.path.abspath(final))
     if final.exists() or manifest_path(final).exists():
         raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
     make_private_dirs(final.parent)
     conninfo, env = _tool_env(db)
-    fd, tmp_name = tempfile.mkstemp(prefix=".icn-mcp-backup-", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, FILE_MODE)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from icn_mcp.config import redact_url
+from icn_mcp.db import migration_files as _migrations
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks
 from icn_mcp.db.leases import AdvisoryLease
@@ -38,7 +39,6 @@ from icn_mcp.db.postgres import info as _info
 from icn_mcp.db.postgres import migrations as _pg_migrations
 from icn_mcp.db.postgres.listen import WorkListener
 from icn_mcp.db.postgres.locks import PostgresLeaseSQL
-from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import (
     BusyError,

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.backup_files import manifest_path
 from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import migrations as _pg_migrations
-from icn_mcp.db.sqlite.backup import manifest_path
 
 if TYPE_CHECKING:
     from icn_mcp.db.postgres.database import PostgresDatabase
