@@ -530,7 +530,11 @@ def dry_run(target: Database | sqlite3.Connection, files: list[MigrationFile]) -
                     _execute_all(conn, mf)
                     _check_foreign_keys(conn, mf)
                 except MigrationError as exc:
-                    results.append(DryRunResult(mf.version, False, len(file_statements(mf)), str(exc)))
+                    try:
+                        count = len(file_statements(mf))
+                    except MigrationError:  # the file itself is what failed (its parse)
+                        count = 0
+                    results.append(DryRunResult(mf.version, False, count, str(exc)))
                     blocked = True
                     continue
                 results.append(DryRunResult(mf.version, True, len(file_statements(mf))))
