@@ -238,6 +238,45 @@ def test_mcp_claim_task_waits_too(waiting_server: ServerProcess) -> None:
     assert answer["attempt"] == 1 and "task_id" in answer
 
 
+def test_an_mcp_client_that_abandons_its_waiting_claim_is_forgotten(waiting_server: ServerProcess) -> None:
+    """An MCP client that gives up on a waiting claim_task (cancelled on its side: the
+    SDK closes that request's stream, or sends notifications/cancelled) must not be
+    handed a task nobody will work: the waiter goes, and the next task goes to a
+    claim that is still waiting."""
+    server = waiting_server
+    db_path = server.db_dir / "icn-mcp.sqlite"
+    with server.client() as http:
+        gone, stays = _register(http, "mcp-gone"), _register(http, "stays")
+
+    async def abandon() -> None:
+        async with httpx.AsyncClient(headers=bearer(gone["token"]), timeout=60) as http_client:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http_client)) as client:
+                with anyio.CancelScope() as scope:
+
+                    async def give_up() -> None:
+                        with server.client() as http:
+                            await anyio.to_thread.run_sync(_wait_for_waiters, http, 1)
+                        scope.cancel()
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(give_up)
+                        await client.call_tool("claim_task", {"wait_s": LONG_WAIT_S})
+                # Still connected: the session is alive, only that request was abandoned.
+                # Forgotten long before its wait_s would have ended it.
+                with server.client() as http:
+                    await anyio.to_thread.run_sync(_wait_for_waiters, http, 0, LONG_WAIT_S / 2)
+
+    anyio.run(abandon)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
+        future = pool.submit(_claim, server.url, stays["token"], LONG_WAIT_S)
+        _wait_for_waiters(client, 1)
+        _elsewhere(db_path, "store.create_task('for whoever is still there')")
+        answer = future.result()
+    assert answer["attempt"] == 1
+    status = _elsewhere(db_path, f"print(store.task_status(int({answer['task_id']!r})).agent)")
+    assert status.strip() == stays["id"]
+
+
 def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerProcess) -> None:
     """200 claims waiting 10 s: the server's CPU time, and its open database files."""
     server = waiting_server
