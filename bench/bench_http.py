@@ -46,6 +46,7 @@ from typing import Any
 from icn_mcp.config import Settings
 from icn_mcp.db import open_database
 from icn_mcp.store import Store
+from pgscratch import scratch_database
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 BACKENDS = ("sqlite", "postgresql")
@@ -54,48 +55,25 @@ BACKENDS = ("sqlite", "postgresql")
 _DB_URL: str | None = None
 
 
-def _scratch_database() -> str:
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    admin = os.environ.get("MCP_BENCH_DATABASE_URL")
-    if not admin:
-        raise SystemExit(
-            "--backend postgresql needs MCP_BENCH_DATABASE_URL=postgresql://... (databases may be created)"
-        )
-    name = f"icn_mcp_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(urlsplit(admin)._replace(path="/" + name))
-
-
-def _drop_database(url: str) -> None:
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 class _FreshDatabase:
-    """A scratch PostgreSQL database for one run (``MCP_BENCH_DATABASE_URL``), or nothing."""
+    """A scratch PostgreSQL database for one run (bench/pgscratch.py), or nothing."""
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
+        self._scratch: Any = None
 
     def __enter__(self) -> None:
         global _DB_URL
-        _DB_URL = _scratch_database() if self.backend == "postgresql" else None
+        if self.backend == "postgresql":
+            self._scratch = scratch_database()
+            _DB_URL = self._scratch.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         global _DB_URL
-        if _DB_URL is not None:
-            _drop_database(_DB_URL)
         _DB_URL = None
+        if self._scratch is not None:
+            self._scratch.__exit__(*exc)
+            self._scratch = None
 
 
 def _env(db_dir: Path, pythonpath: str | None) -> dict[str, str]:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from pgscratch import scratch_database
+
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 POLL_INTERVAL_S = 0.1
 
@@ -170,41 +172,11 @@ def main() -> None:
         help="postgresql: a scratch database on MCP_BENCH_DATABASE_URL's server (default sqlite)",
     )
     args = parser.parse_args()
-    db_url: str | None = None
     if args.backend == "postgresql":
-        admin = os.environ.get("MCP_BENCH_DATABASE_URL")
-        if not admin:
-            raise SystemExit(
-                "--backend postgresql needs MCP_BENCH_DATABASE_URL=postgresql://... (databases may be created)"
-            )
-        db_url = _scratch_database(admin)
-    try:
-        _run(args, db_url)
-    finally:
-        if db_url is not None:
-            _drop_database(db_url)
-
-
-def _scratch_database(admin: str) -> str:
-    import uuid
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    name = f"icn_mcp_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(urlsplit(admin)._replace(path="/" + name))
-
-
-def _drop_database(url: str) -> None:
-    from urllib.parse import urlsplit, urlunsplit
-
-    import psycopg
-
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with scratch_database() as db_url:
+            _run(args, db_url)
+    else:
+        _run(args, None)
 
 
 def _run(args: argparse.Namespace, db_url: str | None) -> None:

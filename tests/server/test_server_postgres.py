@@ -24,37 +24,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests import pg
 from tests.server.serverproc import ADMIN_TOKEN, ServerProcess, bearer
+from tests.server.waiting_support import LONG_WAIT_S, claim, metric, register, wait_for_waiters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-LONG_WAIT_S = 20.0
-
-
-def _register(client: httpx.Client, name: str) -> dict[str, Any]:
-    response = client.post("/api/agent/register", json={"name": name, "kind": "planner"}, headers=bearer(ADMIN_TOKEN))
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _metric(client: httpx.Client, name: str) -> float:
-    text = client.get("/metrics").text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match, f"{name} missing from /metrics"
-    return float(match.group(1))
-
-
-def _wait_for_waiters(client: httpx.Client, count: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _metric(client, "icn_mcp_claim_waiters") != count:
-        assert time.monotonic() < deadline, f"never {count} waiting claims"
-        time.sleep(0.02)
-
-
-def _claim(url: str, token: str, wait_s: float, **body: Any) -> dict[str, Any]:
-    with httpx.Client(base_url=url, timeout=wait_s + 30) as client:
-        response = client.post("/api/task/claim", json={"wait_s": wait_s, **body}, headers=bearer(token))
-        assert response.status_code == 200, response.text
-        return response.json()
 
 
 def _listening(url: str) -> bool:
@@ -82,7 +54,7 @@ def test_an_agent_works_through_a_server_on_postgresql(
     secret_url = secret_url if "@" not in pg_url else pg_url
     server = server_factory(tmp_path / "var", MCP_DB_URL=secret_url).start()
     with server.client() as client:
-        agent = _register(client, "pg-agent")
+        agent = register(client, "pg-agent")
         auth = bearer(agent["token"])
         first = client.post("/api/task/create", json={"title": "first", "priority": 1}, headers=auth).json()
         second = client.post("/api/task/create", json={"title": "second", "depends_on": [first["id"]]}, headers=auth)
@@ -123,7 +95,7 @@ def test_the_dashboard_reads_postgresql(server_factory: type[ServerProcess], pg_
     server = server_factory(tmp_path / "var", MCP_DB_URL=pg_url).start()
     admin = bearer(ADMIN_TOKEN)
     with server.client() as client:
-        agent = _register(client, "shown")
+        agent = register(client, "shown")
         auth = bearer(agent["token"])
         first = client.post("/api/task/create", json={"title": "first"}, headers=auth).json()["id"]
         second = client.post("/api/task/create", json={"title": "second", "depends_on": [first]}, headers=auth)
@@ -143,7 +115,7 @@ def test_the_dashboard_reads_postgresql(server_factory: type[ServerProcess], pg_
 def test_mcp_tools_work_on_postgresql(server_factory: type[ServerProcess], pg_url: str, tmp_path: Path) -> None:
     server = server_factory(tmp_path / "var", MCP_DB_URL=pg_url).start()
     with server.client() as client:
-        agent = _register(client, "mcp-agent")
+        agent = register(client, "mcp-agent")
 
     async def run() -> dict[str, Any]:
         http = httpx.AsyncClient(headers=bearer(agent["token"]), timeout=30)
@@ -161,14 +133,14 @@ def test_mcp_tools_work_on_postgresql(server_factory: type[ServerProcess], pg_ur
 def test_five_waiters_three_tasks_created_on_another_server(pg_servers: list[ServerProcess]) -> None:
     waiting, other = pg_servers
     with waiting.client() as client:
-        agents = [_register(client, f"waiter-{i}") for i in range(5)]
+        agents = [register(client, f"waiter-{i}") for i in range(5)]
     with other.client() as client:
-        maker = _register(client, "maker")
+        maker = register(client, "maker")
     with concurrent.futures.ThreadPoolExecutor(5) as pool, waiting.client() as client:
         futures = []
         for agent in agents:  # arrival order: one at a time
-            futures.append(pool.submit(_claim, waiting.url, agent["token"], 8.0))
-            _wait_for_waiters(client, len(futures))
+            futures.append(pool.submit(claim, waiting.url, agent["token"], 8.0))
+            wait_for_waiters(client, len(futures))
         with other.client() as maker_client:
             for i in range(3):
                 made = maker_client.post(
@@ -182,22 +154,22 @@ def test_five_waiters_three_tasks_created_on_another_server(pg_servers: list[Ser
     assert all("task_id" in answer for answer in answers[:3]), answers
     assert answers[3:] == [{"error": "no_available_tasks"}] * 2
     with waiting.client() as client:
-        assert _metric(client, "icn_mcp_claim_waiters") == 0
+        assert metric(client, "icn_mcp_claim_waiters") == 0
 
 
 def test_a_dependency_completed_on_another_server_wakes_a_waiter(pg_servers: list[ServerProcess]) -> None:
     waiting, other = pg_servers
     with other.client() as client:
-        holder = _register(client, "holder")
+        holder = register(client, "holder")
         auth = bearer(holder["token"])
         first = client.post("/api/task/create", json={"title": "first"}, headers=auth).json()
         second = client.post("/api/task/create", json={"title": "second", "depends_on": [first["id"]]}, headers=auth)
         assert client.post("/api/task/claim", json={}, headers=auth).json()["task_id"] == first["id"]
     with waiting.client() as client:
-        waiter = _register(client, "waiter")
+        waiter = register(client, "waiter")
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(_claim, waiting.url, waiter["token"], LONG_WAIT_S)
-        _wait_for_waiters(client, 1)
+        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        wait_for_waiters(client, 1)
         with other.client() as holder_client:
             report = {"task_id": first["id"], "status": "completed", "attempt": 1}
             assert holder_client.post("/api/task/run", json=report, headers=auth).status_code == 200
@@ -208,13 +180,13 @@ def test_a_dependency_completed_on_another_server_wakes_a_waiter(pg_servers: lis
 def test_an_expired_lease_held_through_another_server_wakes_a_waiter(pg_servers: list[ServerProcess]) -> None:
     waiting, other = pg_servers
     with other.client() as client:
-        slow = _register(client, "slow")
+        slow = register(client, "slow")
         task = client.post("/api/task/create", json={"title": "leased"}, headers=bearer(slow["token"])).json()
         claim = client.post("/api/task/claim", json={"lease_s": 1}, headers=bearer(slow["token"])).json()
         assert claim["task_id"] == task["id"] and claim["attempt"] == 1
     with waiting.client() as client:
-        waiter = _register(client, "waiter")
-    answer = _claim(waiting.url, waiter["token"], LONG_WAIT_S)
+        waiter = register(client, "waiter")
+    answer = claim(waiting.url, waiter["token"], LONG_WAIT_S)
     assert answer["task_id"] == task["id"] and answer["attempt"] == 2
     # The late report of the first attempt is refused: the lease is the fencing token.
     with other.client() as client:
@@ -232,12 +204,12 @@ def test_waiters_are_still_served_while_the_listener_is_cut_off(pg_servers: list
     work created meanwhile on the other server still reaches them."""
     waiting, other = pg_servers
     with waiting.client() as client:
-        waiter = _register(client, "waiter")
+        waiter = register(client, "waiter")
     with other.client() as client:
-        maker = _register(client, "maker")
+        maker = register(client, "maker")
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(_claim, waiting.url, waiter["token"], LONG_WAIT_S)
-        _wait_for_waiters(client, 1)
+        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        wait_for_waiters(client, 1)
         admin = pg.admin_url()
         assert admin is not None
         assert pg.terminate_backends(admin, pg_url) >= 2  # both servers' listeners and pools
@@ -252,8 +224,8 @@ def test_waiters_are_still_served_while_the_listener_is_cut_off(pg_servers: list
         assert time.monotonic() < deadline, "the listener never came back"
         time.sleep(0.1)
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(_claim, waiting.url, waiter["token"], LONG_WAIT_S)
-        _wait_for_waiters(client, 1)
+        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        wait_for_waiters(client, 1)
         with other.client() as maker_client:
             again = maker_client.post("/api/task/create", json={"title": "after"}, headers=bearer(maker["token"]))
         assert future.result()["task_id"] == again.json()["id"]
@@ -264,7 +236,7 @@ def test_serve_with_several_workers_on_postgresql(
 ) -> None:
     server = server_factory(tmp_path / "var", args=("--workers", "2"), MCP_DB_URL=pg_url).start()
     with server.client() as client:
-        agent = _register(client, "worker-agent")
+        agent = register(client, "worker-agent")
         auth = bearer(agent["token"])
         ids = {client.post("/api/task/create", json={"title": f"t{i}"}, headers=auth).json()["id"] for i in range(6)}
         claimed = {client.post("/api/task/claim", json={}, headers=auth).json()["task_id"] for _ in range(6)}
