@@ -10,6 +10,7 @@ real network partition (tests/server/test_many_hosts_pg.py).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +20,11 @@ from tests import pg
 from tests.server.serverproc import ServerProcess, bearer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+#: Once PostgreSQL accepts connections again, a server must serve within this: the
+#: pool's last reconnection wait (at most 8 s, RECONNECT_TIMEOUT_S) plus margin. It
+#: bounds a stall, not a speed.
+RECOVERY_BOUND_S = 30.0
 
 
 def _allow_connections(url: str, allow: bool) -> None:
@@ -64,5 +70,12 @@ def test_a_database_that_refuses_connections_answers_503_unavailable_not_500(
             refused
         )
 
-        claim = client.post("/api/task/claim", json={}, headers=bearer(token))
+        # Back: served again without an operator, once the pool has reopened a
+        # connection (a client honouring Retry-After; bounded, never minutes).
+        deadline = time.monotonic() + RECOVERY_BOUND_S
+        while True:
+            claim = client.post("/api/task/claim", json={}, headers=bearer(token))
+            if claim.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(int(claim.headers["Retry-After"]))
         assert claim.status_code == 200 and "task_id" in claim.json(), claim.text

@@ -89,6 +89,11 @@ def _make_loader(psycopg: Any) -> Any:
     return UtcTextLoader
 
 
+#: How long the pool retries reopening a lost connection before leaving it to the next
+#: request (see the pool's construction below).
+RECONNECT_TIMEOUT_S = 15.0
+
+
 class PostgresDatabase(BaseDatabase):
     """One PostgreSQL database shared by any number of processes and hosts.
 
@@ -168,6 +173,12 @@ class PostgresDatabase(BaseDatabase):
             configure=self._configure,
             check=pool_class.check_connection,
             name="icn-mcp",
+            # A lost connection is reopened with psycopg_pool's backoff (1, 2, 4, 8 s)
+            # for this long, then given up; the next request that finds no
+            # connection opens one at once. Without a bound the backoff doubles for
+            # the default 5 minutes, and after an outage of a few minutes requests
+            # got 503 for minutes more although PostgreSQL was back.
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
             open=False,
         )
         try:
