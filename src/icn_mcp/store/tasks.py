@@ -267,6 +267,11 @@ class TasksMixin:
         problems.raise_if_any()
 
         sql = self._sql
+        # On PostgreSQL an accepted report with its attempt is one round trip; anything
+        # else (a stale claim and its reason, no attempt given) takes the transaction below.
+        row = sql.report_at_once(self._db, task_id, agent_id, attempt, status, notes)
+        if row is not None:
+            return Run.from_row(row)
 
         def report(conn: Any) -> Run:
             # The clock is read inside the transaction (SQLite: after BEGIN IMMEDIATE took

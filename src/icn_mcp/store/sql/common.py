@@ -202,6 +202,15 @@ class Queries(abc.ABC):
         a SQLite transaction costs no round trip."""
         return None
 
+    def report_at_once(
+        self, db: Any, task_id: int, agent_id: str, attempt: int | None, status: str, notes: str | None
+    ) -> Any:
+        """An accepted report as one round trip, when the backend has such a shortcut:
+        the run's row, or None when it wrote nothing (no current claim of ``attempt``
+        by ``agent_id``, or no shortcut), and the report's transaction then decides
+        and names the reason. None here: a SQLite transaction costs no round trip."""
+        return None
+
     def locked_claim_row(self, conn: Any, task_id: int, clock: Callable[[], datetime]) -> tuple[Any, datetime]:
         """``(the task's CLAIM_ROW or None, this transaction's now)``, the row locked
         until commit where the backend locks rows (:attr:`CLAIM_ROW`)."""
