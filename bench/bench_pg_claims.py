@@ -130,10 +130,9 @@ def worker_raw(url: str, agent: str, out: Any, start: Any) -> None:
 
 def worker_pgqueuer(url: str, agent: str, out: Any, start: Any, batch: int) -> None:
     import asyncio
-
-    import psycopg
     from datetime import timedelta
 
+    import psycopg
     from pgqueuer.models import Job
     from pgqueuer.qm import QueueManager
     from pgqueuer.queries import Queries
@@ -196,7 +195,9 @@ def _spawn(target: Any, url: str, agents: list[str], procs: int, extra: tuple[An
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start = ctx.Barrier(procs + 1)
-    workers = [ctx.Process(target=target, args=(url, agents[i % len(agents)], out, start, *extra)) for i in range(procs)]
+    workers = [
+        ctx.Process(target=target, args=(url, agents[i % len(agents)], out, start, *extra)) for i in range(procs)
+    ]
     for w in workers:
         w.start()
     start.wait()  # every worker is connected: the clock starts with the work
@@ -302,8 +303,7 @@ def latency(url: str, agents: list[str], size: int, claims: int) -> tuple[float,
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("BEGIN")
         plan = "\n".join(
-            r[0]
-            for r in conn.execute("EXPLAIN " + CLAIM_SQL, {"agent_id": agents[0], "lease_s": 300.0}).fetchall()
+            r[0] for r in conn.execute("EXPLAIN " + CLAIM_SQL, {"agent_id": agents[0], "lease_s": 300.0}).fetchall()
         )
         conn.execute("ROLLBACK")
     store = _open_store(url)

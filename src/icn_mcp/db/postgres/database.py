@@ -396,7 +396,7 @@ class PostgresDatabase(BaseDatabase):
                                 conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
                                 for _ in statements
                             ]
-                            for cursor, (sql, params) in zip(cursors, statements):
+                            for cursor, (sql, params) in zip(cursors, statements, strict=True):
                                 cursor.execute(sql, params)
                             conn.execute("COMMIT")
                     except self._psycopg.Error as exc:
