@@ -19,8 +19,11 @@ the HTTP/store throughput ratio. Each run
 also checks the outcome: every task completed, each claimed exactly once (attempt 1).
 ``uptime``'s load average is printed before and after: the machine is shared.
 
-``--backend`` names the database backend; only ``sqlite`` exists in this version (the
-PostgreSQL runs remain to be added with that backend). ``--server-pythonpath DIR``
+``--backend postgresql`` runs on a scratch database created for each run on the server
+of ``MCP_BENCH_DATABASE_URL`` (dropped afterwards), the store baseline too; ``--servers
+N`` starts N separate ``icn-mcp serve`` processes on the one database (as N hosts
+would), each load-generator process talking to one of them, round robin; the server
+CPU column sums all of them. ``--server-pythonpath DIR``
 puts DIR first on the server's PYTHONPATH: used to run an older checkout's server
 (``src/`` of a ``git archive``) with the same load generator for before/after figures.
 """
@@ -41,15 +44,42 @@ from pathlib import Path
 from typing import Any
 
 from icn_mcp.config import Settings
-from icn_mcp.db import Database
+from icn_mcp.db import open_database
 from icn_mcp.store import Store
+from pgscratch import scratch_database
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
+
+#: The scratch PostgreSQL database of the current run (None: SQLite).
+_DB_URL: str | None = None
+
+
+class _FreshDatabase:
+    """A scratch PostgreSQL database for one run (bench/pgscratch.py), or nothing."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._scratch: Any = None
+
+    def __enter__(self) -> None:
+        global _DB_URL
+        if self.backend == "postgresql":
+            self._scratch = scratch_database()
+            _DB_URL = self._scratch.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        global _DB_URL
+        _DB_URL = None
+        if self._scratch is not None:
+            self._scratch.__exit__(*exc)
+            self._scratch = None
 
 
 def _env(db_dir: Path, pythonpath: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    if _DB_URL is not None:
+        env["MCP_DB_URL"] = _DB_URL
     env.update(
         MCP_DB_DIR=str(db_dir),
         MCP_PORT="0",
@@ -66,7 +96,7 @@ def _env(db_dir: Path, pythonpath: str | None) -> dict[str, str]:
 def _prepare(db_dir: Path, tasks: int, clients: int) -> tuple[Store, list[str]]:
     """A database with ``tasks`` open tasks and ``clients`` agents; their tokens."""
     settings = Settings.from_env(_env(db_dir, None))
-    db = Database(settings.db_path, **settings.database_options())
+    db = open_database(settings)
     store = Store.from_settings(db, settings)
     tokens = [store.register_agent(f"bench-{n}", "ops", credential=ADMIN_TOKEN).token for n in range(clients)]
     for n in range(tasks):
@@ -164,41 +194,57 @@ def _load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def bench_http(tasks: int, clients: int, workers: int, client_procs: int, pythonpath: str | None) -> dict[str, Any]:
+def bench_http(
+    tasks: int, clients: int, workers: int, client_procs: int, pythonpath: str | None, servers: int = 1
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         db_dir = Path(tmp) / "var"
         store, tokens = _prepare(db_dir, tasks, clients)
         store.db.close()
         log = open(Path(tmp) / "server.log", "w")
         command = [sys.executable, "-m", "icn_mcp", "serve"] + (["--workers", str(workers)] if workers > 1 else [])
-        proc = subprocess.Popen(command, env=_env(db_dir, pythonpath), stdout=subprocess.PIPE, stderr=log, text=True)
+        # On PostgreSQL each server has a directory of its own (as each host would);
+        # on SQLite they share the database file's directory.
+        dirs = [db_dir if _DB_URL is None else Path(tmp) / f"host{n}" for n in range(servers)]
+        started = [
+            subprocess.Popen(command, env=_env(d, pythonpath), stdout=subprocess.PIPE, stderr=log, text=True)
+            for d in dirs
+        ]
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith("serving "):
-                raise RuntimeError(f"server did not start: {line!r}; see {log.name}")
-            host, port = line.split()[1].removeprefix("http://").rsplit(":", 1)
+            addresses = []
+            for proc in started:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line.startswith("serving "):
+                    raise RuntimeError(f"server did not start: {line!r}; see {log.name}")
+                host, port = line.split()[1].removeprefix("http://").rsplit(":", 1)
+                addresses.append((host, int(port)))
             ctx = mp.get_context("spawn")
-            procs_n = max(1, min(client_procs, clients))
+            # A whole number of load generators per server.
+            per_server = -(-max(1, min(client_procs, clients)) // servers)
+            procs_n = min(clients, per_server * servers)
             barrier = ctx.Barrier(procs_n + 1)
             results = ctx.Queue()
             shares = [tokens[n::procs_n] for n in range(procs_n)]
             procs = [
-                ctx.Process(target=_client_process, args=(host, int(port), share, barrier, results)) for share in shares
+                ctx.Process(target=_client_process, args=(*addresses[n % servers], share, barrier, results))
+                for n, share in enumerate(shares)
             ]
             for p in procs:
                 p.start()
             barrier.wait()
             began = time.time()
-            cpu_before = _cpu_seconds(proc.pid)
+            cpu_before = sum(_cpu_seconds(proc.pid) for proc in started)
             parts = [results.get(timeout=600) for _ in procs]
-            cpu = _cpu_seconds(proc.pid) - cpu_before
+            cpu = sum(_cpu_seconds(proc.pid) for proc in started) - cpu_before
             for p in procs:
                 p.join()
             elapsed = max(part[5] for part in parts) - began
         finally:
-            proc.terminate()
-            proc.wait(60)
+            for proc in started:
+                proc.terminate()
+            for proc in started:
+                proc.wait(60)
             log.close()
         claims = [x for part in parts for x in part[0]]
         reports = [x for part in parts for x in part[1]]
@@ -207,7 +253,7 @@ def bench_http(tasks: int, clients: int, workers: int, client_procs: int, python
         errors = [x for part in parts for x in part[4]]
         # Exactly once: every task claimed by one client, at attempt 1, and completed.
         settings = Settings.from_env(_env(db_dir, None))
-        with Database(settings.db_path, **settings.database_options()) as db, db.read_transaction() as conn:
+        with open_database(settings, migrate=False) as db, db.read_transaction() as conn:
             completed = conn.execute("SELECT count(*) FROM tasks WHERE status = 'completed'").fetchone()[0]
         ok = completed == tasks and len(set(claimed)) == len(claimed) == tasks and all(a == 1 for _, a in claimed)
         return {
@@ -303,15 +349,20 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=4, help="load-generator processes (default 4)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat the whole set, interleaved")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="sqlite", help="database backend (only sqlite in this version)"
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="database backend (postgresql: a scratch database per run on MCP_BENCH_DATABASE_URL's server)",
     )
+    parser.add_argument("--servers", type=int, default=1, help="separate serve processes on one database (default 1)")
     parser.add_argument(
         "--server-pythonpath", default=None, help="prepend to the server's PYTHONPATH (run another checkout's server)"
     )
     parser.add_argument("--no-store", action="store_true", help="skip the store-direct baseline")
     args = parser.parse_args()
     print(
-        f"claim -> report cycles, {args.backend}: {args.tasks} tasks per run, Python {sys.version.split()[0]}, "
+        f"claim -> report cycles, {args.backend}, {args.servers} server(s): {args.tasks} tasks per run, "
+        f"Python {sys.version.split()[0]}, "
         f"{os.cpu_count()} CPUs, {args.client_procs} client processes, {_load()}"
         + (f", server PYTHONPATH {args.server_pythonpath}" if args.server_pythonpath else "")
     )
@@ -319,12 +370,18 @@ def main() -> None:
     print(HEADER)
     for _round in range(args.repeat):
         for clients in args.clients:
-            store = None if args.no_store else bench_store(args.tasks, clients)
-            if store is not None:
+            store = None
+            if not args.no_store:
+                with _FreshDatabase(args.backend):
+                    store = bench_store(args.tasks, clients)
                 _row(f"store {clients}c", store)
             for workers in args.workers:
-                r = bench_http(args.tasks, clients, workers, args.client_procs, args.server_pythonpath)
-                _row(f"http {clients}c {workers}w", r)
+                with _FreshDatabase(args.backend):
+                    r = bench_http(
+                        args.tasks, clients, workers, args.client_procs, args.server_pythonpath, args.servers
+                    )
+                servers = f" x{args.servers}" if args.servers > 1 else ""
+                _row(f"http {clients}c {workers}w{servers}", r)
                 if store is not None:
                     print(f"    http/store {r['rate'] / store['rate']:.2f}x   ({_load()})", flush=True)
     print(f"done, {_load()}")

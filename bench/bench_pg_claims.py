@@ -29,11 +29,11 @@ Latency. One process claims ``--latency-claims`` tasks one by one, timing each
 claim statement's plan is printed (it must read ``tasks_claim_order``).
 
 Each invocation creates a scratch database on the server of MCP_BENCH_DATABASE_URL
-(or MCP_TEST_DATABASE_URL) and drops it at the end:
+and drops it at the end (bench/pgscratch.py):
 
     MCP_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1/test \\
         .venv/bin/python bench/bench_pg_claims.py [--tasks 2000] [--procs 1,4,8] [--rounds 3] \\
-        [--latency-sizes 1000,1000000] [--latency-claims 1000] [--no-pgqueuer]
+        [--latency-sizes 1000,1000000] [--latency-claims 1000] [--no-pgqueuer] [--pgq-batch 10]
 """
 
 from __future__ import annotations
@@ -42,11 +42,8 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import time
-import uuid
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 AGENTS = 8  # registered agents; process i claims as agent i % AGENTS
 
@@ -77,13 +74,6 @@ FILL = """
            now() + g * interval '1 microsecond', 0, 0, 3
     FROM generate_series(1, %s) AS g
 """
-
-
-def _admin_url() -> str:
-    admin = os.environ.get("MCP_BENCH_DATABASE_URL") or os.environ.get("MCP_TEST_DATABASE_URL")
-    if not admin:
-        sys.exit("set MCP_BENCH_DATABASE_URL=postgresql://... (a server where a database may be created)")
-    return admin
 
 
 def _open_store(url: str) -> Any:
@@ -308,13 +298,14 @@ def latency(url: str, agents: list[str], size: int, claims: int) -> tuple[float,
         conn.execute("ROLLBACK")
     store = _open_store(url)
     times = []
-    for i in range(min(claims, size) + 20):
+    warm = 20  # the first claims warm the connection and prepare the statement
+    for i in range(min(claims + warm, size)):
         t = time.perf_counter()
         claim = store.claim_next_task(agents[0])
         elapsed = time.perf_counter() - t
         if claim is None:
             raise SystemExit("latency: nothing left to claim")
-        if i >= 20:  # the first claims warm the connection and prepare the statement
+        if i >= warm:
             times.append(elapsed * 1e6)
     store.db.close()
     times.sort()
@@ -334,18 +325,12 @@ def main() -> None:
     parser.add_argument("--no-pgqueuer", action="store_true")
     parser.add_argument("--pgq-batch", type=int, default=10)
     args = parser.parse_args()
-    admin = _admin_url()
-    import psycopg
-
     from icn_mcp.config import Settings
     from icn_mcp.db.postgres import PostgresDatabase
     from icn_mcp.store import Store
+    from pgscratch import scratch_database
 
-    name = f"icn_mcp_bench_{uuid.uuid4().hex[:8]}"
-    url = urlunsplit(urlsplit(admin)._replace(path="/" + name))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database() as url:
         with PostgresDatabase(url) as db:  # migrates
             store = Store.from_settings(db, Settings.from_env({}))
             agents = [store.register_agent(f"bench-{i}", "ops", operator=True).id for i in range(AGENTS)]
@@ -396,9 +381,6 @@ def main() -> None:
         print(f"p50 ratio largest / smallest: {lat[-1] / lat[0]:.2f}")
         print("\nclaim plan (EXPLAIN, at the last size):\n" + plan)
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Waiting claims: wake-up latency next to a polling client, and the cost of idle waiters.
 
 Run:  .venv/bin/python bench/bench_waiting.py [--rounds 30] [--idle 1000] [--idle-s 10]
+      MCP_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1/test \
+          .venv/bin/python bench/bench_waiting.py --backend postgresql
 
-One real ``icn-mcp serve`` subprocess on a fresh SQLite database, and a second
-process (the "creator") that opens the same file with the store and creates one task
-per round: the server learns of it only through the database (cross-process).
+One real ``icn-mcp serve`` subprocess on a fresh database, and a second process (the
+"creator") that opens the same database with the store and creates one task per
+round: the server learns of it only through the database. On SQLite that is another
+process on the same file (``PRAGMA data_version``); on PostgreSQL a scratch database
+created on MCP_BENCH_DATABASE_URL's server, and the creator has its own connection
+pool as another host's server would (LISTEN/NOTIFY).
 
 - ``waiting``: a client's ``POST /api/task/claim {"wait_s": 30}`` is waiting; the
   creator commits a task and notes the time right after COMMIT; latency is from that
@@ -34,6 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from pgscratch import scratch_database
+
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 POLL_INTERVAL_S = 0.1
 
@@ -41,7 +48,11 @@ _CREATOR = """
 import sys, time
 from icn_mcp.db import Database
 from icn_mcp.store import Store
-db = Database(sys.argv[1])
+if sys.argv[1].startswith("postgresql://"):
+    from icn_mcp.db.postgres import PostgresDatabase
+    db = PostgresDatabase(sys.argv[1])
+else:
+    db = Database(sys.argv[1])
 store = Store(db)
 for line in sys.stdin:
     store.create_task(line.strip())
@@ -50,8 +61,10 @@ db.close()
 """
 
 
-def _start_server(db_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def _start_server(db_dir: Path, db_url: str | None) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    if db_url is not None:
+        env["MCP_DB_URL"] = db_url
     env.update(
         MCP_DB_DIR=str(db_dir),
         MCP_PORT="0",
@@ -152,15 +165,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="rounds per mode (default 30)")
     parser.add_argument("--idle", type=int, default=1000, help="idle waiting claims (default 1000)")
     parser.add_argument("--idle-s", type=float, default=10.0, help="how long they wait (default 10)")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: a scratch database on MCP_BENCH_DATABASE_URL's server (default sqlite)",
+    )
     args = parser.parse_args()
+    if args.backend == "postgresql":
+        with scratch_database() as db_url:
+            _run(args, db_url)
+    else:
+        _run(args, None)
+
+
+def _run(args: argparse.Namespace, db_url: str | None) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.idle + 256)), hard))
 
     with tempfile.TemporaryDirectory(prefix="icn-bench-waiting-") as tmp:
         db_dir = Path(tmp) / "var"
-        server, url = _start_server(db_dir)
+        server, url = _start_server(db_dir, db_url)
         creator = subprocess.Popen(
-            [sys.executable, "-c", _CREATOR, str(db_dir / "icn-mcp.sqlite")],
+            [sys.executable, "-c", _CREATOR, db_url or str(db_dir / "icn-mcp.sqlite")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -176,7 +203,10 @@ def main() -> None:
             for n in range(args.rounds):
                 for mode in ("waiting", "polling"):
                     latencies[mode].append(_round(url, token, creator, mode, n))
-            print(f"wake-up latency from the creating COMMIT (another process), {args.rounds} rounds each:")
+            print(
+                f"{args.backend}: wake-up latency from the creating COMMIT (another process), "
+                f"{args.rounds} rounds each:"
+            )
             for mode, values in latencies.items():
                 print(
                     f"  {mode:8} p50 {1000 * statistics.median(values):7.1f} ms   "

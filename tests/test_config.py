@@ -85,7 +85,7 @@ def test_an_unreachable_postgres_url_fails_cleanly_and_never_falls_back_to_sqlit
         assert "is unavailable" in result.stderr and "pw@" not in result.stderr
         assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["error", "hint"]
     served = run_cli("serve", "--port", "0", env=env)
-    assert served.returncode == 2 and "runs on SQLite only" in served.stderr
+    assert served.returncode == 1 and "is unavailable" in served.stderr
     assert "pw@" not in served.stderr
     assert not (tmp_path / "var").exists()  # nothing was written anywhere
 

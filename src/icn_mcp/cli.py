@@ -322,7 +322,7 @@ def _backup_settings(ctx: click.Context) -> tuple[Path, int, str]:
     Without MCP_BACKUP_DIR: ``backups/`` beside the database, however its path was
     given (MCP_DB_DIR, MCP_DB_PATH or --db), never relative to the current directory.
     """
-    from icn_mcp.db.sqlite.backup import backup_dir_for
+    from icn_mcp.db.backup_files import backup_dir_for
 
     settings = Settings.from_env()
     directory = settings.backup_dir if settings.backup_dir is not None else backup_dir_for(ctx.obj["path"])
@@ -683,14 +683,21 @@ def verify_backup_command(ctx: click.Context, path: Path, as_json: bool) -> None
 def agent(ctx: click.Context, db_path: Path | None) -> None:
     """Operator commands for agents and their tokens; they need no token (run where the database is)."""
     settings = Settings.from_env()
-    if settings.db_url is not None:
-        # The store runs on SQLite only in this version: never act on a local file
-        # while the operator means the PostgreSQL database.
-        from icn_mcp.config import redact_url
-        from icn_mcp.store.store import store_backend_refused
+    if settings.db_url is not None and db_path is not None:
+        raise ConfigError("--db", str(db_path), "no --db: MCP_DB_URL selects PostgreSQL")
+    ctx.obj = {"path": db_path or settings.db_path, "settings": settings, "postgres": settings.db_url is not None}
 
-        raise store_backend_refused(redact_url(settings.db_url))
-    ctx.obj = {"path": db_path or settings.db_path, "settings": settings}
+
+def _agent_database(ctx: click.Context, *, must_exist: bool) -> BaseDatabase:
+    """The store's database for an agent command: PostgreSQL (MCP_DB_URL), or the SQLite
+    file (``must_exist``: never create it)."""
+    settings: Settings = ctx.obj["settings"]
+    if ctx.obj["postgres"]:
+        return open_database(settings)
+    path = Path(ctx.obj["path"])
+    if must_exist and not path.exists():
+        _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH")
+    return Database(path, **settings.database_options())
 
 
 @agent.command("revoke-tokens")
@@ -705,21 +712,21 @@ def revoke_tokens(ctx: click.Context, all_tokens: bool, yes: bool) -> None:
     """
     from icn_mcp.store import Store
 
-    path = Path(ctx.obj["path"])
     if not all_tokens:
         _fail("revoke-tokens needs --all (revoking every agent token is the only mode)", code=EXIT_USAGE)
-    if not path.exists():
-        _fail(f"database {path} does not exist", "check --db / MCP_DB_PATH")
+    name = _name(ctx)
+    if not ctx.obj["postgres"] and not Path(ctx.obj["path"]).exists():
+        _fail(f"database {name} does not exist", "check --db / MCP_DB_PATH")
     if not yes:
         _confirm(
-            f"Revoke every agent token in {path}? Agents must register again.",
-            f"not revoking the tokens in {path}",
+            f"Revoke every agent token in {name}? Agents must register again.",
+            f"not revoking the tokens in {name}",
             "revoke",
         )
     settings: Settings = ctx.obj["settings"]
-    with Database(path, **settings.database_options()) as database:
+    with _agent_database(ctx, must_exist=True) as database:
         revoked = Store.from_settings(database, settings).revoke_all_tokens()
-    click.echo(f"revoked {revoked} agent token(s) in {path}; agents must register again")
+    click.echo(f"revoked {revoked} agent token(s) in {name}; agents must register again")
 
 
 @agent.command("register")
@@ -740,7 +747,7 @@ def agent_register(ctx: click.Context, name: str, kind: str, agent_version: str 
     from icn_mcp.store import Store
 
     settings: Settings = ctx.obj["settings"]
-    with Database(ctx.obj["path"], **settings.database_options()) as database:
+    with _agent_database(ctx, must_exist=False) as database:
         try:
             registered = Store.from_settings(database, settings).register_agent(
                 name, kind, agent_version, operator=True

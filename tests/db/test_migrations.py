@@ -206,6 +206,22 @@ def test_dry_run_reports_and_rolls_back(db_path: Path, migrations_dir: Path) -> 
     assert _tables(db_path) & {"good", "after_t"} == set()
 
 
+def test_dry_run_reports_a_statement_that_cannot_run_in_a_transaction(db_path: Path, migrations_dir: Path) -> None:
+    """Reported as that file's failure, like any other: not raised out of the dry run."""
+    write_migration(migrations_dir, "0001_base.sql", "CREATE TABLE base (id INTEGER);\n")
+    Database(db_path, migrations_dir=migrations_dir).close()
+    write_migration(migrations_dir, "0002_vacuum.sql", "CREATE TABLE v (id INTEGER);\nVACUUM;\n")
+    write_migration(migrations_dir, "0003_after.sql", "CREATE TABLE after_t (id INTEGER);\n")
+    with Database(db_path, migrations_dir=migrations_dir, migrate=False) as db:
+        results = db.dry_run_migrations()
+    assert [(r.version, r.ok, r.skipped) for r in results] == [
+        ("0002_vacuum", False, False),
+        ("0003_after", False, True),
+    ]
+    assert "cannot run inside the migration's transaction" in (results[0].error or "")
+    assert _tables(db_path) & {"v", "after_t"} == set()
+
+
 def test_typescript_era_history_table_is_upgraded_in_place(db_path: Path, migrations_dir: Path) -> None:
     sql = "CREATE TABLE base (id INTEGER);\n"
     write_migration(migrations_dir, "0001_base.sql", sql)

@@ -250,14 +250,6 @@ def test_cli_migrates_and_reports_on_postgresql(pg_url: str) -> None:
     assert info.returncode == 0 and "PostgreSQL" in info.stdout and "agents" in info.stdout
 
 
-def test_serve_refuses_postgresql_until_the_store_runs_there(pg_url: str, tmp_path) -> None:
-    url = pg_url.replace("postgresql://", "postgresql://app:S3cret@", 1) if "@" not in pg_url else pg_url
-    result = run_cli("serve", "--port", "0", env={"MCP_DB_URL": url, "MCP_DB_DIR": str(tmp_path / "var")})
-    assert result.returncode == 2, result.stderr
-    assert "runs on SQLite only" in result.stderr and "S3cret" not in result.stderr
-    assert not (tmp_path / "var").exists()
-
-
 # -- migrations: PostgreSQL's own parts -----------------------------------------------
 
 

@@ -252,7 +252,12 @@ def test_only_one_replicator_per_database_runs_litestream(tmp_path: Path) -> Non
             assert first.status()["running"]
             assert _wait_for("standby", lambda: second.status()["standby"])
             assert second.status()["running"] is False
+            # The standby reports the active one's Litestream (what a worker of
+            # `serve --workers N` shows in /metrics when it is not the one replicating).
+            assert _wait_for("the standby to see the active replicator", lambda: second.status()["active"])
+            assert second.status()["pid"] == first.status()["pid"] is not None
             first.stop()
+            assert second.status()["active"] is False or second.status()["running"]
             db.run_in_transaction(lambda c: c.execute("CREATE TABLE t (x)"))
             _wait_for("the second to take over and catch up", lambda: _caught_up(second))
         finally:

@@ -3,6 +3,7 @@ keeps a safety copy and brings the schema up to date."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import subprocess
@@ -704,3 +705,21 @@ def test_a_no_transaction_migration_the_backup_lacks_is_applied_right_after_the_
         assert result.latest_migration == "9003_after" and _count(live) == 10
         names = {r[0] for r in live.connection().execute("SELECT name FROM sqlite_schema")}
         assert {"a", "b", "c"} <= names
+
+
+def test_restore_leaves_checkpointing_to_litestream_when_it_owns_it(tmp_path):
+    """With a replica (``wal_autocheckpoint=0``: Litestream owns checkpointing) a
+    restore writes only to the WAL, which Litestream then ships: a checkpoint of ours
+    would move pages into the database file behind Litestream's back."""
+    path = tmp_path / "live" / "icn-mcp.sqlite"
+    make_db(path, rows=200).close()  # closing checkpoints: everything in the file
+    with Database(path, wal_autocheckpoint=0) as db:
+        backup = Path(db.create_backup(tmp_path / "b.sqlite").path)
+        with db.write_transaction() as conn:
+            conn.execute("DELETE FROM numbers WHERE n > 100")
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        db.restore_from_backup(backup, backup_dir=tmp_path / "safety")
+        assert _count(db) == 200
+        # The database file is untouched: the restored content is in the WAL.
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+        assert Path(f"{path}-wal").stat().st_size > 0

@@ -38,9 +38,11 @@ def server_env(db_dir: Path, **extra: str) -> dict[str, str]:
 class ServerProcess:
     """``icn-mcp serve`` as a child process; ``url`` once it accepts connections."""
 
-    def __init__(self, db_dir: Path, *, args: tuple[str, ...] = (), **env: str) -> None:
+    def __init__(self, db_dir: Path, *, args: tuple[str, ...] = (), prefix: tuple[str, ...] = (), **env: str) -> None:
         self.db_dir = db_dir
         self.args = args
+        #: Runs the server through this, e.g. ``ip netns exec NS`` (which execs: same pid).
+        self.prefix = prefix
         self.env = server_env(db_dir, **env)
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -50,7 +52,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self.stderr_lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "icn_mcp", "serve", *self.args],
+            [*self.prefix, sys.executable, "-m", "icn_mcp", "serve", *self.args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -10,13 +10,16 @@ from icn_mcp.config import Settings
 from icn_mcp.errors import (
     BackupError,
     BusyError,
+    CommitUnknown,
     ConfigError,
     Conflict,
+    DatabaseUnavailable,
     NotFound,
     StorageFull,
     Unauthorized,
     ValidationError,
 )
+from icn_mcp.server.dashboard import DASHBOARD_PATHS
 from icn_mcp.server.errors import to_api_error
 from icn_mcp.server.http import API_ROUTES
 from icn_mcp.server.middleware import bearer_from_header
@@ -114,6 +117,11 @@ def test_error_mapping() -> None:
     assert to_api_error(Unauthorized("expired")).headers["WWW-Authenticate"].startswith("Bearer")
     busy = to_api_error(BusyError(9, RuntimeError("locked")))
     assert (busy.status, busy.headers["Retry-After"]) == (503, "1")
+    unreachable = to_api_error(DatabaseUnavailable("postgresql://***@db/hq", "no connection within 2 s"))
+    assert (unreachable.status, unreachable.code, unreachable.headers["Retry-After"]) == (503, "unavailable", "1")
+    unknown = to_api_error(CommitUnknown("postgresql://***@db/hq", "server closed the connection"))
+    assert (unknown.status, unknown.code) == (503, "commit_unknown")
+    assert "may or may not" in unknown.body()["reason"] and "postgresql" not in unknown.body()["reason"]
     crash = to_api_error(RuntimeError("/secret/path line 3"))
     assert crash.body() == {"ok": False, "error": "internal_error"}, "nothing internal leaks"
 
@@ -140,6 +148,8 @@ def test_document_describes_every_api_route() -> None:
     doc = document("http://127.0.0.1:1")
     described = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
     served = {(method, path) for method, path, _ in API_ROUTES if path != "/openapi.json"}
+    # The dashboard's JSON too (its page and assets are not API).
+    served |= {("GET", path) for path in DASHBOARD_PATHS if path.startswith("/api/")}
     assert described == served
     assert doc["servers"] == [{"url": "http://127.0.0.1:1"}]
     for name in ("RegisterRequest", "CreateTaskRequest", "RunRequest", "ClaimRequest"):

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +22,10 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.server.serverproc import ADMIN_TOKEN, ServerProcess, bearer
+from tests.server.serverproc import ServerProcess, bearer
+from tests.server.waiting_support import LONG_WAIT_S, claim, metric, register, wait_for_waiters
 
 pytestmark = pytest.mark.slow
-
-#: Long enough that a waiter never times out before the change it waits for.
-LONG_WAIT_S = 20.0
-
-
-def _register(client: httpx.Client, name: str) -> dict[str, Any]:
-    response = client.post("/api/agent/register", json={"name": name, "kind": "planner"}, headers=bearer(ADMIN_TOKEN))
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def _elsewhere(db_path: Path, code: str) -> str:
@@ -52,26 +42,18 @@ def _elsewhere(db_path: Path, code: str) -> str:
     return done.stdout
 
 
-def _metric(client: httpx.Client, name: str) -> float:
-    text = client.get("/metrics").text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match, f"{name} missing from /metrics"
-    return float(match.group(1))
-
-
-def _wait_for_waiters(client: httpx.Client, count: int, timeout_s: float = 30.0) -> None:
-    """Until the server reports ``count`` waiting claims (the gauge of /metrics)."""
-    deadline = time.monotonic() + timeout_s
-    while _metric(client, "icn_mcp_claim_waiters") != count:
-        assert time.monotonic() < deadline, f"never {count} waiting claims"
-        time.sleep(0.02)
-
-
-def _claim(url: str, token: str, wait_s: float, **body: Any) -> dict[str, Any]:
-    with httpx.Client(base_url=url, timeout=wait_s + 30) as client:
-        response = client.post("/api/task/claim", json={"wait_s": wait_s, **body}, headers=bearer(token))
-        assert response.status_code == 200, response.text
-        return response.json()
+def _the_next_task_goes_to(server: ServerProcess, agent: dict[str, Any]) -> None:
+    """A task created elsewhere goes to ``agent``'s waiting claim (no forgotten waiter
+    of a client that left takes it)."""
+    db_path = server.db_dir / "icn-mcp.sqlite"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
+        future = pool.submit(claim, server.url, agent["token"], LONG_WAIT_S)
+        wait_for_waiters(client, 1)
+        _elsewhere(db_path, "store.create_task('for whoever is still there')")
+        answer = future.result()
+    assert answer["attempt"] == 1
+    status = _elsewhere(db_path, f"print(store.task_status(int({answer['task_id']!r})).agent)")
+    assert status.strip() == agent["id"]
 
 
 @pytest.fixture
@@ -83,12 +65,12 @@ def test_five_waiters_three_tasks_created_elsewhere(waiting_server: ServerProces
     server = waiting_server
     db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as client:
-        agents = [_register(client, f"waiter-{i}") for i in range(5)]
+        agents = [register(client, f"waiter-{i}") for i in range(5)]
     with concurrent.futures.ThreadPoolExecutor(5) as pool, server.client() as client:
         futures = []
         for agent in agents:  # arrival order: one at a time
-            futures.append(pool.submit(_claim, server.url, agent["token"], 6.0))
-            _wait_for_waiters(client, len(futures))
+            futures.append(pool.submit(claim, server.url, agent["token"], 6.0))
+            wait_for_waiters(client, len(futures))
         _elsewhere(db_path, "for i in range(3):\n    store.create_task(f'made elsewhere {i}')")
         answers = [future.result() for future in futures]
     claimed = [answer for answer in answers if "task_id" in answer]
@@ -98,14 +80,14 @@ def test_five_waiters_three_tasks_created_elsewhere(waiting_server: ServerProces
     assert all("task_id" in answer for answer in answers[:3]), answers
     assert answers[3:] == [{"error": "no_available_tasks"}] * 2
     with server.client() as client:
-        assert _metric(client, "icn_mcp_claim_waiters") == 0
+        assert metric(client, "icn_mcp_claim_waiters") == 0
 
 
 def test_completed_dependency_wakes_a_waiter(waiting_server: ServerProcess) -> None:
     server = waiting_server
     db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as client:
-        holder, waiter = _register(client, "holder"), _register(client, "waiter")
+        holder, waiter = register(client, "holder"), register(client, "waiter")
         first = client.post("/api/task/create", json={"title": "first"}, headers=bearer(holder["token"])).json()
         second = client.post(
             "/api/task/create", json={"title": "second", "depends_on": [first["id"]]}, headers=bearer(holder["token"])
@@ -113,8 +95,8 @@ def test_completed_dependency_wakes_a_waiter(waiting_server: ServerProcess) -> N
         claim = client.post("/api/task/claim", json={}, headers=bearer(holder["token"])).json()
         assert str(claim["task_id"]) == str(first["id"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
-        future = pool.submit(_claim, server.url, waiter["token"], LONG_WAIT_S)
-        _wait_for_waiters(client, 1)
+        future = pool.submit(claim, server.url, waiter["token"], LONG_WAIT_S)
+        wait_for_waiters(client, 1)
         # The holder completes the first task from another process.
         _elsewhere(db_path, f"store.report_run(int({first['id']!r}), {holder['id']!r}, 'completed', attempt=1)")
         answer = future.result()
@@ -124,12 +106,12 @@ def test_completed_dependency_wakes_a_waiter(waiting_server: ServerProcess) -> N
 def test_expired_lease_wakes_a_waiter(waiting_server: ServerProcess) -> None:
     server = waiting_server
     with server.client() as client:
-        slow, waiter = _register(client, "slow"), _register(client, "waiter")
+        slow, waiter = register(client, "slow"), register(client, "waiter")
         task = client.post("/api/task/create", json={"title": "leased"}, headers=bearer(slow["token"])).json()
         claim = client.post("/api/task/claim", json={"lease_s": 1}, headers=bearer(slow["token"])).json()
         assert str(claim["task_id"]) == str(task["id"]) and claim["attempt"] == 1
     # No commit announces a lapsed lease: the watcher's lease timer must wake the waiter.
-    answer = _claim(server.url, waiter["token"], LONG_WAIT_S)
+    answer = claim(server.url, waiter["token"], LONG_WAIT_S)
     assert str(answer["task_id"]) == str(task["id"]) and answer["attempt"] == 2
 
 
@@ -137,15 +119,15 @@ def test_waiters_are_served_in_arrival_order_one_task_each(waiting_server: Serve
     server = waiting_server
     db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as client:
-        agents = [_register(client, f"w{i}") for i in range(4)]
+        agents = [register(client, f"w{i}") for i in range(4)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool, server.client() as client:
         futures = []
         for agent in agents:
-            futures.append(pool.submit(_claim, server.url, agent["token"], LONG_WAIT_S))
-            _wait_for_waiters(client, len(futures))
+            futures.append(pool.submit(claim, server.url, agent["token"], LONG_WAIT_S))
+            wait_for_waiters(client, len(futures))
         for remaining in (3, 2, 1, 0):
             _elsewhere(db_path, "store.create_task('one more')")
-            _wait_for_waiters(client, remaining)
+            wait_for_waiters(client, remaining)
         answers = [future.result() for future in futures]
     task_ids = [int(answer["task_id"]) for answer in answers]
     assert task_ids == sorted(task_ids) and len(set(task_ids)) == 4  # first come, first served
@@ -153,7 +135,7 @@ def test_waiters_are_served_in_arrival_order_one_task_each(waiting_server: Serve
 
 def test_wait_s_is_validated_like_every_field(waiting_server: ServerProcess) -> None:
     with waiting_server.client() as client:
-        agent = _register(client, "picky")
+        agent = register(client, "picky")
         for wait_s in (-1, "5", True, 1e9, None):
             body: dict[str, Any] = {"wait_s": wait_s}
             response = client.post("/api/task/claim", json=body, headers=bearer(agent["token"]))
@@ -170,10 +152,10 @@ def test_wait_s_is_validated_like_every_field(waiting_server: ServerProcess) -> 
 def test_sigterm_ends_every_wait_at_once(waiting_server: ServerProcess) -> None:
     server = waiting_server
     with server.client() as client:
-        agents = [_register(client, f"t{i}") for i in range(3)]
+        agents = [register(client, f"t{i}") for i in range(3)]
     with concurrent.futures.ThreadPoolExecutor(3) as pool, server.client() as client:
-        futures = [pool.submit(_claim, server.url, agent["token"], 50.0) for agent in agents]
-        _wait_for_waiters(client, 3)
+        futures = [pool.submit(claim, server.url, agent["token"], 50.0) for agent in agents]
+        wait_for_waiters(client, 3)
         status = server.stop(signal.SIGTERM, timeout=30)
         answers = [future.result() for future in futures]
     assert status in (0, -signal.SIGTERM, 128 + signal.SIGTERM), status  # uvicorn re-raises it
@@ -185,9 +167,8 @@ def test_sigterm_ends_every_wait_at_once(waiting_server: ServerProcess) -> None:
 
 def test_a_client_that_disconnects_while_waiting_is_forgotten(waiting_server: ServerProcess) -> None:
     server = waiting_server
-    db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as client:
-        gone, stays = _register(client, "gone"), _register(client, "stays")
+        gone, stays = register(client, "gone"), register(client, "stays")
     host, port = server.url.removeprefix("http://").split(":")
     body = b'{"wait_s": 30}'
     raw = socket.create_connection((host, int(port)))
@@ -197,24 +178,17 @@ def test_a_client_that_disconnects_while_waiting_is_forgotten(waiting_server: Se
         + body
     )
     with server.client() as client:
-        _wait_for_waiters(client, 1)
+        wait_for_waiters(client, 1)
         raw.close()
-        _wait_for_waiters(client, 0)  # forgotten as soon as the client left
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
-        future = pool.submit(_claim, server.url, stays["token"], LONG_WAIT_S)
-        _wait_for_waiters(client, 1)
-        _elsewhere(db_path, "store.create_task('for whoever is still there')")
-        answer = future.result()
-    assert answer["attempt"] == 1
-    status = _elsewhere(db_path, f"print(store.task_status(int({answer['task_id']!r})).agent)")
-    assert status.strip() == stays["id"]
+        wait_for_waiters(client, 0)  # forgotten as soon as the client left
+    _the_next_task_goes_to(server, stays)
 
 
 def test_mcp_claim_task_waits_too(waiting_server: ServerProcess) -> None:
     server = waiting_server
     db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as http:
-        agent = _register(http, "mcp-waiter")
+        agent = register(http, "mcp-waiter")
 
     async def run() -> dict[str, Any]:
         async with httpx.AsyncClient(headers=bearer(agent["token"]), timeout=60) as http_client:
@@ -230,12 +204,43 @@ def test_mcp_claim_task_waits_too(waiting_server: ServerProcess) -> None:
 
                     tg.start_soon(claim)
                     with server.client() as http:
-                        await anyio.to_thread.run_sync(_wait_for_waiters, http, 1)
+                        await anyio.to_thread.run_sync(wait_for_waiters, http, 1)
                     await anyio.to_thread.run_sync(_elsewhere, db_path, "store.create_task('for mcp')")
                 return result
 
     answer = anyio.run(run)
     assert answer["attempt"] == 1 and "task_id" in answer
+
+
+def test_an_mcp_client_that_abandons_its_waiting_claim_is_forgotten(waiting_server: ServerProcess) -> None:
+    """An MCP client that gives up on a waiting claim_task (cancelled on its side: the
+    SDK closes that request's stream, or sends notifications/cancelled) must not be
+    handed a task nobody will work: the waiter goes, and the next task goes to a
+    claim that is still waiting."""
+    server = waiting_server
+    with server.client() as http:
+        gone, stays = register(http, "mcp-gone"), register(http, "stays")
+
+    async def abandon() -> None:
+        async with httpx.AsyncClient(headers=bearer(gone["token"]), timeout=60) as http_client:
+            async with Client(streamable_http_client(f"{server.url}/mcp", http_client=http_client)) as client:
+                with anyio.CancelScope() as scope:
+
+                    async def give_up() -> None:
+                        with server.client() as http:
+                            await anyio.to_thread.run_sync(wait_for_waiters, http, 1)
+                        scope.cancel()
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(give_up)
+                        await client.call_tool("claim_task", {"wait_s": LONG_WAIT_S})
+                # Still connected: the session is alive, only that request was abandoned.
+                # Forgotten long before its wait_s would have ended it.
+                with server.client() as http:
+                    await anyio.to_thread.run_sync(wait_for_waiters, http, 0, LONG_WAIT_S / 2)
+
+    anyio.run(abandon)
+    _the_next_task_goes_to(server, stays)
 
 
 def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerProcess) -> None:
@@ -260,7 +265,7 @@ def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerP
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     with server.client() as client:
-        agent = _register(client, "idle")
+        agent = register(client, "idle")
         # One claim first, so the connections a claim needs are open before counting.
         client.post("/api/task/claim", json={}, headers=bearer(agent["token"]))
         fds_before = db_fds()
@@ -283,7 +288,7 @@ def test_idle_waiters_cost_little_and_hold_no_connection(waiting_server: ServerP
                 for _ in range(200):
                     tg.start_soon(collect)
                 with server.client() as http:
-                    await anyio.to_thread.run_sync(_wait_for_waiters, http, 200)
+                    await anyio.to_thread.run_sync(wait_for_waiters, http, 200)
                     nonlocal cpu_before, fds_waiting, threads_waiting
                     cpu_before = cpu_s()
                     fds_waiting = db_fds()
@@ -310,7 +315,7 @@ def test_a_token_revoked_while_waiting_gets_401_never_a_task(waiting_server: Ser
     server = waiting_server
     db_path = server.db_dir / "icn-mcp.sqlite"
     with server.client() as client:
-        agent = _register(client, "revoked-while-waiting")
+        agent = register(client, "revoked-while-waiting")
 
     def claim() -> httpx.Response:
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -318,7 +323,7 @@ def test_a_token_revoked_while_waiting_gets_401_never_a_task(waiting_server: Ser
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
         future = pool.submit(claim)
-        _wait_for_waiters(client, 1)
+        wait_for_waiters(client, 1)
         revoked = subprocess.run(
             [sys.executable, "-m", "icn_mcp", "agent", "--db", str(db_path), "revoke-tokens", "--all", "--yes"],
             capture_output=True,

@@ -14,9 +14,17 @@ or, in an application configured from the environment, :func:`get_db` (either
 backend, from the settings) or :func:`open_database`.
 """
 
+from icn_mcp.db.backup_files import BackupResult, BackupVerification, RestoreResult
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks, with_lock
 from icn_mcp.db.leases import AdvisoryLease
+from icn_mcp.db.migration_files import (
+    AppliedMigration,
+    DryRunResult,
+    FailedMigration,
+    MigrationPlan,
+    MigrationState,
+)
 from icn_mcp.db.process import (
     close_db,
     create_backup,
@@ -30,15 +38,7 @@ from icn_mcp.db.process import (
     verify_backup,
     verify_backup_async,
 )
-from icn_mcp.db.sqlite.backup import BackupResult, BackupVerification, RestoreResult
 from icn_mcp.db.sqlite.database import Database
-from icn_mcp.db.sqlite.migrations import (
-    AppliedMigration,
-    DryRunResult,
-    FailedMigration,
-    MigrationPlan,
-    MigrationState,
-)
 
 __all__ = [
     "BaseDatabase",

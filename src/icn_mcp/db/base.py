@@ -40,7 +40,7 @@ import socket
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 from icn_mcp.db.keyed_locks import KeyedLocks, KeyLock
 
@@ -75,6 +75,20 @@ STAT_KEYS = (
 def default_owner_id() -> str:
     """``host:pid:random``: unique per acquisition, readable by an operator."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ChangeFeed(Protocol):
+    """What waiting claims watch (:meth:`BaseDatabase.change_feed`)."""
+
+    #: While :meth:`version` answers None, look for work at most this often (0: at
+    #: every poll).
+    fallback_poll_s: float
+
+    def version(self) -> int | None:
+        """A number that changes when anyone commits work; None when it cannot tell."""
+
+    def close(self) -> None:
+        """Release the feed's connection."""
 
 
 class BaseDatabase(abc.ABC):
@@ -170,6 +184,27 @@ class BaseDatabase(abc.ABC):
     def get_database_info(self, **options: Any) -> dict[str, Any]:
         """Sizes, tables, row counts, migrations, last backup, health, as plain data."""
 
+    @abc.abstractmethod
+    def list_backups(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """This backend's backups in ``directory`` (named like ours), oldest first."""
+
+    @abc.abstractmethod
+    def latest_backup(self, directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """``{"path", "created_at", "size_bytes"}`` of the newest backup in ``directory``, or None."""
+
+    @abc.abstractmethod
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> ChangeFeed:
+        """A new watcher of commits that may make work claimable, for waiting claims:
+        one per server process (it holds a connection of its own); close it after use.
+
+        ``on_change`` is called, from another thread, as soon as the backend learns of
+        a change by itself (PostgreSQL's notifications); where changes are only seen
+        by reading :meth:`ChangeFeed.version` (SQLite) it is never called."""
+
+    @abc.abstractmethod
+    def size_bytes(self) -> dict[str, int]:
+        """``{"database": n, "wal": n}``: bytes on disk now (cheap enough for every scrape)."""
+
     async def create_backup_async(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
         """:meth:`create_backup` in a worker thread, so the event loop keeps running."""
         return await asyncio.to_thread(self.create_backup, path, **options)
@@ -191,6 +226,14 @@ class BaseDatabase(abc.ABC):
     @abc.abstractmethod
     def check_health(self) -> dict[str, Any]:
         """Probe the database now: ``{"ok", "latency_ms", "error"}`` (never raises)."""
+
+    def check_storage(self) -> dict[str, Any]:
+        """``{"full", "since"}``: is a full-disk incident going on (never raises)?
+
+        This default answers "not full": the backend has no incident to report (on
+        PostgreSQL the server's disk is the server's to watch; a write it refuses for
+        space fails like any other write)."""
+        return {"full": False, "since": None}
 
     @abc.abstractmethod
     def get_stats(self) -> dict[str, int]:

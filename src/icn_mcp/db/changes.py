@@ -23,6 +23,9 @@ class DataVersion:
     never wait; :meth:`read_or_none` answers None when the read would have to wait.
     """
 
+    #: When the version cannot be read (busy), look for work at the next poll anyway.
+    fallback_poll_s = 0.0
+
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 0) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -55,6 +58,10 @@ class DataVersion:
             return self.read()
         except sqlite3.Error:
             return None
+
+    def version(self) -> int | None:
+        """:meth:`read_or_none` (the :class:`~icn_mcp.db.base.ChangeFeed` protocol)."""
+        return self.read_or_none()
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.backup_files import BACKUP_DIR_NAME, backup_dir_for
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.errors import DatabaseFileError
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "open_database",
+    "backup_dir_from",
     "get_db",
     "close_db",
     "create_backup",
@@ -41,8 +43,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("icn_mcp.db")
-
-BACKUP_DIR_NAME = "backups"
 
 
 def open_database(settings: Settings, *, migrate: bool = True, **overrides: Any) -> BaseDatabase:
@@ -126,22 +126,23 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def backup_dir_from(settings: Settings) -> Path:
+    """Where backups go: ``MCP_BACKUP_DIR``; else on SQLite ``backups/`` beside the
+    database file (however its path was given: never a directory relative to wherever
+    the command runs), on PostgreSQL ``backups/`` in ``MCP_DB_DIR``."""
+    if settings.backup_dir is not None:
+        return settings.backup_dir
+    if settings.db_url is None:
+        return backup_dir_for(settings.db_path)
+    return Path(os.path.abspath(settings.db_dir)) / BACKUP_DIR_NAME
+
+
 def _backup_defaults() -> dict[str, Any]:
     from icn_mcp.config import Settings
 
     settings = Settings.from_env()
-    if settings.backup_dir is not None:
-        directory = settings.backup_dir
-    elif settings.db_url is None:
-        # backups/ beside the database file, however its path was given (never a
-        # directory relative to wherever the command runs).
-        from icn_mcp.db.sqlite.backup import backup_dir_for
-
-        directory = backup_dir_for(settings.db_path)
-    else:
-        directory = settings.db_dir / BACKUP_DIR_NAME
     return {
-        "backup_dir": directory,
+        "backup_dir": backup_dir_from(settings),
         "keep": settings.backup_keep,
         "check": settings.backup_check.lower(),
     }

@@ -89,6 +89,11 @@ COMMAND_TIMEOUT_S = 120.0
 #: Litestream's log file (followed by the supervisor) is emptied past this size.
 LOG_ROTATE_BYTES = 4 * 1024 * 1024
 LOG_POLL_S = 0.05
+#: How often the replicator running Litestream publishes its status for the standbys
+#: (the other processes of a ``serve --workers N``), and how old a published status
+#: may be before a standby stops believing it.
+STATUS_PUBLISH_S = 1.0
+STATUS_STALE_S = 5.0
 #: Environment variables whose values must never reach a log line.
 _SECRET_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY",
@@ -389,6 +394,11 @@ class Replicator:
         if self._config_dir is not None:
             shutil.rmtree(self._config_dir, ignore_errors=True)
             self._config_dir = None
+        if self._lock_fd is not None:  # the active one: its status ends with it
+            try:
+                self._status_path().unlink()
+            except OSError:
+                pass
         self._release_lock()
 
     def __enter__(self) -> Replicator:
@@ -421,9 +431,12 @@ class Replicator:
                     changed = 0.0
                 if changed > self._synced_wall:
                     lag = max(time.time() - changed, 0.001)
-            return {
+            status = {
                 "enabled": True,
                 "running": running,
+                # Litestream runs for this database: here, or (on a standby) in the
+                # process holding the replicator lock, which publishes its status.
+                "active": running,
                 "standby": self._standby,
                 "pid": proc.pid if running and proc is not None else None,
                 "url": redact(self.url),
@@ -439,6 +452,41 @@ class Replicator:
                 "last_replicated_at": self._last_replicated_at,
                 "lag_s": round(lag, 3) if lag else 0.0,
             }
+            standby = self._standby
+        if standby:
+            status.update(self._active_status())
+        return status
+
+    def _status_path(self) -> Path:
+        return Path(f"{self.db_path}.replica-status")
+
+    def _publish_status(self) -> None:
+        """Write this (active) replicator's status beside the database for the standbys:
+        atomically (a reader sees the old or the new file), owner-only."""
+        status = self.status()
+        status["published_at"] = time.time()
+        path = self._status_path()
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(status, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("cannot publish the replication status to %s: %s", path, exc)
+
+    def _active_status(self) -> dict[str, Any]:
+        """On a standby: what the lock holder last published (``active``, its ``pid``,
+        ``lag_s`` ...), or ``{"active": False}`` when it is missing or stale."""
+        try:
+            published = json.loads(self._status_path().read_text("utf-8"))
+            age = time.time() - float(published["published_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"active": False}
+        if not 0 <= age <= STATUS_STALE_S or not published.get("running"):
+            return {"active": False}
+        keys = ("pid", "started_at", "local_txid", "replica_txid", "last_replicated_at", "lag_s")
+        return {"active": True, **{key: published.get(key) for key in keys}}
 
     # -- internals ----------------------------------------------------------------
 
@@ -558,9 +606,13 @@ class Replicator:
         data). Litestream appends (O_APPEND), so it writes at the new end.
         """
         pending = b""
+        published = 0.0
         with open(path, "rb") as stream:
             stream.seek(offset)
             while True:
+                if time.monotonic() - published >= STATUS_PUBLISH_S:
+                    self._publish_status()
+                    published = time.monotonic()
                 chunk = stream.readline()
                 if chunk:
                     pending += chunk

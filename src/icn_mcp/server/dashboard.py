@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from icn_mcp.db.sqlite.backup import list_backups, manifest_path
+from icn_mcp.db.backup_files import manifest_path
 from icn_mcp.db.timestamps import format_ts, parse_ts, utc_now
 from icn_mcp.server.cache import SharedValue
 from icn_mcp.server.errors import task_id_required
@@ -95,7 +95,7 @@ def _age_s(now: datetime, stamp: str | None) -> float | None:
 def _backups(hub: Hub) -> list[dict[str, Any]]:
     """Every backup of ours in the backup directory, newest first (blocking)."""
     found = []
-    for path in reversed(list_backups(hub.backup_dir)):
+    for path in reversed(hub.db.list_backups(hub.backup_dir)):
         try:
             size = path.stat().st_size
         except FileNotFoundError:  # pruned meanwhile
@@ -191,11 +191,15 @@ class _Dashboard:
                 "ok": True,
                 "now": format_ts(now),
                 "database": {
+                    "backend": hub.db.backend,
                     "path": info["path"],
                     "size_bytes": info["size_bytes"],
-                    "wal_size_bytes": info["wal_size_bytes"],
-                    "journal_mode": info["journal_mode"],
-                    "sqlite_version": info["sqlite_version"],
+                    # SQLite's own (None on PostgreSQL, whose WAL is the cluster's).
+                    "wal_size_bytes": info.get("wal_size_bytes"),
+                    "journal_mode": info.get("journal_mode"),
+                    "sqlite_version": info.get("sqlite_version"),
+                    # PostgreSQL's own (None on SQLite).
+                    "server_version": info.get("server_version"),
                     "migrations_applied": len(migrations),
                     "last_migration": migrations[-1]["version"] if migrations else None,
                     "failed_migrations": len(info.get("failed_migrations") or []),

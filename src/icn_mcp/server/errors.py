@@ -18,8 +18,10 @@ from icn_mcp.db.storage import is_storage_full_error
 from icn_mcp.errors import (
     BackupError,
     BusyError,
+    CommitUnknown,
     Conflict,
     DatabaseClosed,
+    DatabaseUnavailable,
     Forbidden,
     IcnMcpError,
     NotFound,
@@ -110,8 +112,23 @@ def to_api_error(exc: BaseException) -> ApiError:
             error = storage_full_error()
             return ApiError(error.status, error.code, {**error.data, **data}, error.headers)
         return ApiError(500, "backup_failed", data)
-    if isinstance(exc, (BusyError, DatabaseClosed)):
-        # The database is busy beyond the retry budget, or shutting down: try again.
+    if isinstance(exc, CommitUnknown):
+        # The connection died during COMMIT: done or not, nobody knows. Never a
+        # plain "try again": repeating could apply it twice (docs/postgresql.md).
+        log.error("commit outcome unknown: %s", exc)
+        return ApiError(
+            503,
+            "commit_unknown",
+            {
+                "reason": "the database connection was lost during COMMIT: the request may or may not have "
+                "taken effect; check the state (or repeat it with its idempotency key) before repeating it",
+                "retry_after_s": RETRY_AFTER_UNAVAILABLE_S,
+            },
+            {"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+        )
+    if isinstance(exc, (BusyError, DatabaseClosed, DatabaseUnavailable)):
+        # The database is busy beyond the retry budget, shutting down, or cannot be
+        # reached (PostgreSQL: no connection within MCP_DB_POOL_TIMEOUT_S): try again.
         log.warning("database unavailable: %s", exc)
         return ApiError(
             503,

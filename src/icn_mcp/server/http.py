@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from icn_mcp.config import Settings
-from icn_mcp.db import Database
+from icn_mcp.db import BaseDatabase
 from icn_mcp.errors import Unauthorized
 from icn_mcp.server import openapi, operations
 from icn_mcp.server.auth import Principal, authorize, resolve
@@ -269,7 +269,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     return JSONResponse({"ok": False, "error": code}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
+def create_app(settings: Settings, *, db: BaseDatabase | None = None) -> Starlette:
     """The whole server as one ASGI app, serving the database from ``settings``.
 
     ``db`` overrides the database (tests); otherwise one is opened and migrated now
@@ -296,7 +296,7 @@ def create_app(settings: Settings, *, db: Database | None = None) -> Starlette:
         finally:
             await hub.waiters.aclose()
             hub.close()
-            log.info("database %s closed", hub.db.path)
+            log.info("database %s closed", hub.db.target)
 
     routes = [Route(path, _endpoint(handler), methods=[method]) for method, path, handler in API_ROUTES]
     # The SDK's app routes /mcp itself (behind its bearer middleware); a Route, not a

@@ -4,15 +4,18 @@ Every store call goes through :meth:`Hub.call`, which runs it in a worker thread
 calls block; the event loop must not) and times it for the transaction histogram: one
 thread hop per request, with authentication done in the same hop as the store call.
 
-Calls that write (:data:`WRITE_OPERATIONS`) run one at a time per process, in arrival
-order, on one writer thread (so one writer connection): threads of one process that
-contend for the write lock otherwise wait in SQLite's busy handler, which sleeps 1, 2,
-5, 10 ... 100 ms between tries, and those sleeps were the p99 of every request (issue
-14). The busy handler still arbitrates between processes. Reads run on a pool of
-:data:`READ_THREADS`. Both are plain ``concurrent.futures`` executors, whose C queue
-hands a call to a thread more cheaply than anyio's worker threads did; as with
-``anyio.to_thread``, the caller's context variables go with the call, and a caller
-cancelled while its call runs still waits for it to finish.
+Calls that write (:data:`WRITE_OPERATIONS`) run on writer threads. On SQLite there is
+ONE, so writes run one at a time per process, in arrival order, on one writer
+connection: threads of one process that contend for the write lock otherwise wait in
+SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between tries, and those
+sleeps were the p99 of every request (issue 14). The busy handler still arbitrates
+between processes. On PostgreSQL, which writes in parallel (row locks, SKIP LOCKED
+claims), there are as many writer threads as the pool has connections
+(``MCP_DB_POOL_MAX``). Reads run on a pool of :data:`READ_THREADS`. Both are plain
+``concurrent.futures`` executors, whose C queue hands a call to a thread more cheaply
+than anyio's worker threads did; as with ``anyio.to_thread``, the caller's context
+variables go with the call, and a caller cancelled while its call runs still waits
+for it to finish.
 
 The database part of ``/healthz/db`` and the store gauges of ``/metrics`` (routes with
 no token and no rate limit) come from :class:`~icn_mcp.server.cache.SharedValue` caches:
@@ -31,11 +34,13 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
 from icn_mcp.config import Settings, redact_url
-from icn_mcp.db import Database
-from icn_mcp.db.changes import DataVersion
+from icn_mcp.db import BaseDatabase, Database, open_database
+from icn_mcp.db.backup_files import backup_dir_for
+from icn_mcp.db.base import ChangeFeed
+from icn_mcp.db.process import backup_dir_from
 from icn_mcp.db.replica import Replicator
-from icn_mcp.db.sqlite.backup import backup_dir_for, latest_backup
 from icn_mcp.db.timestamps import parse_ts, utc_now
+from icn_mcp.errors import ConfigError
 from icn_mcp.server import operations
 from icn_mcp.server.auth import Principal
 from icn_mcp.server.cache import SharedValue
@@ -45,7 +50,6 @@ from icn_mcp.server.schemas import ClaimRequest
 from icn_mcp.server.waiting import ClaimWaiters
 from icn_mcp.store import Store, validation
 from icn_mcp.store.models import Claim
-from icn_mcp.store.store import store_backend_refused
 
 __all__ = ["Hub"]
 
@@ -78,42 +82,58 @@ WRITE_OPERATIONS = frozenset(
 class Hub:
     """One server's database, store and metrics.
 
-    ``db`` defaults to a :class:`Database` opened (and migrated) from ``settings``;
-    the hub closes only a database it opened itself.
+    ``db`` defaults to the database ``settings`` name (SQLite, or PostgreSQL with
+    MCP_DB_URL), opened and migrated; the hub closes only a database it opened itself.
     """
 
-    def __init__(self, settings: Settings, *, db: Database | None = None) -> None:
+    def __init__(self, settings: Settings, *, db: BaseDatabase | None = None) -> None:
         self.settings = settings
-        if db is None and settings.db_url is not None:
-            # Refused before connecting: the store does not run on PostgreSQL yet.
-            raise store_backend_refused(redact_url(settings.db_url))
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icn-mcp-writer")
         self._readers = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="icn-mcp-reader")
+        self._writer: ThreadPoolExecutor | None = None
         self._owns_db = db is None
-        # SQLite (PostgreSQL was refused above): the store and the watcher need its file.
-        self.db: Database = db if db is not None else Database(settings.db_path, **settings.database_options())
+        #: The event loop the waiting claims run on (known once one waits).
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Litestream replicating the database when MCP_REPLICA_URL is set (db/replica.py).
         self.replicator: Replicator | None = None
-        self.data_version: DataVersion | None = None
+        #: What waiting claims watch: one feed (one connection) per server process.
+        self.changes: ChangeFeed | None = None
+        if db is None and settings.db_url is not None and settings.replica_url:
+            # Litestream copies a SQLite file; PostgreSQL has its own replication.
+            raise ConfigError(
+                "MCP_REPLICA_URL",
+                redact_url(settings.replica_url),
+                "unset with MCP_DB_URL: Litestream replicates SQLite; use PostgreSQL's own streaming replication",
+            )
+        #: SQLite from MCP_DB_PATH, or PostgreSQL when MCP_DB_URL is set (opened, migrated).
+        self.db: BaseDatabase = db if db is not None else open_database(settings)
+        # SQLite has one writer at a time: one writer thread, so writes queue here in
+        # arrival order instead of in the busy handler's sleeps. PostgreSQL writes in
+        # parallel (row locks, SKIP LOCKED claims): as many as the pool has connections.
+        writers = 1 if isinstance(self.db, Database) else settings.pool_max
+        self._writer = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="icn-mcp-writer")
         try:
             self.store = Store.from_settings(self.db, settings)
-            if settings.replica_url:
+            if settings.replica_url and isinstance(self.db, Database):
                 self.replicator = Replicator(
                     self.db.path,
                     settings.replica_url,
                     sync_interval_s=settings.replica_sync_interval_s,
                     retention_s=settings.replica_retention_s,
                 ).start()
+            self.changes = self.db.change_feed(on_change=self._changed_elsewhere)
         except BaseException:
             self.close()
             raise
-        #: Where backups go, as for ``icn-mcp db backup``: MCP_BACKUP_DIR, else backups/
-        #: beside the database file (however its path was given).
-        self.backup_dir: Path = settings.backup_dir or backup_dir_for(self.db.path)
+        #: Where backups go, as for ``icn-mcp db backup``: MCP_BACKUP_DIR, else on SQLite
+        #: backups/ beside the database file (however its path was given).
+        if settings.backup_dir is None and isinstance(self.db, Database):
+            self.backup_dir: Path = backup_dir_for(self.db.path)
+        else:
+            self.backup_dir = backup_dir_from(settings)
         self.metrics = ServerMetrics(
             stats=self.store.stats,
             db_stats=self.db.get_stats,
-            db_path=self.db.path,
+            db_sizes=self.db.size_bytes,
             last_backup_at=self.last_backup_at,
             replication=self.replicator.status if self.replicator is not None else None,
         )
@@ -127,9 +147,9 @@ class Hub:
             on_compute=computations.labels("healthz_db").inc,
         )
         #: Waiting claims (issue 11): one watcher of the database for every waiter.
-        self.data_version = DataVersion(self.db.path)
         self.waiters = ClaimWaiters(
             data_version=self._data_version,
+            fallback_poll_s=self.changes.fallback_poll_s if self.changes is not None else 0.0,
             next_lease_expiry=lambda: self.call("next_lease_expiry", self.store.next_lease_expiry),
             now=utc_now,
             poll_interval_s=settings.claim_poll_interval_s,
@@ -184,9 +204,18 @@ class Hub:
         operations.count_claim(self, claimed)
         return claimed
 
+    def _changed_elsewhere(self) -> None:
+        """The change feed learned of a commit (from its own thread): wake the watcher
+        now rather than at its next poll."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.waiters.notify)
+
     async def _data_version(self) -> int | None:
-        # On the event loop: a shared-memory read that never waits (busy timeout 0).
-        return None if self.data_version is None else self.data_version.read_or_none()
+        self._loop = asyncio.get_running_loop()
+        # On the event loop: SQLite's is a shared-memory read that never waits (busy
+        # timeout 0), PostgreSQL's a counter kept by the listening thread.
+        return None if self.changes is None else self.changes.version()
 
     async def call(self, operation: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, timed as ``operation``."""
@@ -199,7 +228,7 @@ class Hub:
             finally:
                 histogram.observe(time.perf_counter() - started)
 
-        executor = self._writer if operation in WRITE_OPERATIONS else self._readers
+        executor = self._writer if operation in WRITE_OPERATIONS and self._writer is not None else self._readers
         result = await _in_thread(executor, contextvars.copy_context().run, timed)
         if operation in _MAY_RELEASE_WORK:
             self.waiters.notify()
@@ -231,7 +260,7 @@ class Hub:
 
     def last_backup_at(self) -> float | None:
         """When the newest backup was taken (epoch seconds), or None (blocking)."""
-        last = latest_backup(self.backup_dir)
+        last = self.db.latest_backup(self.backup_dir)
         if last is None or not last.get("created_at"):
             return None
         return parse_ts(last["created_at"]).timestamp()
@@ -247,10 +276,11 @@ class Hub:
         the hub opened it (checkpoints the WAL), then stop Litestream: after the last
         write, so its final sync carries everything."""
         try:
-            self._writer.shutdown(wait=True, cancel_futures=True)
+            if self._writer is not None:
+                self._writer.shutdown(wait=True, cancel_futures=True)
             self._readers.shutdown(wait=True, cancel_futures=True)
-            if self.data_version is not None:
-                self.data_version.close()
+            if self.changes is not None:
+                self.changes.close()
             if self._owns_db:
                 self.db.close()
         finally:

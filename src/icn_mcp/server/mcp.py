@@ -48,6 +48,7 @@ from icn_mcp.server.schemas import (
     parse_arguments,
 )
 from icn_mcp.server.shapes import artifact_shape, claim_shape, status_shape, task_shape
+from icn_mcp.server.waiting import client_disconnected
 
 __all__ = ["build_mcp_server", "StoreTokenVerifier", "TOOL_NAMES", "TOOL_MODELS"]
 
@@ -129,8 +130,9 @@ def tool_result(result: dict[str, Any]) -> CallToolResult:
 #: A tool body: (principal, parsed arguments) -> result, run in a worker thread.
 Body = Callable[[Principal, Any], dict[str, Any]]
 #: An asynchronous tool body (a waiting claim): (a function that finds and authorises
-#: the principal, for a worker thread; parsed arguments) -> result, on the event loop.
-AsyncBody = Callable[[Callable[[], Principal], Any], Awaitable[dict[str, Any]]]
+#: the principal, for a worker thread; parsed arguments; a coroutine function that
+#: returns when the HTTP client went away, or None) -> result, on the event loop.
+AsyncBody = Callable[[Callable[[], Principal], Any, Callable[[], Awaitable[Any]] | None], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ class _Server(MCPServer):
 
         try:
             if tool.async_body is not None:
-                result = await tool.async_body(authorized, parse_arguments(tool.model, arguments))  # type: ignore[type-var]
+                parsed = parse_arguments(tool.model, arguments)  # type: ignore[type-var]
+                result = await tool.async_body(authorized, parsed, _disconnected(context))
             else:
                 result = await self.hub.call(name, run)
         except Exception as exc:  # noqa: BLE001 - mapped to a tool error, never a crash
@@ -195,6 +198,20 @@ class _Server(MCPServer):
             return tool_error(error)
         self.hub.metrics.tool_calls.labels(name, "ok").inc()
         return tool_result(result)
+
+
+def _disconnected(context: Any) -> Callable[[], Awaitable[Any]] | None:
+    """For a tool call over HTTP: returns when the client closes the request (in the
+    2026 protocol, closing a request's response stream IS its cancellation, and this
+    server answers in JSON mode, where the SDK does not watch for it). None on stdio.
+
+    The SDK has read the request body already, so the next ASGI message of the request
+    is its ``http.disconnect``."""
+    request = getattr(getattr(context, "request_context", None), "request", None)
+    receive = getattr(request, "receive", None)
+    if receive is None:
+        return None
+    return lambda: client_disconnected(receive)
 
 
 def build_mcp_server(hub: Hub, *, http: bool, stdio_actor: Callable[[], Principal] | None = None) -> MCPServer:
@@ -248,8 +265,12 @@ def _register_tools(server: _Server) -> None:
     def create_task(principal: Principal, request: CreateTaskRequest) -> dict[str, Any]:
         return task_shape(operations.create_task(hub, principal, request))
 
-    async def claim_task(principal: Callable[[], Principal], request: ClaimRequest) -> dict[str, Any]:
-        claimed = await hub.claim(principal, request)
+    async def claim_task(
+        principal: Callable[[], Principal],
+        request: ClaimRequest,
+        disconnected: Callable[[], Awaitable[Any]] | None,
+    ) -> dict[str, Any]:
+        claimed = await hub.claim(principal, request, disconnected=disconnected)
         return claim_shape(claimed) if claimed is not None else {"error": "no_available_tasks"}
 
     def report_run(principal: Principal, request: RunRequest) -> dict[str, Any]:

@@ -18,7 +18,6 @@ conversions) two or three times per request (issue 14).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -78,7 +77,7 @@ class ServerMetrics:
         *,
         stats: Callable[[], dict[str, Any]],
         db_stats: Callable[[], dict[str, int]],
-        db_path: str | os.PathLike[str],
+        db_sizes: Callable[[], dict[str, int]],
         last_backup_at: Callable[[], float | None] | None = None,
         replication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -166,27 +165,32 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._stats = stats
+        self._db_sizes = db_sizes
         self._last_backup_at = last_backup_at
-        self._state = _StateCollector(
-            db_stats=db_stats, db_path=os.fspath(db_path), with_backup_age=last_backup_at is not None
-        )
+        self._state = _StateCollector(db_stats=db_stats, with_backup_age=last_backup_at is not None)
         self._replication = _ReplicationCollector(replication) if replication is not None else None
 
     def read_state(self) -> MetricsState:
-        """The expensive part of a scrape: ``store.stats()`` and the newest backup's time
-        (blocking; a failure is logged and leaves its part out, a scrape never fails)."""
+        """The expensive part of a scrape: ``store.stats()``, the database's size and the
+        newest backup's time (blocking; a failure is logged and leaves its part out, a
+        scrape never fails)."""
         try:
             stats = self._stats()
         except Exception as exc:  # noqa: BLE001 - a scrape must not fail for it
             log.warning("metrics: reading store stats failed: %s", exc)
             stats = {}
+        try:
+            sizes = self._db_sizes()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics: reading the database size failed: %s", exc)
+            sizes = {}
         last = None
         if self._last_backup_at is not None:
             try:
                 last = self._last_backup_at()
             except Exception as exc:  # noqa: BLE001
                 log.warning("metrics: reading the last backup failed: %s", exc)
-        return {"stats": stats, "last_backup_at": last}
+        return {"stats": stats, "sizes": sizes, "last_backup_at": last}
 
     def render(self, state: MetricsState | None = None) -> bytes:
         """The Prometheus text exposition with ``state`` (default: :meth:`read_state` now).
@@ -219,20 +223,16 @@ class _StateCollector(Collector):
         self,
         *,
         db_stats: Callable[[], dict[str, int]],
-        db_path: str,
         with_backup_age: bool,
         state: MetricsState | None = None,
     ) -> None:
         self._db_stats = db_stats
-        self._db_path = db_path
         self._with_backup_age = with_backup_age
         self._snapshot: MetricsState = state or {}
 
     def bound(self, state: MetricsState) -> _StateCollector:
         """This collector reporting ``state``."""
-        return _StateCollector(
-            db_stats=self._db_stats, db_path=self._db_path, with_backup_age=self._with_backup_age, state=state
-        )
+        return _StateCollector(db_stats=self._db_stats, with_backup_age=self._with_backup_age, state=state)
 
     def describe(self) -> list[Metric]:
         return []  # read at collect time; nothing to check at registration
@@ -259,16 +259,17 @@ class _StateCollector(Collector):
             if key in stats:
                 yield GaugeMetricFamily(f"icn_mcp_{key}", help_text, value=stats[key])
 
-        for suffix, help_text in (
-            ("", "Size of the database file in bytes."),
-            ("-wal", "Size of the write-ahead log in bytes."),
+        sizes = self._snapshot.get("sizes") or {}
+        for key, name, help_text in (
+            ("database", "icn_mcp_db_size_bytes", "Size of the database in bytes (SQLite: its file)."),
+            (
+                "wal",
+                "icn_mcp_db_wal_size_bytes",
+                "Size of SQLite's write-ahead log in bytes (0 on PostgreSQL, whose WAL is the cluster's).",
+            ),
         ):
-            try:
-                size = os.stat(self._db_path + suffix).st_size
-            except OSError:
-                size = 0
-            name = "icn_mcp_db_size_bytes" if not suffix else "icn_mcp_db_wal_size_bytes"
-            yield GaugeMetricFamily(name, help_text, value=size)
+            if key in sizes:
+                yield GaugeMetricFamily(name, help_text, value=sizes[key])
 
         db = self._db_stats()
         for key, help_text in (
@@ -286,6 +287,18 @@ class _StateCollector(Collector):
         ):
             if key in db:
                 yield CounterMetricFamily(f"icn_mcp_db_{key}", help_text, value=db[key])
+        for key, name, help_text in (
+            ("open_connections", "icn_mcp_db_pool_connections", "PostgreSQL connections open in the pool."),
+            ("pool_available", "icn_mcp_db_pool_available", "PostgreSQL connections idle in the pool."),
+            (
+                "pool_requests_waiting",
+                "icn_mcp_db_pool_requests_waiting",
+                "Requests waiting for a PostgreSQL connection from the pool.",
+            ),
+            ("pool_max", "icn_mcp_db_pool_max", "Most connections the pool may open (MCP_DB_POOL_MAX)."),
+        ):
+            if key in db and db.get("pool_max"):
+                yield GaugeMetricFamily(name, help_text, value=db[key])
         if "storage_full" in db:
             yield GaugeMetricFamily(
                 "icn_mcp_db_storage_full",
@@ -317,8 +330,9 @@ class _ReplicationCollector(Collector):
         status = self._status()
         yield GaugeMetricFamily(
             "icn_mcp_replication_running",
-            "1 while Litestream runs for this server, else 0.",
-            value=1 if status["running"] else 0,
+            "1 while Litestream runs for this database: in this process, or (with serve --workers) "
+            "in the worker holding the replicator lock, whose published status a standby worker reports; else 0.",
+            value=1 if status.get("active", status["running"]) else 0,
         )
         yield GaugeMetricFamily(
             "icn_mcp_replication_lag_seconds",

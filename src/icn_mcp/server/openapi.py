@@ -254,6 +254,37 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/admin/agents": _dashboard_get(
+            "dashboardAgents",
+            "Every agent with its live tokens, last claim, last report and tasks held (maintainers; the dashboard)",
+            [],
+        ),
+        "/api/admin/graph": _dashboard_get(
+            "dashboardGraph",
+            "Tasks and dependency edges around task_id, or all open work without it (maintainers; the dashboard)",
+            [
+                {"name": "task_id", "in": "query", "required": False, "schema": _ID},
+                {
+                    "name": "depth",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[1-5]$", "description": "dependency steps, 1 to 5"},
+                },
+            ],
+        ),
+        "/api/admin/runs": _dashboard_get(
+            "dashboardRuns",
+            "The run reports of one task, oldest first (maintainers; the dashboard)",
+            [{"name": "task_id", "in": "query", "required": True, "schema": _ID}],
+        ),
+        "/api/admin/backups": _dashboard_get(
+            "dashboardBackups", "The backups in the backup directory, newest first (maintainers; the dashboard)", []
+        ),
+        "/api/admin/database": _dashboard_get(
+            "dashboardDatabase",
+            "Size, migrations, last backup, replication and health of the database (maintainers; the dashboard)",
+            [],
+        ),
         "/api/admin/stats": {
             "get": {
                 "summary": "Counts of agents, tasks by status, runs and artifacts (maintainers)",
@@ -270,6 +301,24 @@ def _paths() -> dict[str, Any]:
             }
         },
     }
+
+
+def _dashboard_get(operation_id: str, summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    """A maintainer's GET of the dashboard's JSON: ``{"ok": true, "now", ...}``."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "operationId": operation_id,
+        "security": _BEARER,
+        "responses": {
+            "200": _json("The view", {"type": "object", "properties": {"ok": _OK, "now": _STRING}, "required": ["ok"]}),
+            **({"400": _error("Invalid query parameter (validation_error with fields)")} if parameters else {}),
+            **_ADMIN_ERRORS,
+            **_COMMON_ERRORS,
+        },
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    return {"get": operation}
 
 
 def _response_schemas() -> dict[str, Any]:

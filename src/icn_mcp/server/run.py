@@ -41,14 +41,13 @@ from mcp.types import JSONRPCError, JSONRPCRequest, JSONRPCResponse
 
 from icn_mcp import __version__
 from icn_mcp.config import Settings, redact_url
-from icn_mcp.db import Database
+from icn_mcp.db import open_database
 from icn_mcp.errors import IcnMcpError
 from icn_mcp.server.auth import Principal
 from icn_mcp.server.http import create_app
 from icn_mcp.server.hub import Hub
 from icn_mcp.server.logs import configure_logging, flush_logging
 from icn_mcp.server.mcp import build_mcp_server
-from icn_mcp.store.store import store_backend_refused
 
 __all__ = ["serve_http", "serve_stdio", "LocalAgent", "MAX_WORKERS"]
 
@@ -71,10 +70,6 @@ def serve_http(settings: Settings, *, announce: Callable[[str], None] | None = N
     """
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be 1-{MAX_WORKERS}, got {workers}")
-    if settings.db_url is not None:
-        # Before anything opens a database: the store runs on SQLite only for now, and
-        # the supervisor below would otherwise migrate a local file.
-        raise store_backend_refused(redact_url(settings.db_url))
     if workers > 1:
         _supervise(settings, workers, announce)
         return
@@ -85,7 +80,7 @@ def serve_http(settings: Settings, *, announce: Callable[[str], None] | None = N
     except OSError:
         hub.close()
         raise
-    log.info("icn-mcp %s starting on %s with database %s", __version__, url, hub.db.path)
+    log.info("icn-mcp %s starting on %s with database %s", __version__, url, hub.db.target)
     try:
         _run_uvicorn(app, settings, sock, lambda: _announced(url, announce))
     finally:
@@ -179,7 +174,7 @@ def _supervise(settings: Settings, workers: int, announce: Callable[[str], None]
     """Run ``workers`` worker processes on one socket until SIGTERM/SIGINT."""
     # Migrate once here: start-up errors (a changed migration, a bad file) are reported
     # once, before any worker starts, and workers find the schema ready.
-    Database(settings.db_path, **settings.database_options()).close()
+    open_database(settings).close()
     sock, url = _listen(settings)
     sock.listen(2048)
     stop = _SignalFlag()
@@ -190,7 +185,8 @@ def _supervise(settings: Settings, workers: int, announce: Callable[[str], None]
     # resets its signal handlers and logging first thing.
     context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     level = logging.getLogger().getEffectiveLevel()
-    log.info("icn-mcp %s starting %d workers on %s with database %s", __version__, workers, url, settings.db_path)
+    target = redact_url(settings.db_url) if settings.db_url is not None else str(settings.db_path)
+    log.info("icn-mcp %s starting %d workers on %s with database %s", __version__, workers, url, target)
     pool = [_Worker(context, n, settings, sock, level) for n in range(workers)]
     try:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
@@ -396,7 +392,7 @@ def serve_stdio(settings: Settings) -> None:
         anyio.run(_run_stdio, server, settings.shutdown_timeout_s)
     finally:
         hub.close()
-        log.info("database %s closed", hub.db.path)
+        log.info("database %s closed", hub.db.target)
 
 
 async def _run_stdio(server: MCPServer, finish_timeout_s: float) -> None:

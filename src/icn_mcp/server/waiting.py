@@ -5,10 +5,13 @@ connection and no worker thread: it is an asyncio future in one queue per server
 process. ONE watcher task per process notices when work may have appeared and then
 offers it to the waiters in arrival order:
 
-- a commit by any connection, of this or another process (a task created, a
-  dependency completed, a claim released): ``PRAGMA data_version`` on one dedicated
-  connection, read every ``poll_interval_s`` while anyone waits (a few microseconds
-  on the event loop, never waiting for a lock: when it cannot be read, look anyway);
+- a commit by any connection, of this or another process or host (a task created, a
+  dependency completed, a claim released): the database's change feed, read every
+  ``poll_interval_s`` while anyone waits. On SQLite ``PRAGMA data_version`` on one
+  dedicated connection (a few microseconds on the event loop, never waiting for a
+  lock: when it cannot be read, look anyway); on PostgreSQL a count of
+  ``NOTIFY icn_mcp_work`` received on one dedicated LISTEN connection (when that is
+  down, look every ``fallback_poll_s``);
 - a commit by this process: :meth:`ClaimWaiters.notify`, so it need not wait for
   the next poll;
 - a lease that expires (no commit announces it): the earliest lease among claimed
@@ -61,8 +64,9 @@ class ClaimWaiters:
     Each waiter brings its own ``claim()`` (in a worker thread: the caller's
     credential checked again, then ``Store.claim_next_task``); ``data_version()``
     returns a number that changes when anyone commits, or None when it cannot tell;
-    ``next_lease_expiry()`` is the earliest lease of a claimed task, or None; ``now()``
-    the clock leases are written with.
+    while ``data_version()`` answers None the waiters are offered work at most every
+    ``fallback_poll_s`` (0: at every poll); ``next_lease_expiry()`` is the earliest
+    lease of a claimed task, or None; ``now()`` the clock leases are written with.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class ClaimWaiters:
         next_lease_expiry: Callable[[], Awaitable[datetime | None]],
         now: Callable[[], datetime],
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        fallback_poll_s: float = 0.0,
         on_wake: Callable[[float], None] | None = None,
         on_empty_wake: Callable[[], None] | None = None,
     ) -> None:
@@ -79,6 +84,7 @@ class ClaimWaiters:
         self._next_lease_expiry = next_lease_expiry
         self._now = now
         self.poll_interval_s = poll_interval_s
+        self.fallback_poll_s = fallback_poll_s
         self._on_wake = on_wake
         self._on_empty_wake = on_empty_wake
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -189,6 +195,7 @@ class ClaimWaiters:
         changed = self._changed
         version: int | None = None
         next_expiry: datetime | None = None
+        looked = 0.0
         while self._live():
             if not changed.is_set():
                 try:
@@ -201,9 +208,10 @@ class ClaimWaiters:
                 break
             current = await self._data_version()
             due = next_expiry is not None and self._now() >= next_expiry
-            if notified or due or current is None or current != version:
+            blind = current is None and time.monotonic() - looked >= self.fallback_poll_s
+            if notified or due or blind or (current is not None and current != version):
                 version = current
-                noticed = time.monotonic()
+                noticed = looked = time.monotonic()
                 try:
                     await self._serve(noticed)
                     next_expiry = await self._next_lease_expiry()

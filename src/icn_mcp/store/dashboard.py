@@ -2,21 +2,22 @@
 
 Two questions the worker API does not answer: what each agent is doing (tokens,
 last activity, tasks held) and how tasks depend on each other around one task.
-Both are single read transactions (a consistent snapshot that never blocks writers)
+Both are single read transactions (a consistent snapshot that never blocks writers),
+on either backend (the statements are in :mod:`icn_mcp.store.sql`),
 and return plain data with stable keys. Ids are returned as strings, the wire form.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections import deque
 from datetime import datetime
 from typing import Any
 
-from icn_mcp.db import Database
+from icn_mcp.db import BaseDatabase
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import NotFound
 from icn_mcp.store import validation as v
+from icn_mcp.store.sql import Queries, queries_for
 
 __all__ = [
     "agent_activity",
@@ -37,32 +38,8 @@ GRAPH_MAX_NODES = 80
 #: a picture stops being readable, and the caller is told the count instead.
 OPEN_WORK_MAX_NODES = 60
 
-# One row per agent: its live tokens through the agent_tokens_agent index, its
-# newest report through runs_agent (one probe each; 'expired' runs are written by
-# the store when a lease runs out, not reported by the agent, and are skipped).
-_AGENTS = """
-    SELECT a.id, a.name, a.kind, a.version, a.created_at, a.revoked_at, a.local,
-           (SELECT count(*) FROM agent_tokens t
-             WHERE t.agent_id = a.id AND t.revoked_at IS NULL AND t.expires_at > :now)
-               AS tokens_active,
-           (SELECT r.created_at FROM runs r INDEXED BY runs_agent
-             WHERE r.agent_id = a.id AND r.status <> 'expired'
-             ORDER BY r.id DESC LIMIT 1) AS last_report_at
-    FROM agents a
-    ORDER BY a.revoked_at IS NOT NULL, a.name, a.id
-"""
 
-# The claims held now, through the tasks_status index. A claim writes no run; a held
-# task's updated_at is its claim or a later change by that claim (a heartbeat).
-_HELD = (
-    "SELECT claimed_by AS agent_id, id, updated_at FROM tasks INDEXED BY tasks_status "
-    "WHERE status = 'claimed' ORDER BY id"
-)
-
-_NODE_COLUMNS = "id, title, status, priority, claimed_by, attempt, max_attempts, lease_expires_at"
-
-
-def agent_activity(db: Database, now: datetime) -> list[dict[str, Any]]:
+def agent_activity(db: BaseDatabase, now: datetime) -> list[dict[str, Any]]:
     """Every agent with its live tokens, last claim, last report and tasks held.
 
     Keys: ``id``, ``name``, ``kind``, ``version``, ``created_at``, ``revoked_at``,
@@ -77,11 +54,13 @@ def agent_activity(db: Database, now: datetime) -> list[dict[str, Any]]:
     Costs one index probe per agent plus one row per claimed task, whatever the
     number of tasks and runs (bench/bench_dashboard.py).
     """
-    with db.read_transaction() as conn:
-        agents = conn.execute(_AGENTS, {"now": format_ts(now)}).fetchall()
+    q = queries_for(db)
+    with db.read_transaction() as raw:
+        conn = q.wrap(raw)
+        agents = conn.execute(q.DASHBOARD_AGENTS, {"now": format_ts(now)}).fetchall()
         held: dict[str, list[str]] = {}
         last_claims: dict[str, str] = {}
-        for row in conn.execute(_HELD):
+        for row in conn.execute(q.DASHBOARD_HELD):
             agent_id = row["agent_id"]
             held.setdefault(agent_id, []).append(str(row["id"]))
             last_claims[agent_id] = max(last_claims.get(agent_id, ""), row["updated_at"])
@@ -109,7 +88,7 @@ def agent_activity(db: Database, now: datetime) -> list[dict[str, Any]]:
 
 
 def task_graph(
-    db: Database,
+    db: BaseDatabase,
     task_id: int | None = None,
     *,
     depth: int = GRAPH_DEFAULT_DEPTH,
@@ -134,22 +113,24 @@ def task_graph(
     problems.raise_if_any()
     if task_id is not None:
         task_id = v.task_id(task_id)
-    with db.read_transaction() as conn:
+    q = queries_for(db)
+    with db.read_transaction() as raw:
+        conn = q.wrap(raw)
         if task_id is None:
-            return _open_work(conn, open_work_max)
-        if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+            return _open_work(q, conn, open_work_max)
+        if conn.execute(q.TASK_EXISTS, (task_id,)).fetchone() is None:
             raise NotFound("task", task_id)
-        ids, truncated = _neighbourhood(conn, task_id, depth, max_nodes)
+        ids, truncated = _neighbourhood(q, conn, task_id, depth, max_nodes)
         return {
             "focus": str(task_id),
-            **_nodes_and_edges(conn, ids),
+            **_nodes_and_edges(q, conn, ids),
             "truncated": truncated,
             "too_large": False,
             "open_count": None,
         }
 
 
-def _neighbourhood(conn: sqlite3.Connection, start: int, depth: int, max_nodes: int) -> tuple[list[int], bool]:
+def _neighbourhood(q: Queries, conn: Any, start: int, depth: int, max_nodes: int) -> tuple[list[int], bool]:
     seen = {start: 0}
     queue = deque([start])
     truncated = False
@@ -157,11 +138,7 @@ def _neighbourhood(conn: sqlite3.Connection, start: int, depth: int, max_nodes: 
         current = queue.popleft()
         if seen[current] >= depth:
             continue
-        neighbours = conn.execute(
-            "SELECT depends_on_id FROM task_dependencies WHERE task_id = :id "
-            "UNION SELECT task_id FROM task_dependencies WHERE depends_on_id = :id",
-            {"id": current},
-        ).fetchall()
+        neighbours = conn.execute(q.DASHBOARD_NEIGHBOURS, {"id": current}).fetchall()
         for (neighbour,) in neighbours:
             if neighbour in seen:
                 continue
@@ -173,35 +150,27 @@ def _neighbourhood(conn: sqlite3.Connection, start: int, depth: int, max_nodes: 
     return sorted(seen), truncated
 
 
-def _open_work(conn: sqlite3.Connection, open_work_max: int) -> dict[str, Any]:
-    open_ids = [
-        row[0]
-        for row in conn.execute(
-            "SELECT id FROM tasks WHERE status IN ('open', 'claimed') ORDER BY id LIMIT ?",
-            (open_work_max + 1,),
-        )
-    ]
+def _open_work(q: Queries, conn: Any, open_work_max: int) -> dict[str, Any]:
+    open_ids = [row[0] for row in conn.execute(q.DASHBOARD_OPEN_IDS, (open_work_max + 1,))]
     if len(open_ids) > open_work_max:
-        count = conn.execute("SELECT count(*) FROM tasks WHERE status IN ('open', 'claimed')").fetchone()[0]
+        count = conn.execute(q.DASHBOARD_OPEN_COUNT).fetchone()[0]
         return {"focus": None, "nodes": [], "edges": [], "truncated": False, "too_large": True, "open_count": count}
     ids = set(open_ids)
     for task in open_ids:
-        ids.update(
-            row[0] for row in conn.execute("SELECT depends_on_id FROM task_dependencies WHERE task_id = ?", (task,))
-        )
+        ids.update(row[0] for row in conn.execute(q.DASHBOARD_DEPENDENCIES, (task,)))
     return {
         "focus": None,
-        **_nodes_and_edges(conn, sorted(ids)),
+        **_nodes_and_edges(q, conn, sorted(ids)),
         "truncated": False,
         "too_large": False,
         "open_count": len(open_ids),
     }
 
 
-def _nodes_and_edges(conn: sqlite3.Connection, ids: list[int]) -> dict[str, Any]:
+def _nodes_and_edges(q: Queries, conn: Any, ids: list[int]) -> dict[str, Any]:
     nodes = []
     for task in ids:
-        row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM tasks WHERE id = ?", (task,)).fetchone()
+        row = conn.execute(q.DASHBOARD_NODE, (task,)).fetchone()
         if row is not None:
             node = dict(row)
             node["id"] = str(node["id"])
@@ -209,9 +178,7 @@ def _nodes_and_edges(conn: sqlite3.Connection, ids: list[int]) -> dict[str, Any]
     wanted = set(ids)
     edges = []
     for task in ids:
-        for (dependency,) in conn.execute(
-            "SELECT depends_on_id FROM task_dependencies WHERE task_id = ? ORDER BY depends_on_id", (task,)
-        ):
+        for (dependency,) in conn.execute(q.DASHBOARD_DEPENDENCIES, (task,)):
             if dependency in wanted:
                 edges.append({"from": str(dependency), "to": str(task)})
     return {"nodes": nodes, "edges": edges}

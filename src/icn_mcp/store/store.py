@@ -44,17 +44,6 @@ STATS_KEYS = (
 )
 
 
-def store_backend_refused(target: str) -> ConfigError:
-    """serve, MCP and the agent commands run on SQLite only in this version (the store
-    library runs on PostgreSQL; the server's claim watcher and dashboard do not yet)."""
-    return ConfigError(
-        "MCP_DB_URL",
-        target,
-        "unset for the agent HQ (serve, MCP, agent commands): it runs on SQLite only in this "
-        "version; on PostgreSQL, 'icn-mcp db migrate|status|verify|info|backup|verify-backup|restore' work",
-    )
-
-
 class Store(AgentsMixin, TasksMixin):
     """Agents, tokens, tasks, claims, runs and artifacts on one database.
 

@@ -38,13 +38,22 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icn_mcp.db.files import make_private_dirs
-from icn_mcp.db.sqlite.backup import (
+from icn_mcp.db.backup_files import (
+    BACKUP_PREFIX,
+    FILE_MODE,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_VERSION,
+    NAME_TIME_FORMAT,
+    SAFETY_BACKUP_PREFIX,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
     BackupResult,
     BackupVerification,
     RestoreResult,
     manifest_path,
 )
+from icn_mcp.db.files import make_private_dirs
+from icn_mcp.db.postgres import driver
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import BackupError, RestoreError
 
@@ -61,14 +70,7 @@ __all__ = [
 
 log = logging.getLogger("icn_mcp.db.backup")
 
-BACKUP_PREFIX = "icn-mcp-"
-SAFETY_BACKUP_PREFIX = "icn-mcp-pre-restore-"
 BACKUP_SUFFIX = ".pgdump"
-MANIFEST_FORMAT = "icn-mcp-backup"
-MANIFEST_FORMAT_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-_NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 BACKUP_NAME = re.compile(r"^icn-mcp-[0-9]{8}T[0-9]{6}\.[0-9]{6}Z\.pgdump$")
 #: How long one pg_dump / pg_restore / psql run may take.
 TOOL_TIMEOUT_S = 6 * 3600
@@ -81,7 +83,9 @@ def _tool_env(db: PostgresDatabase) -> tuple[str, dict[str, str]]:
     """A conninfo without password for argv, and an environment carrying it."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    params = {k: v for k, v in conninfo_to_dict(db.url).items() if v is not None}
+    # pg_dump, pg_restore and psql notice a dead peer as the pool does (a dump into a
+    # cut link fails in seconds instead of hanging); the URL's own settings win.
+    params = {**driver.DEAD_PEER_SETTINGS, **{k: v for k, v in conninfo_to_dict(db.url).items() if v is not None}}
     password = params.pop("password", None)
     env = dict(os.environ)
     if password is not None:
@@ -231,14 +235,14 @@ def create_backup(
         )
     directory = Path(backup_dir) if backup_dir is not None else Path(".")
     final = (
-        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
     )
     final = Path(os.path.abspath(final))
     if final.exists() or manifest_path(final).exists():
         raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
     make_private_dirs(final.parent)
     conninfo, env = _tool_env(db)
-    fd, tmp_name = tempfile.mkstemp(prefix=".icn-mcp-backup-", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, FILE_MODE)
@@ -453,6 +457,16 @@ def restore_from_backup(
         tables = [
             r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()").fetchall()
         ]
+        # Functions the migrations made (migration 0007's trigger function): the dump
+        # creates them again.
+        functions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                "WHERE p.pronamespace = current_schema()::regnamespace AND p.prokind = 'f' "
+                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+            ).fetchall()
+        ]
         nonempty = any(n for n in _row_counts(conn).values())
     safety: str | None = None
     if tables and nonempty:
@@ -462,7 +476,7 @@ def restore_from_backup(
 
     drops = "".join(
         sql.SQL("DROP TABLE IF EXISTS {} CASCADE;\n").format(sql.Identifier(t)).as_string(None) for t in tables
-    )
+    ) + "".join(f"DROP FUNCTION IF EXISTS {signature} CASCADE;\n" for signature in functions)
     script = _run(
         ["pg_restore", "--no-owner", "--no-privileges", "--file=-", str(path)],
         env,

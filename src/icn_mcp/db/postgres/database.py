@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from icn_mcp.config import redact_url
+from icn_mcp.db import migration_files as _migrations
 from icn_mcp.db.base import BaseDatabase
 from icn_mcp.db.keyed_locks import KeyedLocks
 from icn_mcp.db.leases import AdvisoryLease
@@ -40,8 +41,8 @@ from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import driver
 from icn_mcp.db.postgres import info as _info
 from icn_mcp.db.postgres import migrations as _pg_migrations
+from icn_mcp.db.postgres.listen import WorkListener
 from icn_mcp.db.postgres.locks import PostgresLeaseSQL
-from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.errors import (
     BusyError,
@@ -219,6 +220,7 @@ class PostgresDatabase(BaseDatabase):
             "autocommit": True,
             "connect_timeout": max(1, int(self.connect_timeout_s)),
             "application_name": self.application_name,
+            **driver.DEAD_PEER_SETTINGS,
         }
 
     def _configure(self, conn: Any) -> None:
@@ -522,6 +524,26 @@ class PostgresDatabase(BaseDatabase):
     def get_database_info(self, **options: Any) -> dict[str, Any]:
         """Size, tables, indexes, migrations, health and pool, from the catalogs."""
         return _info.get_database_info(self, backup_dir=options.get("backup_dir"))
+
+    def list_backups(self, directory: Any) -> list[Path]:
+        """``pg_dump`` backups in ``directory`` named like ours, oldest first."""
+        return _backup.list_backups(directory)
+
+    def latest_backup(self, directory: Any) -> dict[str, Any] | None:
+        """The newest published dump in ``directory`` (one with its manifest), or None."""
+        return _info.last_backup(directory)
+
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> WorkListener:
+        """``LISTEN icn_mcp_work`` on a connection of its own (see :mod:`.listen`), started;
+        ``on_change`` is called from its thread at each notification."""
+        return WorkListener(self, on_change=on_change).start()
+
+    def size_bytes(self) -> dict[str, int]:
+        """``pg_database_size`` of this database; ``wal`` is 0: PostgreSQL's WAL is the
+        cluster's, shared by every database on the server, not this database's."""
+        with self.read_transaction() as conn:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        return {"database": int(size), "wal": 0}
 
     # -- diagnostics and life cycle -------------------------------------------------
 

@@ -7,9 +7,23 @@ from typing import Any
 
 from icn_mcp.errors import DatabaseError
 
-__all__ = ["load", "EXTRA_HINT"]
+__all__ = ["load", "EXTRA_HINT", "DEAD_PEER_SETTINGS"]
 
 EXTRA_HINT = "pip install 'icn-mcp[postgres]'"
+
+#: Libpq settings on every connection so that a peer gone silent (a host cut off, a
+#: server powered off) is noticed in seconds, not after TCP's ~15 minutes of
+#: retransmissions: keepalive probes after 5 s idle (every 2 s, 3 tries), and data
+#: sent but not acknowledged for 5 s (a statement sent into a dead link) breaks the
+#: connection. The request then fails (or is retried, when it had not reached
+#: COMMIT) instead of hanging with its worker thread.
+DEAD_PEER_SETTINGS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5_000,
+}
 
 
 def load() -> tuple[ModuleType, Any]:

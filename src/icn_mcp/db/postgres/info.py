@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db.backup_files import manifest_path
 from icn_mcp.db.postgres import backup as _backup
 from icn_mcp.db.postgres import migrations as _pg_migrations
-from icn_mcp.db.sqlite.backup import manifest_path
 
 if TYPE_CHECKING:
     from icn_mcp.db.postgres.database import PostgresDatabase
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["get_database_info"]
 
 
-def _last_backup(backup_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+def last_backup(backup_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
     """``{"path", "created_at", "size_bytes"}`` of the newest dump in ``backup_dir``."""
     if backup_dir is None:
         return None
@@ -79,7 +79,7 @@ def get_database_info(db: PostgresDatabase, *, backup_dir: str | os.PathLike[str
         "indexes": [{"name": name, "table": table, "size_bytes": nbytes} for name, table, nbytes in indexes],
         "migrations": [asdict(m) for m in history.values()],
         "failed_migrations": [asdict(f) for f in failures],
-        "last_backup": _last_backup(backup_dir),
+        "last_backup": last_backup(backup_dir),
         "pool": db.get_stats(),
         "health": {"ok": health["ok"], "latency_ms": health["latency_ms"], "error": health["error"]},
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),

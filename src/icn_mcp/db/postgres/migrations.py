@@ -4,7 +4,7 @@ The files live in ``migrations/postgres/`` beside the SQLite ones, with the same
 versions. History (``schema_migrations``) and failures
 (``schema_migration_failures``) have the same columns; the plan, checksums, dry run
 and ``db migrate|status|verify`` output are shared with SQLite
-(:mod:`icn_mcp.db.sqlite.migrations` holds the backend-neutral model).
+(:mod:`icn_mcp.db.migration_files` holds the backend-neutral model).
 
 Concurrency: a migration run, on any number of processes and hosts, is serialised by
 a session-level ``pg_advisory_lock`` taken on a dedicated connection (not one of the
@@ -20,13 +20,11 @@ like; it is not atomic, and its history row is written after its last statement.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from icn_mcp.db.sqlite.migrations import (
+from icn_mcp.db.migration_files import (
     CHECKSUM_ALGORITHM,
     FAILURES_TABLE,
     HISTORY_TABLE,
@@ -36,6 +34,7 @@ from icn_mcp.db.sqlite.migrations import (
     MigrationFile,
     MigrationPlan,
     Statement,
+    applier_id,
     plan_from,
 )
 from icn_mcp.errors import MigrationError
@@ -151,10 +150,6 @@ def _statements(mf: MigrationFile) -> list[Statement]:
         raise MigrationError(f"migration {mf.version} ({mf.path}): {exc}", version=mf.version) from None
 
 
-def _applied_by() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _exists(conn: Any, table: str) -> bool:
     return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
 
@@ -218,7 +213,7 @@ def _insert_history(conn: Any, mf: MigrationFile, elapsed_ms: float) -> None:
         f"INSERT INTO {HISTORY_TABLE} (version, applied_at, checksum, description, "
         "checksum_algorithm, execution_ms, applied_by, success) "
         "VALUES (%s, now(), %s, %s, %s, %s, %s, 1)",
-        (mf.version, mf.checksum, mf.description, CHECKSUM_ALGORITHM, round(elapsed_ms, 3), _applied_by()),
+        (mf.version, mf.checksum, mf.description, CHECKSUM_ALGORITHM, round(elapsed_ms, 3), applier_id()),
     )
 
 
@@ -234,7 +229,7 @@ def _record_failure(conn: Any, mf: MigrationFile, error: MigrationError) -> None
                 error.line,
                 error.statement,
                 error.sqlite_error or str(error),
-                _applied_by(),
+                applier_id(),
             ),
         )
     except Exception:  # the original failure matters more than its record

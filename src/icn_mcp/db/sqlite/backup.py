@@ -37,7 +37,9 @@ files carry their host, pid and process start time and are removed by the next o
 
 Every public function takes ``db=`` (keyword). The functions of the same names in
 :mod:`icn_mcp.db` work on the process-wide database with the ``MCP_BACKUP_*``
-settings (:mod:`icn_mcp.db.process`).
+settings (:mod:`icn_mcp.db.process`). Names, manifests, default directories and the
+result classes are shared with PostgreSQL in :mod:`icn_mcp.db.backup_files` (and
+re-exported here).
 """
 
 from __future__ import annotations
@@ -56,12 +58,28 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
 
+from icn_mcp.db.backup_files import (
+    BACKUP_DIR_NAME,
+    BACKUP_PREFIX,
+    FILE_MODE,
+    MANIFEST_FORMAT,
+    MANIFEST_FORMAT_VERSION,
+    MANIFEST_SUFFIX,
+    NAME_TIME_FORMAT,
+    SAFETY_BACKUP_PREFIX,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    BackupResult,
+    BackupVerification,
+    RestoreResult,
+    backup_dir_for,
+    manifest_path,
+)
 from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.sqlite import migrations as _migrations
 from icn_mcp.db.sqlite.catalog import count_rows, quote_identifier
@@ -97,17 +115,7 @@ __all__ = [
 
 log = logging.getLogger("icn_mcp.db.backup")
 
-BACKUP_DIR_NAME = "backups"
-BACKUP_PREFIX = "icn-mcp-"
-#: Safety copies made by restore; never pruned, because their name differs.
-SAFETY_BACKUP_PREFIX = "icn-mcp-pre-restore-"
 BACKUP_SUFFIX = ".sqlite"
-MANIFEST_SUFFIX = ".json"
-MANIFEST_FORMAT = "icn-mcp-backup"
-MANIFEST_FORMAT_VERSION = 1
-TEMP_PREFIX = ".icn-mcp-backup-"
-TEMP_SUFFIX = ".tmp"
-FILE_MODE = 0o600
 DIR_MODE = 0o700
 #: ``full`` = PRAGMA integrity_check, ``quick`` = PRAGMA quick_check (skips the
 #: comparison of every index with its table), ``none`` = no check (safety copies).
@@ -130,7 +138,6 @@ FREE_SPACE_MARGIN_BYTES = 16 * 1024 * 1024
 SQLITE_HEADER = b"SQLite format 3\x00"
 _HEADER_BYTES = 100
 
-_NAME_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 #: Only files named exactly like this are ever pruned: never a user's own files.
 BACKUP_NAME = re.compile(r"^icn-mcp-(?P<stamp>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)\.sqlite$")
 
@@ -139,99 +146,7 @@ BACKUP_NAME = re.compile(r"^icn-mcp-(?P<stamp>[0-9]{8}T[0-9]{6}\.[0-9]{6}Z)\.sql
 Progress = Callable[[str, int, int], None]
 
 
-# -- results ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BackupResult:
-    """A published backup: where it is and what it holds."""
-
-    path: str
-    manifest_path: str
-    size_bytes: int
-    sha256: str
-    created_at: str
-    source_path: str
-    latest_migration: str | None
-    row_counts: dict[str, int | None]
-    check: str
-    #: Seconds spent in each phase: copy, check, hash, sync (and total).
-    timings_s: dict[str, float] = field(default_factory=dict)
-    #: Older backups removed by ``keep``.
-    pruned: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class BackupVerification:
-    """What :func:`verify_backup` found; ``ok`` is True only when ``problems`` is empty.
-
-    ``unknown_migrations`` are applied in the backup but have no file here (the
-    backup comes from a newer schema); ``changed_migrations`` have a different
-    checksum than their file. ``manifest_ok`` is None when there is no manifest.
-    """
-
-    path: str
-    ok: bool
-    problems: list[str]
-    size_bytes: int | None = None
-    header_ok: bool = False
-    page_size: int | None = None
-    journal_mode: str | None = None
-    integrity: str | None = None
-    migrations_ok: bool | None = None
-    latest_migration: str | None = None
-    applied_migrations: list[str] = field(default_factory=list)
-    unknown_migrations: list[str] = field(default_factory=list)
-    changed_migrations: list[str] = field(default_factory=list)
-    manifest_path: str | None = None
-    manifest_ok: bool | None = None
-    sha256: str | None = None
-    created_at: str | None = None
-    row_counts: dict[str, int | None] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    """What a restore did: from where, the safety copy, and what the database holds now."""
-
-    database: str
-    backup_path: str
-    #: None when there was nothing to keep (no database, or an empty file).
-    safety_backup_path: str | None
-    backup_created_at: str | None
-    #: The backup's own latest migration, before the missing ones were applied.
-    backup_latest_migration: str | None
-    #: The database's latest migration now, after applying ``migrations_applied``.
-    latest_migration: str | None
-    migrations_applied: list[str]
-    row_counts: dict[str, int | None]
-    integrity: str
-    #: True when the backup had no manifest and was restored on purpose without it.
-    without_manifest: bool
-    #: True when the database did not exist and was created from the backup.
-    database_created: bool
-    elapsed_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # -- paths ----------------------------------------------------------------------------
-
-
-def backup_dir_for(db_path: str | os.PathLike[str]) -> Path:
-    """``backups/`` beside the database file ``db_path``.
-
-    The default whatever set the path (MCP_DB_DIR, MCP_DB_PATH or ``--db``): never
-    a directory relative to the current one, which changes with where a command runs.
-    """
-    return Path(os.path.abspath(os.fspath(db_path))).parent / BACKUP_DIR_NAME
 
 
 def default_backup_dir(db: Database) -> Path:
@@ -239,14 +154,8 @@ def default_backup_dir(db: Database) -> Path:
     return backup_dir_for(db.path)
 
 
-def manifest_path(backup: str | os.PathLike[str]) -> Path:
-    """The manifest beside ``backup``: its name plus ``.json``."""
-    backup = Path(backup)
-    return backup.with_name(backup.name + MANIFEST_SUFFIX)
-
-
 def _name_for(prefix: str, moment: datetime) -> str:
-    return f"{prefix}{moment.strftime(_NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
+    return f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
 
 
 def _free_name(directory: Path, prefix: str, moment: datetime) -> Path:
@@ -286,7 +195,7 @@ def latest_backup(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
             pass
         if created_at is None:
             stamp = BACKUP_NAME.match(path.name)["stamp"]  # type: ignore[index]
-            created_at = format_ts(datetime.strptime(stamp, _NAME_TIME_FORMAT).replace(tzinfo=UTC))
+            created_at = format_ts(datetime.strptime(stamp, NAME_TIME_FORMAT).replace(tzinfo=UTC))
         return {"path": str(path), "created_at": created_at, "size_bytes": size}
     return None
 
@@ -573,6 +482,8 @@ def _open_live(db: Database, mode: str, error: Callable[..., Exception]) -> sqli
             isolation_level=None,
         )
         conn.execute(f"PRAGMA busy_timeout = {int(db.busy_timeout_ms)}")
+        # As the database's own connections: 0 when Litestream owns checkpointing.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(db.wal_autocheckpoint)}")
     except sqlite3.Error as exc:
         if not db.path.exists():
             raise error(str(db.path), missing, hint=hint) from None
@@ -1476,10 +1387,11 @@ def restore_from_backup(
                 f"the restored database failed integrity_check: {'; '.join(problems[:3])}",
                 hint=f"restore another backup{where}",
             )
-        try:
-            live.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # a checkpoint is an optimisation here
-            log.debug("checkpoint after restore failed: %s", exc)
+        if db.wal_autocheckpoint:  # 0: Litestream checkpoints, after shipping the WAL
+            try:
+                live.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a checkpoint is an optimisation here
+                log.debug("checkpoint after restore failed: %s", exc)
     except (sqlite3.Error, OSError) as exc:
         # Anything not mapped above (a failing DETACH, an I/O error): one clean error.
         raise RestoreError(str(source_path), f"restoring into {db.path} failed: {_restore_cause(exc)}") from exc

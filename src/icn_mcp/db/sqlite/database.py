@@ -31,6 +31,7 @@ from icn_mcp.config import (
     MAX_RETRIES,
 )
 from icn_mcp.db.base import BaseDatabase
+from icn_mcp.db.changes import DataVersion
 from icn_mcp.db.files import make_private_dirs
 from icn_mcp.db.keyed_locks import KeyedLocks
 from icn_mcp.db.leases import AdvisoryLease
@@ -756,6 +757,29 @@ class Database(BaseDatabase):
     def get_database_info(self, **options: Any) -> dict[str, Any]:
         """Size, tables, indexes, migrations, last backup, health; see :mod:`icn_mcp.db.sqlite.info`."""
         return _info.get_database_info(db=self, **options)
+
+    def list_backups(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Backups in ``directory`` named ``icn-mcp-<UTC time>.sqlite``, oldest first."""
+        return _backup.list_backups(directory)
+
+    def latest_backup(self, directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The newest backup in ``directory`` (see :func:`icn_mcp.db.sqlite.backup.latest_backup`)."""
+        return _backup.latest_backup(directory)
+
+    def change_feed(self, on_change: Callable[[], None] | None = None) -> DataVersion:
+        """``PRAGMA data_version`` on one read-only connection (see :mod:`icn_mcp.db.changes`);
+        read by polling, so ``on_change`` is never called."""
+        return DataVersion(self.path)
+
+    def size_bytes(self) -> dict[str, int]:
+        """The database file and its write-ahead log, by ``stat`` (0 when missing)."""
+        sizes = {}
+        for key, suffix in (("database", ""), ("wal", "-wal")):
+            try:
+                sizes[key] = os.stat(os.fspath(self.path) + suffix).st_size
+            except OSError:
+                sizes[key] = 0
+        return sizes
 
 
 #: The first 16 bytes of every SQLite 3 database file.

@@ -1,13 +1,14 @@
-"""Migrations: discover, checksum, plan, apply, verify, history.
+"""Migrations on SQLite: split, apply, rehearse, and the history tables.
 
-A migration is a file ``NNNN_description.sql``; its version is the file name without
-``.sql`` and files apply in sorted order. Each file runs statement by statement inside
-one ``BEGIN IMMEDIATE`` transaction together with its row in ``schema_migrations``, so
-a failing statement leaves no trace of the ones before it. (``executescript()`` is never
-used: on Python 3.11 it commits any open transaction first.)
+Files, checksums, the history records and the plan are the same on every backend and
+live in :mod:`icn_mcp.db.migration_files` (re-exported here, so existing imports keep
+working). This module is what is SQLite's own.
 
-The checksum is the hex SHA-256 of the file's UTF-8 text with a leading BOM removed and
-CRLF/CR normalised to LF, so a checkout with different line endings is not a "change".
+Each file runs statement by statement inside one ``BEGIN IMMEDIATE`` transaction
+together with its row in ``schema_migrations``, so a failing statement leaves no trace
+of the ones before it. (``executescript()`` is never used: on Python 3.11 it commits any
+open transaction first.) Statements end where :func:`sqlite3.complete_statement` says
+so (:func:`split_statements`).
 
 A file whose first line is ``-- icn-mcp: no-transaction`` runs in autocommit mode,
 statement by statement, for the few statements SQLite refuses inside a transaction
@@ -18,19 +19,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
-import os
 import re
-import socket
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from icn_mcp.db.migration_files import (
+    CHECKSUM_ALGORITHM,
+    FAILURES_TABLE,
+    HISTORY_TABLE,
+    MIGRATION_NAME,
+    NO_TRANSACTION_MARKER,
+    AppliedMigration,
+    DryRunResult,
+    FailedMigration,
+    MigrationFile,
+    MigrationPlan,
+    MigrationState,
+    Statement,
+    applier_id,
+    checksum,
+    default_migrations_dir,
+    discover,
+    normalise,
+    plan_from,
+    skip_comments,
+    strip_comments,
+)
 from icn_mcp.db.timestamps import format_ts, utc_now
 from icn_mcp.errors import ChecksumMismatch, MigrationError
 
@@ -38,8 +54,12 @@ if TYPE_CHECKING:
     from icn_mcp.db.sqlite.database import Database
 
 __all__ = [
+    # re-exported from icn_mcp.db.migration_files
     "CHECKSUM_ALGORITHM",
     "NO_TRANSACTION_MARKER",
+    "HISTORY_TABLE",
+    "FAILURES_TABLE",
+    "MIGRATION_NAME",
     "Statement",
     "MigrationFile",
     "AppliedMigration",
@@ -50,19 +70,23 @@ __all__ = [
     "default_migrations_dir",
     "checksum",
     "normalise",
-    "split_statements",
     "discover",
+    "plan_from",
+    # SQLite's own
+    "split_statements",
+    "file_statements",
+    "ensure_history_tables",
+    "create_history_tables",
+    "read_history",
+    "read_failures",
+    "plan",
+    "apply",
+    "apply_in_transaction",
+    "dry_run",
 ]
 
 log = logging.getLogger("icn_mcp.db.migrations")
 
-CHECKSUM_ALGORITHM = "sha256"
-NO_TRANSACTION_MARKER = "-- icn-mcp: no-transaction"
-HISTORY_TABLE = "schema_migrations"
-FAILURES_TABLE = "schema_migration_failures"
-
-#: ``0001_create_tasks.sql``: digits, underscore, a description of safe characters.
-MIGRATION_NAME = re.compile(r"^(?P<number>[0-9]+)_(?P<description>[A-Za-z0-9][A-Za-z0-9_.\-]*)\.sql$")
 
 # Statements SQLite refuses, or silently ignores, inside a transaction, and statements
 # that would end ours early. Matched against the statement with comments removed.
@@ -87,59 +111,6 @@ _HISTORY_COLUMNS = {
 }
 
 
-def default_migrations_dir() -> Path:
-    """The schema migrations shipped inside the package."""
-    return Path(str(resources.files("icn_mcp") / "migrations"))
-
-
-def normalise(raw: bytes) -> str:
-    """UTF-8 text without a leading BOM and with LF line endings."""
-    text = raw.decode("utf-8")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def checksum(raw: bytes) -> str:
-    """Hex SHA-256 of :func:`normalise` (``raw``) encoded as UTF-8."""
-    return hashlib.sha256(normalise(raw).encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One SQL statement of a migration file."""
-
-    index: int  # 1-based position in the file
-    line: int  # line of its first token
-    sql: str
-
-    @property
-    def first_line(self) -> str:
-        return _strip_comments(self.sql).splitlines()[0].strip() if _strip_comments(self.sql) else ""
-
-
-def _skip_comments(text: str, pos: int) -> int:
-    """Position of the first character at or after ``pos`` that is not space or comment."""
-    n = len(text)
-    while pos < n:
-        ch = text[pos]
-        if ch.isspace():
-            pos += 1
-        elif text.startswith("--", pos):
-            end = text.find("\n", pos)
-            pos = n if end < 0 else end + 1
-        elif text.startswith("/*", pos):
-            end = text.find("*/", pos + 2)
-            pos = n if end < 0 else end + 2
-        else:
-            break
-    return pos
-
-
-def _strip_comments(sql: str) -> str:
-    return sql[_skip_comments(sql, 0) :].strip()
-
-
 def split_statements(text: str) -> list[Statement]:
     """Split SQL text into statements, with the line on which each one starts.
 
@@ -159,7 +130,7 @@ def split_statements(text: str) -> list[Statement]:
         pos = semi + 1
         if not sqlite3.complete_statement(chunk):
             continue
-        first = _skip_comments(text, start)
+        first = skip_comments(text, start)
         if first < semi:  # more than comments before the semicolon
             statements.append(
                 Statement(
@@ -169,126 +140,46 @@ def split_statements(text: str) -> list[Statement]:
                 )
             )
         start = pos
-    rest = _skip_comments(text, start)
+    rest = skip_comments(text, start)
     if rest < len(text):
         line = text.count("\n", 0, rest) + 1
         raise ValueError(f"incomplete statement at line {line} (missing ';' at the end?)")
     return statements
 
 
-@dataclass(frozen=True)
-class MigrationFile:
-    """One ``NNNN_description.sql`` file and what it contains."""
+@functools.lru_cache(maxsize=256)
+def file_statements(mf: MigrationFile) -> list[Statement]:
+    """The statements of ``mf`` as SQLite splits them (:func:`split_statements`).
 
-    version: str
-    description: str
-    path: Path
-    text: str
-    checksum: str
-
-    @property
-    def transactional(self) -> bool:
-        first = self.text.split("\n", 1)[0].strip()
-        return first.lower() != NO_TRANSACTION_MARKER
-
-    @cached_property
-    def statements(self) -> list[Statement]:
-        try:
-            statements = split_statements(self.text)
-        except ValueError as exc:
-            raise MigrationError(f"migration {self.version} ({self.path}): {exc}", version=self.version) from None
-        if self.transactional:
-            for st in statements:
-                if _NOT_IN_TRANSACTION.match(_strip_comments(st.sql)):
-                    raise MigrationError(
-                        f"migration {self.version} ({self.path}) statement {st.index} "
-                        f"at line {st.line} cannot run inside the migration's "
-                        f"transaction: {st.first_line}",
-                        version=self.version,
-                        statement_index=st.index,
-                        line=st.line,
-                        statement=st.sql,
-                        hint=f"put '{NO_TRANSACTION_MARKER}' on the file's first line "
-                        "to run it outside a transaction (it is then not atomic), or "
-                        "remove the statement: each migration already runs in one "
-                        "transaction, with foreign keys off and checked before COMMIT",
-                    )
-        return statements
-
-
-def discover(directory: Path | str) -> list[MigrationFile]:
-    """Every migration in ``directory``, in the order they apply.
-
-    Files that do not end in ``.sql`` are ignored. A ``.sql`` file whose name does not
-    match ``NNNN_description.sql``, or numbers of different widths (which would sort
-    ``0010`` before ``002``), are refused so that the order can never surprise.
+    Raises :class:`MigrationError` for a malformed file and, in a transactional file,
+    for a statement that cannot run inside the migration's transaction. Parsed once
+    per file (the list is shared: do not change it), so a migration parsed before its
+    write lock is taken is not parsed again while the lock is held.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise MigrationError(
-            f"migrations directory {directory} does not exist or is not a directory",
-            hint="set MCP_MIGRATIONS_DIR to a directory of NNNN_description.sql files",
-        )
-    files: list[MigrationFile] = []
-    widths: dict[int, str] = {}
-    for path in sorted(directory.iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".sql") or not path.is_file():
-            continue
-        match = MIGRATION_NAME.match(path.name)
-        if match is None:
-            raise MigrationError(
-                f"migration file name {path.name!r} in {directory} does not match "
-                "NNNN_description.sql (digits, '_', then letters, digits, '_', '-', '.')"
-            )
-        widths.setdefault(len(match["number"]), path.name)
-        raw = path.read_bytes()
-        try:
-            text = normalise(raw)
-        except UnicodeDecodeError as exc:
-            raise MigrationError(f"migration {path} is not valid UTF-8 (byte {exc.start})") from None
-        files.append(
-            MigrationFile(
-                version=path.name[: -len(".sql")],
-                description=match["description"].replace("_", " "),
-                path=path,
-                text=text,
-                checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            )
-        )
-    if len(widths) > 1:
-        examples = ", ".join(sorted(widths.values()))
-        raise MigrationError(
-            f"migration numbers in {directory} have different widths ({examples}); "
-            "they would apply out of numeric order",
-            hint="zero-pad every number to the same width, e.g. 0001_, 0002_",
-        )
-    return files
+    try:
+        found = split_statements(mf.text)
+    except ValueError as exc:
+        raise MigrationError(f"migration {mf.version} ({mf.path}): {exc}", version=mf.version) from None
+    if mf.transactional:
+        for st in found:
+            if _NOT_IN_TRANSACTION.match(strip_comments(st.sql)):
+                raise MigrationError(
+                    f"migration {mf.version} ({mf.path}) statement {st.index} "
+                    f"at line {st.line} cannot run inside the migration's "
+                    f"transaction: {st.first_line}",
+                    version=mf.version,
+                    statement_index=st.index,
+                    line=st.line,
+                    statement=st.sql,
+                    hint=f"put '{NO_TRANSACTION_MARKER}' on the file's first line "
+                    "to run it outside a transaction (it is then not atomic), or "
+                    "remove the statement: each migration already runs in one "
+                    "transaction, with foreign keys off and checked before COMMIT",
+                )
+    return found
 
 
 # -- history ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppliedMigration:
-    version: str
-    checksum: str
-    applied_at: str
-    description: str | None = None
-    checksum_algorithm: str | None = CHECKSUM_ALGORITHM
-    execution_ms: float | None = None
-    applied_by: str | None = None
-
-
-@dataclass(frozen=True)
-class FailedMigration:
-    version: str
-    checksum: str
-    failed_at: str
-    statement_index: int | None
-    line: int | None
-    statement: str | None
-    error: str
-    applied_by: str | None
 
 
 def _table_exists(conn: sqlite3.Connection, name: str) -> bool:
@@ -362,183 +253,17 @@ def read_failures(conn: sqlite3.Connection) -> list[FailedMigration]:
 # -- plan ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MigrationState:
-    """Where one version stands: applied, pending, changed, missing or failed."""
-
-    version: str
-    state: str
-    file_checksum: str | None = None
-    stored_checksum: str | None = None
-    applied_at: str | None = None
-    execution_ms: float | None = None
-    applied_by: str | None = None
-    error: str | None = None
-    #: When the last recorded failure of this version happened (not applied since).
-    failed_at: str | None = None
-
-
-@dataclass
-class MigrationPlan:
-    """The migrations directory compared with the database's history."""
-
-    items: list[MigrationState] = field(default_factory=list)
-    out_of_order: list[str] = field(default_factory=list)
-
-    def _by(self, state: str) -> list[MigrationState]:
-        return [item for item in self.items if item.state == state]
-
-    @property
-    def applied(self) -> list[MigrationState]:
-        return self._by("applied")
-
-    @property
-    def pending(self) -> list[MigrationState]:
-        return self._by("pending") + self._by("failed")
-
-    @property
-    def changed(self) -> list[MigrationState]:
-        return self._by("changed")
-
-    @property
-    def missing(self) -> list[MigrationState]:
-        return self._by("missing")
-
-    @property
-    def failed(self) -> list[MigrationState]:
-        return self._by("failed")
-
-    @property
-    def failed_since_applied(self) -> list[MigrationState]:
-        """Versions recorded as failed and not applied since (whether or not the file
-        was edited after the failure: an edited file is pending, still unproven)."""
-        return [item for item in self.items if item.failed_at is not None]
-
-    def failure_errors(self) -> list[MigrationError]:
-        """One error per version in :attr:`failed_since_applied` (for ``db verify``)."""
-        return [
-            MigrationError(
-                f"migration {item.version} failed at {item.failed_at} and has not been applied since: {item.error}",
-                version=item.version,
-                hint="fix the migration and run 'icn-mcp db migrate' ('icn-mcp db status' shows the error)"
-                if item.state == "failed"
-                else "its file changed since; run 'icn-mcp db migrate' to apply it",
-            )
-            for item in self.failed_since_applied
-        ]
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain data with stable keys (for ``db status --json``)."""
-        return {
-            "migrations": [asdict(item) for item in self.items],
-            "counts": {state: len(self._by(state)) for state in ("applied", "pending", "changed", "missing", "failed")},
-            "out_of_order": list(self.out_of_order),
-        }
-
-    def problems(self, *, allow_missing: bool = False, allow_out_of_order: bool = False) -> list[MigrationError]:
-        """What stops start-up, most serious first (empty when all is well)."""
-        found: list[MigrationError] = [
-            ChecksumMismatch(item.version, item.stored_checksum or "", item.file_checksum or "")
-            for item in self.changed
-        ]
-        if not allow_missing:
-            found += [
-                MigrationError(
-                    f"migration {item.version} is recorded as applied but its file is "
-                    "missing from the migrations directory",
-                    version=item.version,
-                    hint="restore the file, or set MCP_MIGRATIONS_ALLOW_MISSING=1",
-                )
-                for item in self.missing
-            ]
-        if not allow_out_of_order:
-            found += [
-                MigrationError(
-                    f"migration {version} is new but sorts before the latest applied "
-                    "migration; it would run out of order",
-                    version=version,
-                    hint="renumber it after the latest applied migration, or set MCP_MIGRATIONS_ALLOW_OUT_OF_ORDER=1",
-                )
-                for version in self.out_of_order
-            ]
-        return found
-
-
 def plan(conn: sqlite3.Connection, files: Iterable[MigrationFile]) -> MigrationPlan:
     """Compare ``files`` with the history in ``conn``; touches nothing."""
     return plan_from(read_history(conn), read_failures(conn), files)
 
 
-def plan_from(
-    history: dict[str, AppliedMigration],
-    failures: list[FailedMigration],
-    files: Iterable[MigrationFile],
-) -> MigrationPlan:
-    """Compare ``files`` with a history and failures read from any backend."""
-    files = list(files)
-    latest_failure: dict[str, FailedMigration] = {}
-    for failure in failures:
-        latest_failure[failure.version] = failure
-    result = MigrationPlan()
-    known = set()
-    latest_applied = max(history) if history else None
-    for mf in files:
-        known.add(mf.version)
-        applied = history.get(mf.version)
-        if applied is not None:
-            state = "applied" if applied.checksum == mf.checksum else "changed"
-            result.items.append(
-                MigrationState(
-                    mf.version,
-                    state,
-                    file_checksum=mf.checksum,
-                    stored_checksum=applied.checksum,
-                    applied_at=applied.applied_at,
-                    execution_ms=applied.execution_ms,
-                    applied_by=applied.applied_by,
-                )
-            )
-            continue
-        failed = latest_failure.get(mf.version)
-        # A failure of this very file content is "failed"; once edited it is pending again.
-        state = "failed" if failed is not None and failed.checksum == mf.checksum else "pending"
-        result.items.append(
-            MigrationState(
-                mf.version,
-                state,
-                file_checksum=mf.checksum,
-                error=failed.error if failed is not None else None,
-                failed_at=failed.failed_at if failed is not None else None,
-            )
-        )
-        if latest_applied is not None and mf.version < latest_applied:
-            result.out_of_order.append(mf.version)
-    for version, applied in history.items():
-        if version not in known:
-            result.items.append(
-                MigrationState(
-                    version,
-                    "missing",
-                    stored_checksum=applied.checksum,
-                    applied_at=applied.applied_at,
-                    execution_ms=applied.execution_ms,
-                    applied_by=applied.applied_by,
-                )
-            )
-    result.items.sort(key=lambda item: item.version)
-    return result
-
-
 # -- apply --------------------------------------------------------------------------
-
-
-def _applied_by() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _execute_all(conn: sqlite3.Connection, mf: MigrationFile) -> None:
     """Run every statement of ``mf``; a failure becomes a detailed MigrationError."""
-    for st in mf.statements:
+    for st in file_statements(mf):
         try:
             conn.execute(st.sql)
         except sqlite3.Error as exc:
@@ -570,7 +295,7 @@ def _record_failure(db: Database, mf: MigrationFile, error: MigrationError) -> N
                     error.line,
                     error.statement,
                     error.sqlite_error or str(error),
-                    _applied_by(),
+                    applier_id(),
                 ),
             )
     except Exception:  # the original failure matters more than its record
@@ -589,7 +314,7 @@ def _insert_history(conn: sqlite3.Connection, mf: MigrationFile, elapsed_ms: flo
             mf.description,
             CHECKSUM_ALGORITHM,
             round(elapsed_ms, 3),
-            _applied_by(),
+            applier_id(),
             1 if success else 0,
         ),
     )
@@ -630,7 +355,7 @@ def _foreign_keys_off(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _apply_one(db: Database, mf: MigrationFile) -> bool:
     """Apply ``mf`` unless another process already did; True if we applied it."""
-    _ = mf.statements  # parse (and refuse bad statements) before taking the write lock
+    file_statements(mf)  # parse (and refuse bad statements) before taking the write lock
     if not mf.transactional:
         return _apply_outside_transaction(db, mf)
     with _foreign_keys_off(db.connection()), db.write_transaction() as conn:
@@ -776,15 +501,6 @@ def apply_in_transaction(
     return applied
 
 
-@dataclass(frozen=True)
-class DryRunResult:
-    version: str
-    ok: bool
-    statements: int
-    error: str | None = None
-    skipped: bool = False
-
-
 def dry_run(target: Database | sqlite3.Connection, files: list[MigrationFile]) -> list[DryRunResult]:
     """Apply the pending migrations inside one transaction and roll it back.
 
@@ -814,10 +530,14 @@ def dry_run(target: Database | sqlite3.Connection, files: list[MigrationFile]) -
                     _execute_all(conn, mf)
                     _check_foreign_keys(conn, mf)
                 except MigrationError as exc:
-                    results.append(DryRunResult(mf.version, False, len(mf.statements), str(exc)))
+                    try:
+                        count = len(file_statements(mf))
+                    except MigrationError:  # the file itself is what failed (its parse)
+                        count = 0
+                    results.append(DryRunResult(mf.version, False, count, str(exc)))
                     blocked = True
                     continue
-                results.append(DryRunResult(mf.version, True, len(mf.statements)))
+                results.append(DryRunResult(mf.version, True, len(file_statements(mf))))
                 if not conn.in_transaction:  # e.g. RAISE(ROLLBACK) in a trigger ended it
                     break
         finally:

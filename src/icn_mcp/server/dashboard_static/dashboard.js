@@ -280,14 +280,17 @@
     let replication = "not configured";
     if (db.replication) {
       const lag = db.replication.lag_s;
-      const state = db.replication.running ? "running" : db.replication.standby ? "standby" : "stopped";
+      const r = db.replication;
+      const state = r.running ? "running" : r.standby ? (r.active ? "running (in worker pid " + r.pid + ")" : "standby") : "stopped";
       replication = state + (lag === null || lag === undefined ? "" : ", lag " + duration(lag)) +
         (db.replication.last_error ? " (last error: " + db.replication.last_error + ")" : "");
     }
     setFacts($("db-facts"), [
       ["Health", db.health && db.health.ok ? "ok (" + db.health.latency_ms + " ms)" : "failing"],
       ["Size", bytes(db.size_bytes)],
-      ["WAL", bytes(db.wal_size_bytes) + " (" + db.journal_mode + ")"],
+      db.backend === "postgresql"
+        ? ["Server", "PostgreSQL " + db.server_version]
+        : ["WAL", bytes(db.wal_size_bytes) + " (" + db.journal_mode + ")"],
       ["Migrations", migrations],
       ["Last backup", backupText],
       ["Replication", replication],

@@ -108,7 +108,41 @@ PORTABLE: dict[str, str] = {
     "TASK_STATUS_COUNTS": "SELECT status, count(*) AS n FROM tasks GROUP BY status",
     "COUNT_RUNS": "SELECT count(*) FROM runs",
     "COUNT_ARTIFACTS": "SELECT count(*) FROM artifacts",
+    # -- the operator dashboard (store/dashboard.py)
+    "DASHBOARD_NEIGHBOURS": (
+        "SELECT depends_on_id FROM task_dependencies WHERE task_id = :id "
+        "UNION SELECT task_id FROM task_dependencies WHERE depends_on_id = :id"
+    ),
+    "DASHBOARD_OPEN_IDS": "SELECT id FROM tasks WHERE status IN ('open', 'claimed') ORDER BY id LIMIT ?",
+    "DASHBOARD_OPEN_COUNT": "SELECT count(*) FROM tasks WHERE status IN ('open', 'claimed')",
+    "DASHBOARD_DEPENDENCIES": "SELECT depends_on_id FROM task_dependencies WHERE task_id = ? ORDER BY depends_on_id",
+    "DASHBOARD_NODE": (
+        "SELECT id, title, status, priority, claimed_by, attempt, max_attempts, lease_expires_at "
+        "FROM tasks WHERE id = ?"
+    ),
 }
+
+# One row per agent: its live tokens through the agent_tokens_agent index, its newest
+# report through runs_agent (one probe each; 'expired' runs are written by the store
+# when a lease runs out, not reported by the agent, and are skipped). ``{runs_agent}``
+# is where a backend names the index.
+DASHBOARD_AGENTS = """
+    SELECT a.id, a.name, a.kind, a.version, a.created_at, a.revoked_at, a.local,
+           (SELECT count(*) FROM agent_tokens t
+             WHERE t.agent_id = a.id AND t.revoked_at IS NULL AND t.expires_at > :now)
+               AS tokens_active,
+           (SELECT r.created_at FROM runs r {runs_agent}
+             WHERE r.agent_id = a.id AND r.status <> 'expired'
+             ORDER BY r.id DESC LIMIT 1) AS last_report_at
+    FROM agents a
+    ORDER BY a.revoked_at IS NOT NULL, a.name, a.id
+"""
+
+# The claims held now, through the tasks_status index. A claim writes no run; a held
+# task's updated_at is its claim or a later change by that claim (a heartbeat).
+DASHBOARD_HELD = (
+    "SELECT claimed_by AS agent_id, id, updated_at FROM tasks {tasks_status} WHERE status = 'claimed' ORDER BY id"
+)
 
 
 class Queries(abc.ABC):
@@ -158,6 +192,14 @@ class Queries(abc.ABC):
     TASK_STATUS_COUNTS: str
     COUNT_RUNS: str
     COUNT_ARTIFACTS: str
+    DASHBOARD_NEIGHBOURS: str
+    DASHBOARD_OPEN_IDS: str
+    DASHBOARD_OPEN_COUNT: str
+    DASHBOARD_DEPENDENCIES: str
+    DASHBOARD_NODE: str
+    #: The dashboard's agents (``:now``) and the claims held now (backend's index hints).
+    DASHBOARD_AGENTS: str
+    DASHBOARD_HELD: str
 
     # -- connections and transactions ----------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from icn_mcp.db.timestamps import format_ts, parse_ts
 from icn_mcp.store.models import TASK_COLUMNS
-from icn_mcp.store.sql.common import CLAIM_COLUMNS, PORTABLE, Queries
+from icn_mcp.store.sql.common import CLAIM_COLUMNS, DASHBOARD_AGENTS, DASHBOARD_HELD, PORTABLE, Queries
 
 __all__ = ["PostgresQueries", "CLAIM_SQL", "REQUEUE_EXPIRED_SQL", "to_pyformat"]
 
@@ -247,6 +247,9 @@ class PostgresQueries(Queries):
     """PostgreSQL: pyformat placeholders, server time, SKIP LOCKED claims."""
 
     backend = "postgresql"
+    # No index hints: PostgreSQL's planner has statistics.
+    DASHBOARD_AGENTS = to_pyformat(DASHBOARD_AGENTS.format(runs_agent=""))
+    DASHBOARD_HELD = to_pyformat(DASHBOARD_HELD.format(tasks_status=""))
 
     def wrap(self, conn: Any) -> Any:
         return PgConnection(conn)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from icn_mcp.db.timestamps import format_ts
 from icn_mcp.store.models import TASK_COLUMNS
-from icn_mcp.store.sql.common import PORTABLE, Queries
+from icn_mcp.store.sql.common import DASHBOARD_AGENTS, DASHBOARD_HELD, PORTABLE, Queries
 
 __all__ = ["SqliteQueries", "CLAIM_SQL", "EXPIRED_LEASE_PROBE_SQL"]
 
@@ -96,6 +96,8 @@ class SqliteQueries(Queries):
     """SQLite: statements as written, the store's clock, ``BEGIN IMMEDIATE`` writes."""
 
     backend = "sqlite"
+    DASHBOARD_AGENTS = DASHBOARD_AGENTS.format(runs_agent="INDEXED BY runs_agent")
+    DASHBOARD_HELD = DASHBOARD_HELD.format(tasks_status="INDEXED BY tasks_status")
 
     def wrap(self, conn: Any) -> Any:
         return conn
