@@ -368,31 +368,6 @@ def test_run_statement_commits_one_statement_and_never_reruns_one_lost_in_flight
     assert _count(pgdb) == 1  # here it had not committed; the caller could not know
 
 
-def test_run_batch_is_one_transaction_rolled_back_whole_and_never_rerun_when_lost(pgdb: Any) -> None:
-    import psycopg
-
-    rows = pgdb.run_batch(
-        [("UPDATE counter SET n = n + 1 WHERE id = 1", None), ("SELECT n FROM counter WHERE id = %s", (1,))],
-        isolation="read committed",
-    )
-    assert rows == [[], [(1,)]]
-    with pytest.raises(psycopg.errors.UniqueViolation):
-        pgdb.run_batch(
-            [("UPDATE counter SET n = n + 1 WHERE id = 1", None), ("INSERT INTO counter VALUES (1, 0)", None)]
-        )
-    assert _count(pgdb) == 1  # the first statement was rolled back with the failed second
-    killer = _kill_when_running(pg.admin_url() or "", "slept_in_run_batch")
-    with pytest.raises(CommitUnknown):
-        pgdb.run_batch(
-            [
-                ("UPDATE counter SET n = n + 1 WHERE id = 1", None),
-                ("SELECT pg_sleep(30) AS slept_in_run_batch", None),
-            ]
-        )
-    killer.join(60)
-    assert _count(pgdb) == 1 and pgdb.get_stats()["commit_unknown"] == 1
-
-
 def test_a_pooled_connection_terminated_while_idle_is_replaced_before_use(pgdb: Any, pg_url: str) -> None:
     """The pre-use check sends nothing to a live connection, and finds a dead one."""
     pgdb.run_in_transaction(_increment)

@@ -364,64 +364,6 @@ class PostgresDatabase(BaseDatabase):
                 self._count("busy_retries")
                 tries = self._sleep(tries, budget, exc)
 
-    def run_batch(
-        self,
-        statements: list[tuple[str, Any]],
-        *,
-        isolation: str = "serializable",
-        row_factory: Any = None,
-        retries: int | None = None,
-    ) -> list[list[Any]]:
-        """``BEGIN``, ``statements`` in order, ``COMMIT``, sent together: one round trip.
-
-        For a transaction whose statements do not depend on what earlier ones return
-        (conditions written in SQL instead). They run one after the other, each seeing
-        what the earlier ones did (under READ COMMITTED with a snapshot taken when it
-        starts); an error in one skips the rest and COMMIT, and the transaction is
-        rolled back. Returns each statement's rows (``[]`` for a statement that returns
-        none). Re-run on serialization_failure and deadlock_detected; a connection lost
-        during the round trip raises :class:`CommitUnknown` (COMMIT went with the rest,
-        so the server may have committed), never re-run.
-        """
-        begin = ISOLATION_LEVELS.get(isolation)
-        if begin is None:
-            self._begin_write(None, isolation)
-        tries = 0
-        budget = self.retries if retries is None else retries
-        while True:
-            try:
-                with self.connection() as conn:
-                    try:
-                        with conn.pipeline():
-                            conn.execute(begin)
-                            cursors = [
-                                conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
-                                for _ in statements
-                            ]
-                            for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                                cursor.execute(sql, params)
-                            conn.execute("COMMIT")
-                    except self._psycopg.Error as exc:
-                        if conn.broken:
-                            self._count("commit_unknown")
-                            raise CommitUnknown(self._target, exc) from exc
-                        self._rollback(conn)
-                        raise
-                    except BaseException:
-                        self._rollback(conn)
-                        raise
-                    rows = [cursor.fetchall() if cursor.description is not None else [] for cursor in cursors]
-                self._count("transactions")
-                return rows
-            except self._psycopg.Error as exc:
-                if exc.sqlstate not in RETRY_SQLSTATES:
-                    raise
-                if tries >= budget:
-                    self._count("busy_exhausted")
-                    raise BusyError(tries + 1, exc) from exc
-                self._count("busy_retries")
-                tries = self._sleep(tries, budget, exc)
-
     def _sleep(self, tries: int, budget: int, cause: BaseException) -> int:
         tries += 1
         delay = min(self.retry_max_delay_s, self.retry_base_delay_s * (2 ** (tries - 1)))

@@ -140,45 +140,10 @@ _REPORT_WRITES = {
 }
 _REPORT_SQL = {status: writes + _RECORD_RUN for status, writes in _REPORT_WRITES.items()}
 
-#: The row lock that comes first in a report sent in one round trip
-#: (:meth:`PostgresQueries.report_at_once`).
-_LOCK_TASK = "SELECT 1 FROM tasks WHERE id = %s FOR UPDATE"
-
-#: A report's writes when, and only when, the agent holds the current, unexpired
-#: claim of that attempt (``current``: no row otherwise, and then nothing is written).
-#: Run after :data:`_LOCK_TASK` in the same transaction, so its snapshot sees the row
-#: as locked and every dependency edge committed before the lock was granted.
-_CURRENT_CLAIM = """
-    current AS (
-        SELECT id, attempt, max_attempts, lease_s FROM tasks
-        WHERE id = %(task_id)s AND status = 'claimed' AND claimed_by = %(agent_id)s
-          AND attempt = %(attempt)s AND lease_expires_at > now()
-    )"""
-_REPORT_IF_CURRENT_WRITES = {
-    "claimed": "UPDATE tasks SET updated_at = now() FROM current WHERE tasks.id = current.id",
-    "in_progress": """UPDATE tasks SET lease_expires_at = now() + make_interval(secs => current.lease_s),
-        updated_at = now() FROM current WHERE tasks.id = current.id""",
-    "completed": """UPDATE tasks SET status = 'completed', lease_expires_at = NULL, lease_s = NULL,
-        updated_at = now() FROM current WHERE tasks.id = current.id
-    ), released AS (
-        UPDATE tasks SET blocking_deps = blocking_deps - 1, updated_at = now()
-        WHERE EXISTS (SELECT 1 FROM current)
-          AND id IN (SELECT task_id FROM task_dependencies WHERE depends_on_id = %(task_id)s)""",
-    "failed": """UPDATE tasks SET
-        status = CASE WHEN current.attempt >= current.max_attempts THEN 'failed' ELSE 'open' END,
-        claimed_by = CASE WHEN current.attempt >= current.max_attempts THEN tasks.claimed_by END,
-        lease_expires_at = NULL, lease_s = NULL, updated_at = now()
-        FROM current WHERE tasks.id = current.id""",
-}
-_REPORT_IF_CURRENT_SQL = {
-    status: f"""WITH {_CURRENT_CLAIM}, written AS (
-        {writes}
-    )
-    INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at)
-    SELECT id, %(agent_id)s, attempt, %(status)s, %(notes)s, now() FROM current
-    RETURNING *"""
-    for status, writes in _REPORT_IF_CURRENT_WRITES.items()
-}
+#: A report that names its attempt, in one statement (migration 0008): its run when the
+#: agent holds that attempt's current, unexpired claim; no row (and nothing written)
+#: otherwise.
+_REPORT_IF_CURRENT = "SELECT * FROM icn_mcp_report_if_current(%s, %s, %s, %s, %s)"
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
@@ -289,17 +254,12 @@ class PostgresQueries(Queries):
     def report_at_once(
         self, db: Any, task_id: int, agent_id: str, attempt: int | None, status: str, notes: str | None
     ) -> Any:
-        # BEGIN, the row lock, the writes if the claim is current, COMMIT: one round
-        # trip. Lost in flight, it raises CommitUnknown (COMMIT was sent).
+        # One statement in autocommit (a function that locks the row, then writes if the
+        # claim is current): one round trip. Lost in flight, it raises CommitUnknown.
         if attempt is None:
             return None  # whether this agent held an expired attempt decides: the long way
-        params = {"task_id": task_id, "agent_id": agent_id, "attempt": attempt, "status": status, "notes": notes}
-        rows = db.run_batch(
-            [(_LOCK_TASK, (task_id,)), (_REPORT_IF_CURRENT_SQL[status], params)],
-            isolation="read committed",
-            row_factory=_row_factory,
-        )[1]
-        return rows[0] if rows else None
+        params = (task_id, agent_id, attempt, status, notes)
+        return db.run_statement(lambda conn: PgConnection(conn).execute(_REPORT_IF_CURRENT, params).fetchone())
 
     def locked_claim_row(self, conn: Any, task_id: int, clock: Callable[[], datetime]) -> tuple[Any, datetime]:
         row = conn.execute(_LOCKED_CLAIM_ROW, (task_id,)).fetchone()
