@@ -382,3 +382,16 @@ def test_a_pooled_connection_terminated_while_idle_is_replaced_before_use(pgdb: 
     stats = pgdb.get_stats()
     assert stats["reconnects"] >= 1  # found by the check...
     assert stats["connection_retries"] == lost_before  # ...so no transaction failed on one
+
+
+def test_timestamps_read_back_the_same_in_any_session_time_zone(pgdb: Any) -> None:
+    """UTC text is rewritten directly; any other zone goes through a datetime."""
+    with pgdb.connection() as conn:
+        for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+            conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+            got = conn.execute(
+                "SELECT '2026-01-02 03:04:05.5+00'::timestamptz, '2026-01-02 03:04:05+00'::timestamptz, "
+                "'2026-01-02 03:04:05.000001+00'::timestamptz"
+            ).fetchone()
+            assert got == ("2026-01-02T03:04:05.500000Z", "2026-01-02T03:04:05.000000Z", "2026-01-02T03:04:05.000001Z")
+        conn.execute("RESET TimeZone")

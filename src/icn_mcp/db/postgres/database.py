@@ -106,9 +106,26 @@ def _make_loader(psycopg: Any) -> Any:
     from psycopg.types.datetime import TimestamptzLoader
 
     class UtcTextLoader(TimestamptzLoader):
-        """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps)."""
+        """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps).
+
+        The server's text in UTC (``2026-01-02 03:04:05.6+00``, ISO DateStyle, a
+        session TimeZone of UTC) is rewritten as it is, without a datetime in between:
+        a claim reads four timestamps. Any other shape (another time zone, another
+        DateStyle, a year past 9999) goes through the datetime.
+        """
 
         def load(self, data: Any) -> str:  # type: ignore[override]
+            raw = bytes(data)
+            if (
+                21 < len(raw) < 30
+                and raw[-3:] == b"+00"
+                and raw[4] == raw[7] == 45  # '-'
+                and raw[10] == 32  # ' '
+                and raw[13] == raw[16] == 58  # ':'
+                and (len(raw) == 22 or raw[19] == 46)  # no fraction, or '.'
+            ):
+                text = raw.decode("ascii")
+                return f"{text[:10]}T{text[11:19]}.{text[20:-3]:0<6}Z"
             return format_ts(super().load(data))
 
     return UtcTextLoader
