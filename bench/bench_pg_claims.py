@@ -17,7 +17,9 @@ cycle being what an agent does: claim the next task, then report it completed.
   not a dependency of icn-mcp): its own schema in the same scratch database, jobs
   enqueued in one batch (enqueue rate printed), then P processes each running a
   ``QueueManager`` in drain mode with a no-op entrypoint on psycopg's async driver
-  (``--pgq-batch``: jobs per dequeue, 10 by default as in pgqueuer; 1 is per-job).
+  (``--pgq-batch``: jobs per dequeue, 10 by default as in pgqueuer; 1 is per-job),
+  timed from its first job's start to its last job's end: drain mode's start-up and
+  shut-down (seconds of listener and health-check set-up) are not the queue's speed.
 
 Rounds alternate raw/store(/pgqueuer) for each P, on a refilled table, so machine noise
 hits every side; every round checks that each task was completed exactly once, at
@@ -205,7 +207,7 @@ def run_side(side: str, url: str, agents: list[str], procs: int, tasks: int, pgq
         enqueue_rate = _pgq_fill(url, tasks)
         results = _spawn(worker_pgqueuer, url, agents, procs, (pgq_batch,))
         _pgq_check(url, tasks, results)
-        run_side.enqueue_rates.append(enqueue_rate)  # type: ignore[attr-defined]
+        _ENQUEUE_RATES.append(enqueue_rate)
     else:
         _refill(url, tasks)
         results = _spawn(worker_store if side == "store" else worker_raw, url, agents, procs)
@@ -219,7 +221,8 @@ def run_side(side: str, url: str, agents: list[str], procs: int, tasks: int, pgq
     return tasks / elapsed, sum(r[2] for r in results) / tasks * 1e6
 
 
-run_side.enqueue_rates = []  # type: ignore[attr-defined]
+#: pgqueuer's enqueue rates (jobs/s, one batch per round) of this run.
+_ENQUEUE_RATES: list[float] = []
 
 
 # -- pgqueuer ------------------------------------------------------------------------------
@@ -366,9 +369,10 @@ def main() -> None:
         print(f"{'procs':>5}" + "".join(f" {s + '/s':>11}" for s in sides) + f" {'store/raw':>9}")
         for procs, med, ratio in summary:
             print(f"{procs:>5}" + "".join(f" {med[s]:>11.0f}" for s in sides) + f" {ratio:>9.2f}")
-        if run_side.enqueue_rates:  # type: ignore[attr-defined]
-            rates_list = run_side.enqueue_rates  # type: ignore[attr-defined]
-            print(f"pgqueuer enqueue (one batch of {args.tasks}): median {statistics.median(rates_list):.0f} jobs/s")
+        if _ENQUEUE_RATES:
+            print(
+                f"pgqueuer enqueue (one batch of {args.tasks}): median {statistics.median(_ENQUEUE_RATES):.0f} jobs/s"
+            )
         print(f"\nclaim latency, one process, {args.latency_claims} claims (store.claim_next_task)")
         print(f"{'open tasks':>10} {'build s':>8} {'p50 µs':>8} {'p99 µs':>8}")
         lat = []
