@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -248,6 +249,25 @@ def test_cli_migrates_and_reports_on_postgresql(pg_url: str) -> None:
     assert verify.returncode == 0 and "checksums" in verify.stdout
     info = run_cli("db", "info", env=env)
     assert info.returncode == 0 and "PostgreSQL" in info.stdout and "agents" in info.stdout
+
+
+def test_agent_commands_act_on_postgresql_never_on_a_local_file(pg_url: str, tmp_path: Path) -> None:
+    import json
+
+    env = {"MCP_DB_URL": pg_url, "MCP_DB_DIR": str(tmp_path / "var")}
+    registered = run_cli("agent", "register", "ops-bot", "--kind", "ops", "--json", env=env)
+    assert registered.returncode == 0, registered.stderr
+    token = json.loads(registered.stdout)["token"]
+    refused = run_cli("agent", "--db", str(tmp_path / "x.sqlite"), "register", "x", "--kind", "ops", env=env)
+    assert refused.returncode == 2 and "MCP_DB_URL selects PostgreSQL" in refused.stderr
+    revoked = run_cli("agent", "revoke-tokens", "--all", "--yes", env=env)
+    assert revoked.returncode == 0 and "revoked 1 agent token(s)" in revoked.stdout, revoked.stderr
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT token_hash, revoked_at IS NOT NULL FROM agent_tokens").fetchall()
+    assert len(rows) == 1 and rows[0][1] is True and token not in rows[0][0]
+    assert not (tmp_path / "var").exists() and not (tmp_path / "x.sqlite").exists()
 
 
 # -- migrations: PostgreSQL's own parts -----------------------------------------------

@@ -508,3 +508,26 @@ def test_keyboard_alone_signs_in_filters_and_selects(seeded: Seeded, open_page: 
     keyboard.press("Escape")
     expect(page.locator("#graph-caption")).to_contain_text("All open work")
     assert watched.problems() == []
+
+
+@pytest.mark.postgres
+def test_the_page_works_on_postgresql(
+    pg_url: str, server_factory: type[ServerProcess], tmp_path: Path, open_page: Callable[..., Watched]
+) -> None:
+    """The same page on a server whose database is PostgreSQL: tasks, graph, agents,
+    and the database facts PostgreSQL has (its version instead of SQLite's WAL)."""
+    seeded = _seed(server_factory(tmp_path / "var", MCP_DB_URL=pg_url).start())
+    watched = open_page(_with_token(seeded.url))
+    page = watched.page
+    expect(_row(page, "build the store")).to_contain_text("claimed")
+    expect(_row(page, "design the schema")).to_contain_text("completed")
+    expect(page.locator("#graph-box svg g.node")).to_have_count(4)
+    expect(page.locator("#graph-box svg path.edge")).to_have_count(2)
+    expect(page.locator("#agent-rows tr", has_text="planner-ann").locator("td").nth(4)).to_have_text(
+        f"#{seeded.ids['build']}"
+    )
+    facts = page.locator("#db-facts")
+    for text in ("Size", "Server", "PostgreSQL 15", "Migrations", "0007_notify_work", "Last backup"):
+        expect(facts).to_contain_text(text)
+    expect(facts).not_to_contain_text("undefined")
+    assert watched.problems() == []

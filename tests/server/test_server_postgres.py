@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests import pg
 from tests.server.serverproc import ADMIN_TOKEN, ServerProcess, bearer
-from tests.server.waiting_support import LONG_WAIT_S, claim, metric, register, wait_for_waiters
+from tests.server.waiting_support import LONG_WAIT_S, claim_waiting, metric, register, wait_for_waiters
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -139,7 +139,7 @@ def test_five_waiters_three_tasks_created_on_another_server(pg_servers: list[Ser
     with concurrent.futures.ThreadPoolExecutor(5) as pool, waiting.client() as client:
         futures = []
         for agent in agents:  # arrival order: one at a time
-            futures.append(pool.submit(claim, waiting.url, agent["token"], 8.0))
+            futures.append(pool.submit(claim_waiting, waiting.url, agent["token"], 8.0))
             wait_for_waiters(client, len(futures))
         with other.client() as maker_client:
             for i in range(3):
@@ -168,7 +168,7 @@ def test_a_dependency_completed_on_another_server_wakes_a_waiter(pg_servers: lis
     with waiting.client() as client:
         waiter = register(client, "waiter")
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        future = pool.submit(claim_waiting, waiting.url, waiter["token"], LONG_WAIT_S)
         wait_for_waiters(client, 1)
         with other.client() as holder_client:
             report = {"task_id": first["id"], "status": "completed", "attempt": 1}
@@ -186,7 +186,7 @@ def test_an_expired_lease_held_through_another_server_wakes_a_waiter(pg_servers:
         assert claim["task_id"] == task["id"] and claim["attempt"] == 1
     with waiting.client() as client:
         waiter = register(client, "waiter")
-    answer = claim(waiting.url, waiter["token"], LONG_WAIT_S)
+    answer = claim_waiting(waiting.url, waiter["token"], LONG_WAIT_S)
     assert answer["task_id"] == task["id"] and answer["attempt"] == 2
     # The late report of the first attempt is refused: the lease is the fencing token.
     with other.client() as client:
@@ -208,7 +208,7 @@ def test_waiters_are_still_served_while_the_listener_is_cut_off(pg_servers: list
     with other.client() as client:
         maker = register(client, "maker")
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        future = pool.submit(claim_waiting, waiting.url, waiter["token"], LONG_WAIT_S)
         wait_for_waiters(client, 1)
         admin = pg.admin_url()
         assert admin is not None
@@ -224,7 +224,7 @@ def test_waiters_are_still_served_while_the_listener_is_cut_off(pg_servers: list
         assert time.monotonic() < deadline, "the listener never came back"
         time.sleep(0.1)
     with concurrent.futures.ThreadPoolExecutor(1) as pool, waiting.client() as client:
-        future = pool.submit(claim, waiting.url, waiter["token"], LONG_WAIT_S)
+        future = pool.submit(claim_waiting, waiting.url, waiter["token"], LONG_WAIT_S)
         wait_for_waiters(client, 1)
         with other.client() as maker_client:
             again = maker_client.post("/api/task/create", json={"title": "after"}, headers=bearer(maker["token"]))

@@ -23,7 +23,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.server.serverproc import ServerProcess, bearer
-from tests.server.waiting_support import LONG_WAIT_S, claim, metric, register, wait_for_waiters
+from tests.server.waiting_support import LONG_WAIT_S, claim_waiting, metric, register, wait_for_waiters
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def _the_next_task_goes_to(server: ServerProcess, agent: dict[str, Any]) -> None
     of a client that left takes it)."""
     db_path = server.db_dir / "icn-mcp.sqlite"
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
-        future = pool.submit(claim, server.url, agent["token"], LONG_WAIT_S)
+        future = pool.submit(claim_waiting, server.url, agent["token"], LONG_WAIT_S)
         wait_for_waiters(client, 1)
         _elsewhere(db_path, "store.create_task('for whoever is still there')")
         answer = future.result()
@@ -69,7 +69,7 @@ def test_five_waiters_three_tasks_created_elsewhere(waiting_server: ServerProces
     with concurrent.futures.ThreadPoolExecutor(5) as pool, server.client() as client:
         futures = []
         for agent in agents:  # arrival order: one at a time
-            futures.append(pool.submit(claim, server.url, agent["token"], 6.0))
+            futures.append(pool.submit(claim_waiting, server.url, agent["token"], 6.0))
             wait_for_waiters(client, len(futures))
         _elsewhere(db_path, "for i in range(3):\n    store.create_task(f'made elsewhere {i}')")
         answers = [future.result() for future in futures]
@@ -95,7 +95,7 @@ def test_completed_dependency_wakes_a_waiter(waiting_server: ServerProcess) -> N
         claim = client.post("/api/task/claim", json={}, headers=bearer(holder["token"])).json()
         assert str(claim["task_id"]) == str(first["id"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as client:
-        future = pool.submit(claim, server.url, waiter["token"], LONG_WAIT_S)
+        future = pool.submit(claim_waiting, server.url, waiter["token"], LONG_WAIT_S)
         wait_for_waiters(client, 1)
         # The holder completes the first task from another process.
         _elsewhere(db_path, f"store.report_run(int({first['id']!r}), {holder['id']!r}, 'completed', attempt=1)")
@@ -111,7 +111,7 @@ def test_expired_lease_wakes_a_waiter(waiting_server: ServerProcess) -> None:
         claim = client.post("/api/task/claim", json={"lease_s": 1}, headers=bearer(slow["token"])).json()
         assert str(claim["task_id"]) == str(task["id"]) and claim["attempt"] == 1
     # No commit announces a lapsed lease: the watcher's lease timer must wake the waiter.
-    answer = claim(server.url, waiter["token"], LONG_WAIT_S)
+    answer = claim_waiting(server.url, waiter["token"], LONG_WAIT_S)
     assert str(answer["task_id"]) == str(task["id"]) and answer["attempt"] == 2
 
 
@@ -123,7 +123,7 @@ def test_waiters_are_served_in_arrival_order_one_task_each(waiting_server: Serve
     with concurrent.futures.ThreadPoolExecutor(4) as pool, server.client() as client:
         futures = []
         for agent in agents:
-            futures.append(pool.submit(claim, server.url, agent["token"], LONG_WAIT_S))
+            futures.append(pool.submit(claim_waiting, server.url, agent["token"], LONG_WAIT_S))
             wait_for_waiters(client, len(futures))
         for remaining in (3, 2, 1, 0):
             _elsewhere(db_path, "store.create_task('one more')")
@@ -154,7 +154,7 @@ def test_sigterm_ends_every_wait_at_once(waiting_server: ServerProcess) -> None:
     with server.client() as client:
         agents = [register(client, f"t{i}") for i in range(3)]
     with concurrent.futures.ThreadPoolExecutor(3) as pool, server.client() as client:
-        futures = [pool.submit(claim, server.url, agent["token"], 50.0) for agent in agents]
+        futures = [pool.submit(claim_waiting, server.url, agent["token"], 50.0) for agent in agents]
         wait_for_waiters(client, 3)
         status = server.stop(signal.SIGTERM, timeout=30)
         answers = [future.result() for future in futures]

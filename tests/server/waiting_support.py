@@ -36,7 +36,7 @@ def wait_for_waiters(client: httpx.Client, count: int, timeout_s: float = 30.0) 
         time.sleep(0.02)
 
 
-def claim(url: str, token: str, wait_s: float, **body: Any) -> dict[str, Any]:
+def claim_waiting(url: str, token: str, wait_s: float, **body: Any) -> dict[str, Any]:
     """``POST /api/task/claim {"wait_s": ...}``: its 200 answer."""
     with httpx.Client(base_url=url, timeout=wait_s + 30) as client:
         response = client.post("/api/task/claim", json={"wait_s": wait_s, **body}, headers=bearer(token))

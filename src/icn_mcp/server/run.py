@@ -113,13 +113,22 @@ def _run_uvicorn(app: Any, settings: Settings, sock: socket.socket, on_ready: Ca
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]  # a float works
         server_header=False,
-        # "auto": httptools and uvloop when installed (they are dependencies), else
-        # the pure-Python h11 parser and asyncio's loop.
-        http="auto",
+        # httptools (a dependency) with one socket write per response
+        # (server/transport.py), else uvicorn's choice; uvloop when installed.
+        http=_http_protocol(),
         loop="auto",
     )
     server = _AnnouncingServer(config, on_ready, on_exit=app.state.hub.waiters.close)
     server.run(sockets=[sock])
+
+
+def _http_protocol() -> Any:
+    """The HTTP protocol class for uvicorn: httptools writing each response once."""
+    try:
+        from icn_mcp.server.transport import CoalescingHttpToolsProtocol
+    except ImportError:  # httptools missing: uvicorn falls back to h11
+        return "auto"
+    return CoalescingHttpToolsProtocol
 
 
 def _announced(url: str, announce: Callable[[str], None] | None) -> None:
