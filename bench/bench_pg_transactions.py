@@ -9,7 +9,7 @@ each, the ratios layer/raw, and the SERIALIZABLE side's retries, for each P. Bot
 in the same invocation, in alternating rounds, so machine noise hits both.
 
 This measures the persistence layer's cost per transaction on PostgreSQL; the store's
-own claims (dependencies, leases) are not on PostgreSQL yet.
+own claims (dependencies, leases, reports) are measured by bench/bench_pg_claims.py.
 
     MCP_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1/test \\
         .venv/bin/python bench/bench_pg_transactions.py [--jobs 3000] [--procs 1,4] [--rounds 2]

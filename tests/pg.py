@@ -54,3 +54,11 @@ def terminate_backends(admin: str, url: str) -> int:
             (name,),
         ).fetchall()
     return sum(1 for (ok,) in rows if ok)
+
+
+def latest_migration() -> str:
+    """The version and name of the newest PostgreSQL migration shipped (``0008_...``)."""
+    from icn_mcp.db.postgres.migrations import migrations_dir_for
+    from icn_mcp.db.sqlite.migrations import default_migrations_dir
+
+    return sorted(path.stem for path in migrations_dir_for(default_migrations_dir()).glob("*.sql"))[-1]

@@ -344,3 +344,74 @@ def test_read_committed_is_available_for_statement_level_work_and_bad_levels_are
     assert pgdb.run_in_transaction(lambda c: c.execute("SHOW transaction_isolation").fetchone()[0]) == "serializable"
     with pytest.raises(DatabaseError, match="isolation='chaos' is not valid"):
         pgdb.run_in_transaction(lambda c: None, isolation="chaos")
+
+
+def _kill_when_running(admin: str, marker: str) -> threading.Thread:
+    """A thread that terminates the backend running a statement containing ``marker``."""
+    import psycopg
+
+    def kill() -> None:
+        with psycopg.connect(admin, autocommit=True) as killer:
+            for _ in range(3000):
+                row = killer.execute(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+                    (f"%{marker}%",),
+                ).fetchone()
+                if row:
+                    killer.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                    return
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
+
+
+def test_run_statement_commits_one_statement_and_never_reruns_one_lost_in_flight(pgdb: Any) -> None:
+    assert pgdb.run_statement(_increment) == 1
+    assert _count(pgdb) == 1
+    calls: list[int] = []
+
+    def slow_increment(conn: Any) -> None:
+        calls.append(1)
+        conn.execute(
+            "WITH pause AS (SELECT pg_sleep(30) AS slept_in_run_statement) "
+            "UPDATE counter SET n = n + 1 FROM pause WHERE id = 1"
+        )
+
+    killer = _kill_when_running(pg.admin_url() or "", "slept_in_run_statement")
+    with pytest.raises(CommitUnknown):
+        pgdb.run_statement(slow_increment)
+    killer.join(60)
+    assert len(calls) == 1 and pgdb.get_stats()["commit_unknown"] == 1
+    assert _count(pgdb) == 1  # here it had not committed; the caller could not know
+
+
+def test_a_pooled_connection_terminated_while_idle_is_replaced_before_use(pgdb: Any, pg_url: str) -> None:
+    """The pre-use check sends nothing to a live connection, and finds a dead one."""
+    pgdb.run_in_transaction(_increment)
+    admin = pg.admin_url()
+    assert admin is not None
+    assert pg.terminate_backends(admin, pg_url) >= 1
+    time.sleep(0.2)  # the backends are gone (their sockets say so) before the next use
+    lost_before = pgdb.get_stats()["connection_retries"]
+    for _ in range(5):
+        pgdb.run_in_transaction(_increment)
+    assert _count(pgdb) == 6
+    stats = pgdb.get_stats()
+    assert stats["reconnects"] >= 1  # found by the check...
+    assert stats["connection_retries"] == lost_before  # ...so no transaction failed on one
+
+
+def test_timestamps_read_back_the_same_in_any_session_time_zone(pgdb: Any) -> None:
+    """UTC text is rewritten directly; any other zone goes through a datetime."""
+    with pgdb.connection() as conn:
+        for zone in ("UTC", "Asia/Kolkata", "America/St_Johns"):
+            conn.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+            got = conn.execute(
+                "SELECT '2026-01-02 03:04:05.5+00'::timestamptz, '2026-01-02 03:04:05+00'::timestamptz, "
+                "'2026-01-02 03:04:05.000001+00'::timestamptz"
+            ).fetchone()
+            assert got == ("2026-01-02T03:04:05.500000Z", "2026-01-02T03:04:05.000000Z", "2026-01-02T03:04:05.000001Z")
+        conn.execute("RESET TimeZone")

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
+from tests import pg
 from tests.server.serverproc import ADMIN_TOKEN, MAINTAINER_TOKEN, ServerProcess, bearer
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
@@ -527,7 +528,7 @@ def test_the_page_works_on_postgresql(
         f"#{seeded.ids['build']}"
     )
     facts = page.locator("#db-facts")
-    for text in ("Size", "Server", "PostgreSQL 15", "Migrations", "0007_notify_work", "Last backup"):
+    for text in ("Size", "Server", "PostgreSQL 15", "Migrations", pg.latest_migration(), "Last backup"):
         expect(facts).to_contain_text(text)
     expect(facts).not_to_contain_text("undefined")
     assert watched.problems() == []

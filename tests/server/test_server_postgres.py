@@ -73,7 +73,7 @@ def test_an_agent_works_through_a_server_on_postgresql(
         assert stale.status_code == 409, stale.text
         assert client.post("/api/task/claim", json={}, headers=auth).json()["task_id"] == second.json()["id"]
         health = client.get("/healthz/db").json()
-        assert health["ok"] is True and health["database"]["last_migration"] == "0007_notify_work"
+        assert health["ok"] is True and health["database"]["last_migration"] == pg.latest_migration()
         assert {t["name"]: t["count"] for t in health["database"]["tables"]}["tasks"] == 2
         metrics = client.get("/metrics").text
         for gauge in ("icn_mcp_db_pool_connections", "icn_mcp_db_pool_available", "icn_mcp_db_pool_max"):
@@ -108,7 +108,7 @@ def test_the_dashboard_reads_postgresql(server_factory: type[ServerProcess], pg_
         assert client.get("/api/admin/runs", params={"task_id": first}, headers=admin).json()["runs"] == []
         database = client.get("/api/admin/database", headers=admin).json()["database"]
         assert database["backend"] == "postgresql" and database["server_version"]
-        assert database["last_migration"] == "0007_notify_work" and database["health"]["ok"] is True
+        assert database["last_migration"] == pg.latest_migration() and database["health"]["ok"] is True
         assert client.get("/api/admin/backups", headers=admin).json()["backups"] == []
 
 

@@ -186,3 +186,49 @@ def test_the_claim_reads_the_claim_order_index(pgdb: Any) -> None:
     assert "Index Scan using tasks_claim_order on tasks" in plan, plan
     assert "LockRows" in plan, plan
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_completion_waiting_for_a_new_dependents_lock_still_releases_it(pgdb: Any, pg_url: str) -> None:
+    """create_task holds its dependencies FOR SHARE until it commits. A completion of
+    such a dependency (a report sent in one round trip) waits for that lock, and its
+    release of dependents then sees the new edge: the new task becomes claimable."""
+    import threading
+
+    import psycopg
+
+    store = Store(pgdb, maintainer_tokens=[MAINTAINER_TOKEN])
+    (agent,) = _agents(store, 1)
+    root = store.create_task("root")
+    claim = store.claim_next_task(agent)
+    assert claim is not None and claim.task_id == root.id
+    creator = psycopg.connect(pg_url, autocommit=True)
+    creator.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+    # What create_task does for a dependency that is not completed yet, then pauses.
+    assert creator.execute("SELECT status FROM tasks WHERE id = %s FOR SHARE", (root.id,)).fetchone() == ("claimed",)
+    child_id = creator.execute(
+        "INSERT INTO tasks (title, status, created_at, updated_at, depends_on, blocking_deps) "
+        "VALUES ('child', 'open', now(), now(), %s, 1) RETURNING id",
+        (f"[{root.id}]",),
+    ).fetchone()[0]
+    creator.execute("INSERT INTO task_dependencies (task_id, depends_on_id) VALUES (%s, %s)", (child_id, root.id))
+    reported: list[Any] = []
+    reporter = threading.Thread(
+        target=lambda: reported.append(store.report_run(root.id, agent, "completed", attempt=claim.attempt))
+    )
+    reporter.start()
+    with psycopg.connect(pg_url, autocommit=True) as watcher:  # the report waits for the row lock
+        for _ in range(3000):
+            waiting = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.01)
+        assert waiting, "the report never waited for the creator's lock"
+    creator.execute("COMMIT")
+    creator.close()
+    reporter.join(60)
+    assert reported and reported[0].status == "completed"
+    assert store.get_task(child_id).status == "open"
+    next_claim = store.claim_next_task(agent)
+    assert next_claim is not None and next_claim.task_id == child_id

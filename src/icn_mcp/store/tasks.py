@@ -208,7 +208,12 @@ class TasksMixin:
                 _require_active_agent(sql, conn, agent_id)
             return row
 
-        row = sql.locking_write(self._db, claim)
+        # On PostgreSQL the usual claim is one statement (one round trip); the
+        # transaction below handles what it leaves: expired leases to requeue, nothing
+        # claimable, an agent that may not claim.
+        row = sql.claim_at_once(self._db, agent_id, lease)
+        if row is None:
+            row = sql.locking_write(self._db, claim)
         if row is None:
             return None
         task = Task.from_row(row)
@@ -262,29 +267,19 @@ class TasksMixin:
         problems.raise_if_any()
 
         sql = self._sql
+        # On PostgreSQL an accepted report with its attempt is one round trip; anything
+        # else (a stale claim and its reason, no attempt given) takes the transaction below.
+        row = sql.report_at_once(self._db, task_id, agent_id, attempt, status, notes)
+        if row is not None:
+            return Run.from_row(row)
 
         def report(conn: Any) -> Run:
             # The clock is read inside the transaction (SQLite: after BEGIN IMMEDIATE took
             # the write lock; PostgreSQL: the server's now()): a report that waited for
             # the lock is judged at the time it runs, not at the time it asked (issue 9
             # item 11).
-            moment = sql.now(conn, self._clock)
-            now = format_ts(moment)
-            task = _require_current_claim(sql, conn, task_id, agent_id, attempt, now)
-            run_row = conn.execute(sql.INSERT_RUN, (task_id, agent_id, task["attempt"], status, notes, now)).fetchall()[
-                0
-            ]
-            if status == "claimed":
-                conn.execute(sql.TOUCH_TASK, (now, task_id))
-            elif status == "in_progress":
-                conn.execute(sql.RENEW_LEASE, (format_ts(moment, plus_s=task["lease_s"]), now, task_id))
-            elif status == "completed":
-                conn.execute(sql.COMPLETE_TASK, (now, task_id))
-                conn.execute(sql.RELEASE_DEPENDENTS, {"now": now, "task_id": task_id})
-            else:  # failed
-                final = task["attempt"] >= task["max_attempts"]
-                conn.execute(sql.FAIL_TASK, ("failed" if final else "open", agent_id if final else None, now, task_id))
-            return Run.from_row(run_row)
+            task, moment = _require_current_claim(sql, conn, task_id, agent_id, attempt, self._clock)
+            return Run.from_row(sql.record_report(conn, task, task_id, agent_id, status, notes, moment))
 
         return sql.locking_write(self._db, report)
 
@@ -342,15 +337,17 @@ class TasksMixin:
         sql = self._sql
 
         def add(conn: Any) -> Artifact:
-            now = format_ts(sql.now(conn, self._clock))
             if agent_id is None:
+                now = format_ts(sql.now(conn, self._clock))
                 _require_task(sql, conn, task_id)
                 author, recorded_attempt = added_by, None
             else:
                 author = agent_id
                 # The same rule as a report: the current, unexpired claim (attempt required
                 # when this agent held an expired attempt of the task).
-                recorded_attempt = int(_require_current_claim(sql, conn, task_id, agent_id, attempt, now)["attempt"])
+                task, moment = _require_current_claim(sql, conn, task_id, agent_id, attempt, self._clock)
+                now = format_ts(moment)
+                recorded_attempt = int(task["attempt"])
             row = conn.execute(
                 sql.INSERT_ARTIFACT, (task_id, kind, path, meta_json, now, author, recorded_attempt)
             ).fetchall()[0]
@@ -368,19 +365,23 @@ class TasksMixin:
         return [Artifact.from_row(row) for row in rows]
 
 
-def _require_current_claim(sql: Queries, conn: Any, task_id: int, agent_id: str, attempt: int | None, now: str) -> Any:
-    """The task's row when ``agent_id`` holds its current, unexpired claim; else
-    NotFound or Conflict naming what is stale. Call it inside the write transaction
-    that acts on the claim, with ``now`` read after that transaction began.
+def _require_current_claim(
+    sql: Queries, conn: Any, task_id: int, agent_id: str, attempt: int | None, clock: Callable[[], datetime]
+) -> tuple[Any, datetime]:
+    """``(the task's row, now)`` when ``agent_id`` holds its current, unexpired claim;
+    else NotFound or Conflict naming what is stale. Call it inside the write
+    transaction that acts on the claim: now is read there, after it began (with the
+    row, in one statement on PostgreSQL, which locks the row until commit).
 
     Without ``attempt`` the report is taken to be for the current attempt, unless this
     agent held an earlier attempt of the task that ended by its lease running out (an
     ``expired`` run in its name): the report may then be that attempt's late one, and
     only ``attempt`` can tell (issue 9 item 10).
     """
-    task = conn.execute(sql.CLAIM_ROW, (task_id,)).fetchone()
+    task, moment = sql.locked_claim_row(conn, task_id, clock)
     if task is None:
         raise NotFound("task", task_id)
+    now = format_ts(moment)
     facts = {"task_id": task_id, "status": task["status"], "attempt": task["attempt"]}
     if task["status"] != "claimed":
         raise Conflict(f"task {task_id} is not claimed (it is {task['status']})", **facts)
@@ -404,7 +405,7 @@ def _require_current_claim(sql: Queries, conn: Any, task_id: int, agent_id: str,
             lease_expires_at=task["lease_expires_at"],
             **facts,
         )
-    return task
+    return task, moment
 
 
 def _require_task(sql: Queries, conn: Any, task_id: int) -> None:

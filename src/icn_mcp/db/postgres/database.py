@@ -1,10 +1,13 @@
 """PostgresDatabase: a psycopg_pool of checked connections, transactions and retry.
 
 Connections come from a :class:`psycopg_pool.ConnectionPool` in autocommit mode
-(this module issues ``BEGIN``/``COMMIT``), each checked before it is handed out
-(``ConnectionPool.check_connection``), so a server restart or
-``pg_terminate_backend`` costs no request: dead connections are dropped and
-replaced. Sizes and lifetimes come from ``MCP_DB_POOL_*``.
+(this module issues ``BEGIN``/``COMMIT``), each checked before it is handed out, so a
+server restart or ``pg_terminate_backend`` costs no request: dead connections are
+dropped and replaced. The check costs no round trip (:func:`_check_idle`): a
+server that ends an idle connection says so on its socket (the terminating error, or
+the end of the stream), so only a connection whose socket has something to read is
+asked with an empty query (``ConnectionPool.check_connection``). Sizes and lifetimes
+come from ``MCP_DB_POOL_*``.
 
 Write transactions are ``SERIALIZABLE`` (the same guarantee as SQLite's single
 writer: code written for one behaves the same on the other). ``run_in_transaction``
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import threading
 import time
 from contextlib import contextmanager
@@ -77,13 +81,51 @@ class _ConnectionLost(Exception):
         self.cause = cause
 
 
+def _check_idle(conn: Any) -> None:
+    """The pool's pre-use check, without a round trip in the usual case.
+
+    An idle connection in autocommit mode receives nothing from the server unless the
+    server ended it (``pg_terminate_backend``, a restart: an error message and the end
+    of the stream) or has something to report (a changed setting). Only then is the
+    connection asked with an empty query, which raises when it is dead: the pool then
+    drops it, counts it in ``connections_lost`` and hands out another.
+    """
+    if conn.closed or conn.broken:
+        import psycopg
+
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        from psycopg_pool import ConnectionPool
+
+        ConnectionPool.check_connection(conn)
+
+
 def _make_loader(psycopg: Any) -> Any:
     from psycopg.types.datetime import TimestamptzLoader
 
     class UtcTextLoader(TimestamptzLoader):
-        """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps)."""
+        """TIMESTAMPTZ as icn-mcp's stored text format (see icn_mcp.db.timestamps).
+
+        The server's text in UTC (``2026-01-02 03:04:05.6+00``, ISO DateStyle, a
+        session TimeZone of UTC) is rewritten as it is, without a datetime in between:
+        a claim reads four timestamps. Any other shape (another time zone, another
+        DateStyle, a year past 9999) goes through the datetime.
+        """
 
         def load(self, data: Any) -> str:  # type: ignore[override]
+            raw = bytes(data)
+            if (
+                21 < len(raw) < 30
+                and raw[-3:] == b"+00"
+                and raw[4] == raw[7] == 45  # '-'
+                and raw[10] == 32  # ' '
+                and raw[13] == raw[16] == 58  # ':'
+                and (len(raw) == 22 or raw[19] == 46)  # no fraction, or '.'
+            ):
+                text = raw.decode("ascii")
+                return f"{text[:10]}T{text[11:19]}.{text[20:-3]:0<6}Z"
             return format_ts(super().load(data))
 
     return UtcTextLoader
@@ -171,7 +213,7 @@ class PostgresDatabase(BaseDatabase):
             timeout=pool_timeout_s,
             kwargs=self._connect_kwargs(),
             configure=self._configure,
-            check=pool_class.check_connection,
+            check=_check_idle,
             name="icn-mcp",
             # A lost connection is reopened with psycopg_pool's backoff (1, 2, 4, 8 s)
             # for this long, then given up; the next request that finds no
@@ -307,6 +349,40 @@ class PostgresDatabase(BaseDatabase):
                 self._count("connection_retries")
                 log.warning("connection to %s lost before COMMIT (%s); retrying", self._target, lost.cause)
                 tries = self._sleep(tries, budget, lost.cause)
+            except self._psycopg.Error as exc:
+                if exc.sqlstate not in RETRY_SQLSTATES:
+                    raise
+                if tries >= budget:
+                    self._count("busy_exhausted")
+                    raise BusyError(tries + 1, exc) from exc
+                self._count("busy_retries")
+                tries = self._sleep(tries, budget, exc)
+
+    def run_statement(self, fn: Callable[[Any], T], *, retries: int | None = None) -> T:
+        """``fn(conn)`` running exactly one statement in autocommit: its own transaction.
+
+        One round trip where :meth:`run_in_transaction` needs three (``BEGIN``, the
+        statement, ``COMMIT``); for work that is one statement, such as a ``FOR UPDATE
+        SKIP LOCKED`` claim. The statement has committed when ``fn`` returns. Re-run
+        (backoff and jitter, at most ``retries`` times) on serialization_failure and
+        deadlock_detected, which the server rolled back. A connection lost while the
+        statement was in flight raises :class:`CommitUnknown` and is never re-run: the
+        server may have committed it. ``fn`` must run one statement and nothing else.
+        """
+        tries = 0
+        budget = self.retries if retries is None else retries
+        while True:
+            try:
+                with self.connection() as conn:
+                    try:
+                        result = fn(conn)
+                    except self._psycopg.Error as exc:
+                        if conn.broken:
+                            self._count("commit_unknown")
+                            raise CommitUnknown(self._target, exc) from exc
+                        raise
+                self._count("transactions")
+                return result
             except self._psycopg.Error as exc:
                 if exc.sqlstate not in RETRY_SQLSTATES:
                     raise

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Callable, ClassVar, TypeVar
 
+from icn_mcp.db.timestamps import format_ts
 from icn_mcp.store.models import TASK_COLUMNS
 
 __all__ = ["Queries", "PORTABLE"]
@@ -234,6 +235,55 @@ class Queries(abc.ABC):
     def claim(self, conn: Any, agent_id: str, lease_s: float, clock: Callable[[], datetime]) -> Any:
         """Claim the next claimable task (requeueing expired leases first when any
         wait); its row as :data:`TASK_COLUMNS`, or None."""
+
+    def claim_at_once(self, db: Any, agent_id: str, lease_s: float) -> Any:
+        """The usual claim as a transaction of one statement, when the backend has
+        such a shortcut: the claimed row, or None when it claimed nothing (nothing
+        claimable, an expired lease waiting to be requeued, an agent that may not
+        claim), and :meth:`claim` in a :meth:`locking_write` then decides. None here:
+        a SQLite transaction costs no round trip."""
+        return None
+
+    def report_at_once(
+        self, db: Any, task_id: int, agent_id: str, attempt: int | None, status: str, notes: str | None
+    ) -> Any:
+        """An accepted report as one round trip, when the backend has such a shortcut:
+        the run's row, or None when it wrote nothing (no current claim of ``attempt``
+        by ``agent_id``, or no shortcut), and the report's transaction then decides
+        and names the reason. None here: a SQLite transaction costs no round trip."""
+        return None
+
+    def locked_claim_row(self, conn: Any, task_id: int, clock: Callable[[], datetime]) -> tuple[Any, datetime]:
+        """``(the task's CLAIM_ROW or None, this transaction's now)``, the row locked
+        until commit where the backend locks rows (:attr:`CLAIM_ROW`)."""
+        moment = self.now(conn, clock)
+        return conn.execute(self.CLAIM_ROW, (task_id,)).fetchone(), moment
+
+    def record_report(
+        self,
+        conn: Any,
+        task: Any,
+        task_id: int,
+        agent_id: str,
+        status: str,
+        notes: str | None,
+        moment: datetime,
+    ) -> Any:
+        """An accepted report's writes (the run, the task's new state, dependents
+        released on completion); the run's row."""
+        now = format_ts(moment)
+        run_row = conn.execute(self.INSERT_RUN, (task_id, agent_id, task["attempt"], status, notes, now)).fetchall()[0]
+        if status == "claimed":
+            conn.execute(self.TOUCH_TASK, (now, task_id))
+        elif status == "in_progress":
+            conn.execute(self.RENEW_LEASE, (format_ts(moment, plus_s=task["lease_s"]), now, task_id))
+        elif status == "completed":
+            conn.execute(self.COMPLETE_TASK, (now, task_id))
+            conn.execute(self.RELEASE_DEPENDENTS, {"now": now, "task_id": task_id})
+        else:  # failed
+            final = task["attempt"] >= task["max_attempts"]
+            conn.execute(self.FAIL_TASK, ("failed" if final else "open", agent_id if final else None, now, task_id))
+        return run_row
 
     @abc.abstractmethod
     def next_lease_expiry(self, conn: Any) -> str | None:

@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Callable, Iterator, TypeVar
 
-from icn_mcp.db.timestamps import parse_ts
+from icn_mcp.db.timestamps import format_ts, parse_ts
 from icn_mcp.store.models import TASK_COLUMNS
-from icn_mcp.store.sql.common import DASHBOARD_AGENTS, DASHBOARD_HELD, PORTABLE, Queries
+from icn_mcp.store.sql.common import CLAIM_COLUMNS, DASHBOARD_AGENTS, DASHBOARD_HELD, PORTABLE, Queries
 
 __all__ = ["PostgresQueries", "CLAIM_SQL", "REQUEUE_EXPIRED_SQL", "to_pyformat"]
 
@@ -107,6 +107,44 @@ _DEPENDENCY_STATUSES = "SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]
 
 _INSERT_DEPENDENCIES = "INSERT INTO task_dependencies (task_id, depends_on_id) SELECT %s, unnest(%s::bigint[])"
 
+#: A report's lock and clock in one statement: the task's claim columns, locked until
+#: commit, and the transaction's time.
+_LOCKED_CLAIM_ROW = f"SELECT now() AS now, {CLAIM_COLUMNS} FROM tasks WHERE id = %s FOR UPDATE"
+
+#: An accepted report's writes as one statement (run with the row already locked by
+#: :data:`_LOCKED_CLAIM_ROW`, so its snapshot, taken after that lock was granted, sees
+#: every dependency edge committed before: see _DEPENDENCY_STATUSES). The task's own
+#: row and its dependents' rows are different rows (a task never depends on itself).
+_RECORD_RUN = """
+    INSERT INTO runs (task_id, agent_id, attempt, status, notes, created_at)
+    VALUES (%(task_id)s, %(agent_id)s, %(attempt)s, %(status)s, %(notes)s, %(now)s)
+    RETURNING *
+"""
+_REPORT_WRITES = {
+    "claimed": "WITH touched AS (UPDATE tasks SET updated_at = %(now)s WHERE id = %(task_id)s)",
+    "in_progress": """WITH renewed AS (
+        UPDATE tasks SET lease_expires_at = %(lease_until)s, updated_at = %(now)s WHERE id = %(task_id)s
+    )""",
+    "completed": """WITH completed AS (
+        UPDATE tasks SET status = 'completed', lease_expires_at = NULL, lease_s = NULL, updated_at = %(now)s
+        WHERE id = %(task_id)s
+    ), released AS (
+        UPDATE tasks SET blocking_deps = blocking_deps - 1, updated_at = %(now)s
+        WHERE id IN (SELECT task_id FROM task_dependencies WHERE depends_on_id = %(task_id)s)
+    )""",
+    "failed": """WITH failed AS (
+        UPDATE tasks SET status = %(next_status)s, claimed_by = %(keep_claimer)s, lease_expires_at = NULL,
+            lease_s = NULL, updated_at = %(now)s
+        WHERE id = %(task_id)s
+    )""",
+}
+_REPORT_SQL = {status: writes + _RECORD_RUN for status, writes in _REPORT_WRITES.items()}
+
+#: A report that names its attempt, in one statement (migration 0008): its run when the
+#: agent holds that attempt's current, unexpired claim; no row (and nothing written)
+#: otherwise.
+_REPORT_IF_CURRENT = "SELECT * FROM icn_mcp_report_if_current(%s, %s, %s, %s, %s)"
+
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
@@ -142,8 +180,17 @@ class Row:
         return list(self._index)
 
 
+#: Column name -> position, per result shape (the column names, from libpq): building
+#: ``cursor.description`` for every statement cost more than the rest of the row work.
+_INDEXES: dict[tuple[bytes | None, ...], dict[str, int]] = {}
+
+
 def _row_factory(cursor: Any) -> Callable[[Any], Row]:
-    index = {column.name: i for i, column in enumerate(cursor.description or ())}
+    result = cursor.pgresult
+    names = tuple(result.fname(i) for i in range(result.nfields)) if result is not None else ()
+    index = _INDEXES.get(names)
+    if index is None:
+        index = _INDEXES[names] = {column.name: i for i, column in enumerate(cursor.description or ())}
     return lambda values: Row(tuple(values), index)
 
 
@@ -197,6 +244,52 @@ class PostgresQueries(Queries):
             conn.execute(REQUEUE_EXPIRED_SQL)
             return conn.execute(CLAIM_SQL, params).fetchone()
         return None
+
+    def claim_at_once(self, db: Any, agent_id: str, lease_s: float) -> Any:
+        # The claim statement alone, in autocommit: one round trip. Lost in flight, it
+        # raises CommitUnknown (it may have claimed): never re-run blindly.
+        params = {"agent_id": agent_id, "lease_s": lease_s}
+        return db.run_statement(lambda conn: PgConnection(conn).execute(CLAIM_SQL, params).fetchone())
+
+    def report_at_once(
+        self, db: Any, task_id: int, agent_id: str, attempt: int | None, status: str, notes: str | None
+    ) -> Any:
+        # One statement in autocommit (a function that locks the row, then writes if the
+        # claim is current): one round trip. Lost in flight, it raises CommitUnknown.
+        if attempt is None:
+            return None  # whether this agent held an expired attempt decides: the long way
+        params = (task_id, agent_id, attempt, status, notes)
+        return db.run_statement(lambda conn: PgConnection(conn).execute(_REPORT_IF_CURRENT, params).fetchone())
+
+    def locked_claim_row(self, conn: Any, task_id: int, clock: Callable[[], datetime]) -> tuple[Any, datetime]:
+        row = conn.execute(_LOCKED_CLAIM_ROW, (task_id,)).fetchone()
+        if row is None:
+            return None, parse_ts(conn.execute("SELECT now()").fetchone()[0])
+        return row, parse_ts(row["now"])
+
+    def record_report(
+        self,
+        conn: Any,
+        task: Any,
+        task_id: int,
+        agent_id: str,
+        status: str,
+        notes: str | None,
+        moment: datetime,
+    ) -> Any:
+        final = task["attempt"] >= task["max_attempts"]
+        params = {
+            "task_id": task_id,
+            "agent_id": agent_id,
+            "attempt": task["attempt"],
+            "status": status,
+            "notes": notes,
+            "now": format_ts(moment),
+            "lease_until": format_ts(moment, plus_s=task["lease_s"]) if status == "in_progress" else None,
+            "next_status": "failed" if final else "open",
+            "keep_claimer": agent_id if final else None,
+        }
+        return conn.execute(_REPORT_SQL[status], params).fetchone()
 
     def next_lease_expiry(self, conn: Any) -> str | None:
         row = conn.execute(_NEXT_LEASE_EXPIRY).fetchone()
