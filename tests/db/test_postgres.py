@@ -388,6 +388,25 @@ def test_run_statement_commits_one_statement_and_never_reruns_one_lost_in_flight
     assert _count(pgdb) == 1  # here it had not committed; the caller could not know
 
 
+def test_a_connection_that_dies_under_a_read_is_database_unavailable(pgdb: Any, pg_url: str) -> None:
+    """Not a raw driver error (an HTTP 500): the same DatabaseUnavailable (503) as when no
+    connection can be had; the next read works on a new connection."""
+    from icn_mcp.errors import DatabaseUnavailable
+
+    admin = pg.admin_url()
+    assert admin is not None
+    with pytest.raises(DatabaseUnavailable, match="is unavailable"):
+        with pgdb.read_transaction() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            import psycopg
+
+            with psycopg.connect(admin, autocommit=True) as killer:
+                killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute("SELECT n FROM counter")
+    with pgdb.read_transaction() as conn:
+        assert conn.execute("SELECT n FROM counter").fetchone() == (0,)
+
+
 def test_a_pooled_connection_terminated_while_idle_is_replaced_before_use(pgdb: Any, pg_url: str) -> None:
     """The pre-use check sends nothing to a live connection, and finds a dead one."""
     pgdb.run_in_transaction(_increment)

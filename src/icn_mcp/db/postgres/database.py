@@ -283,6 +283,12 @@ class PostgresDatabase(BaseDatabase):
             yield conn
         except BaseException as exc:
             cm.__exit__(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, self._psycopg.Error) and conn.broken:
+                # The connection died under a read (or any use that is not a write
+                # transaction, which says itself whether it may be re-run): the
+                # database is unreachable, as when no connection can be had.
+                detail = str(exc).strip().splitlines()
+                raise DatabaseUnavailable(self._target, detail[0] if detail else type(exc).__name__) from exc
             raise
         cm.__exit__(None, None, None)
 
