@@ -356,13 +356,7 @@ class PostgresDatabase(BaseDatabase):
                 log.warning("connection to %s lost before COMMIT (%s); retrying", self._target, lost.cause)
                 tries = self._sleep(tries, budget, lost.cause)
             except self._psycopg.Error as exc:
-                if exc.sqlstate not in RETRY_SQLSTATES:
-                    raise
-                if tries >= budget:
-                    self._count("busy_exhausted")
-                    raise BusyError(tries + 1, exc) from exc
-                self._count("busy_retries")
-                tries = self._sleep(tries, budget, exc)
+                tries = self._after_conflict(exc, tries, budget)
 
     def run_statement(self, fn: Callable[[Any], T], *, retries: int | None = None) -> T:
         """``fn(conn)`` running exactly one statement in autocommit: its own transaction.
@@ -390,13 +384,20 @@ class PostgresDatabase(BaseDatabase):
                 self._count("transactions")
                 return result
             except self._psycopg.Error as exc:
-                if exc.sqlstate not in RETRY_SQLSTATES:
-                    raise
-                if tries >= budget:
-                    self._count("busy_exhausted")
-                    raise BusyError(tries + 1, exc) from exc
-                self._count("busy_retries")
-                tries = self._sleep(tries, budget, exc)
+                tries = self._after_conflict(exc, tries, budget)
+
+    def _after_conflict(self, exc: Any, tries: int, budget: int) -> int:
+        """After a failed try: re-raise ``exc`` unless the server rolled it back as a
+        conflict (serialization_failure, deadlock_detected) and the budget allows
+        another try (then :class:`BusyError` when it does not); the new count of tries,
+        once the backoff has passed."""
+        if exc.sqlstate not in RETRY_SQLSTATES:
+            raise exc
+        if tries >= budget:
+            self._count("busy_exhausted")
+            raise BusyError(tries + 1, exc) from exc
+        self._count("busy_retries")
+        return self._sleep(tries, budget, exc)
 
     def _sleep(self, tries: int, budget: int, cause: BaseException) -> int:
         tries += 1
