@@ -459,7 +459,12 @@ async def _serve_stdio_answering_before_eof(
                 with reading:
                     try:
                         async for item in stdin_messages:
-                            await to_server.send(item)
+                            # A signal interrupts the wait for input, never a hand-over:
+                            # cancelled inside send(), a request the server had already
+                            # taken would miss the note below, the server's input would
+                            # close under it, and its work would be done unanswered.
+                            with anyio.CancelScope(shield=True):
+                                await to_server.send(item)
                             # Noted once the server has it (no await in between, so its
                             # response cannot be written before this).
                             if isinstance(item, SessionMessage) and isinstance(item.message, JSONRPCRequest):
@@ -468,6 +473,12 @@ async def _serve_stdio_answering_before_eof(
                                 pending.add(item.message.id)
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                         return  # the server stopped reading: nothing left to hold back
+                if reading.cancel_called:
+                    # A signal stopped reading. Input that still comes is not served,
+                    # but it is taken off the transport, so that it sees the end of
+                    # input when the client closes stdin and the process ends then,
+                    # not at the shutdown deadline.
+                    pumps.start_soon(discard_input)
                 # End of input or a signal: waiting claims answer no_available_tasks at
                 # once, as on SIGTERM over HTTP, instead of holding the shutdown up.
                 hub = getattr(server, "hub", None)
@@ -481,6 +492,10 @@ async def _serve_stdio_answering_before_eof(
                         len(pending),
                         finish_timeout_s,
                     )
+
+        async def discard_input() -> None:
+            async for _ in stdin_messages:
+                pass
 
         async def pump_out() -> None:
             async with stdout_messages, from_server:
