@@ -38,6 +38,21 @@ def _handshake(client_name: str) -> bytes:
     return _line(initialize) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 
+def _serve_stdio_until_eof(env: dict[str, str], payload: bytes) -> tuple[bytes, bytes]:
+    """``serve --stdio`` given ``payload`` then EOF (communicate() closes stdin right
+    after writing); its stdout and stderr, once it exited cleanly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(payload, timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return out, err
+
+
 def test_requests_sent_right_before_eof_all_get_their_responses(tmp_path: Path) -> None:
     env = server_env(tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops")
     payload = _handshake("eof-test")
@@ -51,15 +66,7 @@ def test_requests_sent_right_before_eof_all_get_their_responses(tmp_path: Path) 
             }
         )
     # All requests, then EOF at once: communicate() closes stdin right after writing.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = proc.communicate(payload, timeout=120)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    out, err = _serve_stdio_until_eof(env, payload)
 
     responses = {}
     for raw in out.decode().splitlines():
@@ -166,14 +173,6 @@ def test_end_of_input_ends_waiting_claims_with_no_available_tasks(tmp_path: Path
             "params": {"name": "claim_task", "arguments": {"wait_s": 50}},
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = proc.communicate(payload, timeout=120)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    out, err = _serve_stdio_until_eof(env, payload)
     answers = {m.get("id"): m for m in map(json.loads, out.decode().splitlines()) if "id" in m}
     assert answers[1]["result"]["structuredContent"] == {"error": "no_available_tasks"}, answers[1]
