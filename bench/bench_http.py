@@ -161,11 +161,14 @@ def _client_process(host: str, port: int, tokens: list[str], barrier: Any, resul
 
     threads = [threading.Thread(target=client, args=(token,)) for token in tokens]
     barrier.wait()
+    start = os.times()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    results.put((claim_lat, report_lat, cycle_lat, claimed, errors, time.time()))
+    end = os.times()
+    cpu = end.user + end.system - start.user - start.system
+    results.put((claim_lat, report_lat, cycle_lat, claimed, errors, time.time(), cpu))
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -266,6 +269,7 @@ def bench_http(
             "errors": errors,
             "exactly_once": ok,
             "cpu_ms": cpu * 1000 / max(1, len(cycles)),
+            "client_cpu_ms": sum(part[6] for part in parts) * 1000 / max(1, len(cycles)),
         }
 
 
@@ -316,12 +320,13 @@ def bench_store(tasks: int, clients: int) -> dict[str, Any]:
             "errors": [],
             "exactly_once": True,
             "cpu_ms": float("nan"),
+            "client_cpu_ms": float("nan"),
         }
 
 
 HEADER = (
     f"{'run':<22} {'cycles':>6} {'cyc/s':>7} {'claim p50':>9} {'p99':>7} {'report p50':>10} {'p99':>7} "
-    f"{'cycle p50':>9} {'p99':>7} {'err':>4} {'once':>4} {'srv CPU ms/cyc':>14}"
+    f"{'cycle p50':>9} {'p99':>7} {'err':>4} {'once':>4} {'srv CPU ms/cyc':>14} {'clients':>7}"
 )
 
 
@@ -330,7 +335,7 @@ def _row(name: str, r: dict[str, Any]) -> None:
         f"{name:<22} {r['cycles']:>6} {r['rate']:>7.0f} {_pct(r['claim'], 0.5):>9.2f} {_pct(r['claim'], 0.99):>7.2f} "
         f"{_pct(r['report'], 0.5):>10.2f} {_pct(r['report'], 0.99):>7.2f} {_pct(r['cycle'], 0.5):>9.2f} "
         f"{_pct(r['cycle'], 0.99):>7.2f} {len(r['errors']):>4} "
-        f"{'yes' if r['exactly_once'] else 'NO':>4} {r['cpu_ms']:>14.2f}",
+        f"{'yes' if r['exactly_once'] else 'NO':>4} {r['cpu_ms']:>14.2f} {r['client_cpu_ms']:>7.2f}",
         flush=True,
     )
     for error in r["errors"][:3]:

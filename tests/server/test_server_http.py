@@ -227,6 +227,7 @@ def test_metrics_series(server: ServerProcess, agents: Any) -> None:
         "icn_mcp_db_transaction_duration_seconds_bucket",
         "icn_mcp_db_busy_retries_total",
         "icn_mcp_db_lock_waits_total",
+        "icn_mcp_db_write_lock_waits_total",
     ):
         assert name in samples, name
     assert 'icn_mcp_tasks{status="completed"} 1.0' in text

@@ -277,6 +277,11 @@ class _StateCollector(Collector):
             ("busy_retries", "Transactions retried because SQLite was busy or locked."),
             ("busy_exhausted", "Transactions that stayed busy through every retry."),
             ("lock_waits", "Waits for an in-process keyed lock."),
+            (
+                "write_lock_waits",
+                "Write transactions that waited for another process's write lock (SQLite; "
+                "the writes of the next 2 s then poll for it).",
+            ),
             ("reconnects", "Connections reopened after a failed health check."),
             ("storage_full_errors", "Writes refused because the disk was full (answered 507 storage_full)."),
             (

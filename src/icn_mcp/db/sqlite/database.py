@@ -80,6 +80,25 @@ _TEMP_STORE = {"DEFAULT": 0, "FILE": 1, "MEMORY": 2}
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
+#: A ``BEGIN IMMEDIATE`` that took longer than this waited for another connection's
+#: write lock (SQLite's busy handler sleeps at least 1 ms before its first retry).
+_CONTENDED_BEGIN_S = 0.0008
+#: After such a wait, writes poll for the lock instead of sleeping in SQLite's busy
+#: handler, until this long has passed without one.
+_CONTENTION_WINDOW_S = 2.0
+#: The polling: first and longest sleep between tries.
+_LOCK_POLL_MIN_S = 0.00005
+_LOCK_POLL_MAX_S = 0.002
+_clock = time.perf_counter  # CLOCK_MONOTONIC, the cheapest clock to read here
+
+
+class _WriteLockTimeout(sqlite3.OperationalError):
+    """Another thread of this process held the write lock for the whole busy timeout
+    (a busy error like SQLite's own: retried, then BusyError)."""
+
+    sqlite_errorcode = _SQLITE_BUSY
+    sqlite_errorname = "SQLITE_BUSY"
+
 
 def is_busy_error(exc: BaseException) -> bool:
     """True for SQLITE_BUSY, SQLITE_LOCKED and their extended codes (BUSY_SNAPSHOT...)."""
@@ -202,7 +221,12 @@ class Database(BaseDatabase):
             "health_checks": 0,
             "health_check_failures": 0,
             "lock_waits": 0,
+            "write_lock_waits": 0,
         }
+        #: This process's write transactions, one at a time (see _begin_write).
+        self._write_lock = threading.Lock()
+        #: Until this _clock() time, writes poll for SQLite's lock (see _begin_write).
+        self._contended_until = 0.0
         #: Full-disk incidents: StorageFull instead of a raw error, logged once each.
         self._storage = StorageWatch(self.path)
 
@@ -506,13 +530,16 @@ class Database(BaseDatabase):
         conn = record.conn
         _refuse_nested(conn)
         self._check_identity(record)
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin_write(conn)
         try:
-            yield conn
-        except BaseException:
-            _rollback(conn)
-            raise
-        _commit(conn)
+            try:
+                yield conn
+            except BaseException:
+                _rollback(conn)
+                raise
+            _commit(conn)
+        finally:
+            self._write_lock.release()
         self._stats["transactions"] += 1
 
     @contextmanager
@@ -562,17 +589,80 @@ class Database(BaseDatabase):
             self._check_identity(record)  # raises DatabaseFileError with the details
         # During a full-disk incident, a commit that changed rows ends it.
         changes = conn.total_changes if self._storage.since is not None else -1
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin_write(conn)
         try:
-            result = fn(conn)
-        except BaseException:
-            _rollback(conn)
-            raise
-        _commit(conn)
+            try:
+                result = fn(conn)
+            except BaseException:
+                _rollback(conn)
+                raise
+            _commit(conn)
+        finally:
+            self._write_lock.release()
         self._stats["transactions"] += 1
         if changes >= 0 and conn.total_changes != changes:
             self._storage.wrote()
         return result
+
+    def _begin_write(self, conn: sqlite3.Connection) -> None:
+        """This process's write lock, then ``BEGIN IMMEDIATE``: SQLite's write lock.
+
+        On return the caller holds both and must release ``_write_lock`` after its
+        commit or rollback; on an exception it holds neither.
+
+        Threads of one process write one at a time, queued on a lock that hands over
+        at once (waited for at most ``busy_timeout_ms``, then a busy error as
+        SQLite's own), so SQLite's lock is contended only between processes. There,
+        SQLite's busy handler sleeps 1, 2, 5, 10... ms between tries though the
+        holder's transaction usually ends within a fraction of a millisecond: with
+        several processes writing (``serve --workers N``) those sleeps were most of
+        the latency. So once a begin is seen to have waited, the writes of the next
+        couple of seconds try the lock without SQLite's handler and poll for it
+        themselves: 50 us, doubling to 2 ms, until the same busy timeout. (Only the
+        begin: every statement inside the transaction keeps the busy timeout.)
+        """
+        lock = self._write_lock
+        if not lock.acquire(False) and not lock.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise _WriteLockTimeout("database is locked (by another thread of this process)")
+        try:
+            started = _clock()
+            if started < self._contended_until:
+                self._poll_begin(conn)
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                if _clock() - started > _CONTENDED_BEGIN_S:  # waited in SQLite's busy handler
+                    self._contended_until = _clock() + _CONTENTION_WINDOW_S
+                    self._count("write_lock_waits")
+        except BaseException:
+            lock.release()
+            raise
+
+    def _poll_begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` tried without SQLite's busy handler, polled until the
+        busy timeout (see :meth:`_begin_write`); the last busy error after that."""
+        timeout_ms = int(self.busy_timeout_ms)
+        deadline = _clock() + timeout_ms / 1000
+        delay = _LOCK_POLL_MIN_S
+        waited = False
+        while True:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_busy_error(exc) or _clock() >= deadline:
+                    raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            if not waited:
+                waited = True
+                self._count("write_lock_waits")
+            time.sleep(min(delay, max(0.0, deadline - _clock())))
+            delay = min(delay * 2, _LOCK_POLL_MAX_S)
+        if waited:
+            self._contended_until = _clock() + _CONTENTION_WINDOW_S
 
     def _with_retry(self, attempt: Callable[[], T], *, retries: int | None = None) -> T:
         tries = 0
@@ -732,6 +822,7 @@ class Database(BaseDatabase):
         self._registry_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._locks = KeyedLocks()
+        self._write_lock = threading.Lock()
         self._pid = os.getpid()
 
     def __repr__(self) -> str:

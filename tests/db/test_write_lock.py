@@ -1,0 +1,168 @@
+"""Who waits for the write lock, and how (Database._begin_write).
+
+Threads of one process queue on an in-process lock, so they never meet in SQLite's
+busy handler; a write that meets another process's lock is counted, and the writes
+after it poll for the lock instead of sleeping in SQLite's handler, within the same
+busy timeout, leaving the connection's busy timeout as it was.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from icn_mcp.db import Database
+from icn_mcp.errors import BusyError
+from tests.helpers import run_worker
+
+
+def _setup(db: Database) -> None:
+    db.run_in_transaction(lambda c: c.execute("CREATE TABLE t (x INTEGER)"))
+
+
+def _count(db: Database) -> int:
+    return db.connection().execute("SELECT count(*) FROM t").fetchone()[0]
+
+
+def _insert(db: Database, value: float) -> int:
+    return db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (?)", (value,)).rowcount)
+
+
+def _busy_timeout(db: Database) -> int:
+    return db.connection().execute("PRAGMA busy_timeout").fetchone()[0]
+
+
+def _hold_write(db: Database, holding: threading.Event, release: threading.Event) -> threading.Thread:
+    """A thread of this process inside a write transaction until ``release`` is set."""
+
+    def hold() -> None:
+        with db.write_transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(30)
+    return thread
+
+
+def test_threads_of_one_process_queue_for_the_write_lock_not_in_sqlite(db_path: Path) -> None:
+    with Database(db_path) as db:
+        _setup(db)
+        holding, release = threading.Event(), threading.Event()
+        holder = _hold_write(db, holding, release)
+        done: list[int] = []
+        waiter = threading.Thread(target=lambda: done.append(_insert(db, 2)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and not done  # it waits: the holder has the lock
+        release.set()
+        holder.join(30)
+        waiter.join(30)
+        assert done == [1]
+        assert _count(db) == 2
+        stats = db.get_stats()
+        # The waiter never reached SQLite's busy handler: no wait there was seen.
+        assert stats["write_lock_waits"] == 0
+        assert stats["busy_retries"] == 0
+
+
+def test_waiting_for_another_thread_is_bounded_by_the_busy_timeout(db_path: Path) -> None:
+    with Database(db_path, busy_timeout_ms=100, retries=1, retry_base_delay_s=0.001) as db:
+        _setup(db)
+        holding, release = threading.Event(), threading.Event()
+        holder = _hold_write(db, holding, release)
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        try:
+            waiter = threading.Thread(target=write)
+            waiter.start()
+            waiter.join(30)
+        finally:
+            release.set()
+            holder.join(30)
+        assert len(errors) == 1 and isinstance(errors[0], BusyError)
+        assert errors[0].attempts == 2
+        assert "another thread of this process" in str(errors[0])
+        assert db.get_stats()["busy_exhausted"] == 1
+        # Nothing stays held: the next write goes through at once.
+        db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (3)"))
+        assert _count(db) == 2
+
+
+def test_a_write_that_waited_for_another_process_makes_the_next_ones_poll(db_path: Path) -> None:
+    with Database(db_path) as db:
+        _setup(db)
+        configured = _busy_timeout(db)
+        assert configured == db.busy_timeout_ms
+        for n in (1, 2):
+            # The first write waits in SQLite's busy handler, the second polls; both
+            # get the lock only after the other process has committed.
+            locker = run_worker("write_locker", db_path, 0.3)
+            try:
+                assert locker.stdout.readline().strip() == "locked"
+                db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (?)", (time.time(),)))
+                released_at = float(locker.stdout.readline().split()[1])
+            finally:
+                locker.communicate(timeout=30)
+            (mine,) = db.connection().execute("SELECT max(x) FROM t").fetchone()
+            assert mine > released_at
+            assert db.get_stats()["write_lock_waits"] == n
+            assert _busy_timeout(db) == configured
+            assert not db.connection().in_transaction
+        assert db.get_stats()["busy_retries"] == 0
+        assert _count(db) == 2
+
+
+def test_polling_gives_up_after_the_busy_timeout_and_leaves_nothing_held(db_path: Path) -> None:
+    with Database(db_path, busy_timeout_ms=150, retries=0) as db:
+        _setup(db)
+        locker = run_worker("write_locker", db_path, 60)
+        try:
+            assert locker.stdout.readline().strip() == "locked"
+            for _ in range(2):  # SQLite's handler, then polling
+                with pytest.raises(BusyError) as info:
+                    db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+                assert isinstance(info.value.cause, sqlite3.OperationalError)
+                assert "locked" in str(info.value.cause)
+                assert _busy_timeout(db) == 150
+                assert not db.connection().in_transaction
+            assert db.get_stats()["write_lock_waits"] == 2
+            assert db.get_stats()["busy_exhausted"] == 2
+        finally:
+            locker.kill()
+            locker.communicate()
+        # Neither the in-process lock nor SQLite's is left held.
+        db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (2)"))
+        with db.write_transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (3)")
+        assert _count(db) == 2
+
+
+def test_an_error_inside_the_transaction_releases_the_in_process_lock(db_path: Path) -> None:
+    with Database(db_path, busy_timeout_ms=100, retries=0) as db:
+        _setup(db)
+        with pytest.raises(ZeroDivisionError):
+            db.run_in_transaction(lambda c: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            with db.write_transaction():
+                raise ZeroDivisionError
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            db.run_in_transaction(lambda c: c.execute("INSERT INTO missing VALUES (1)"))
+        # Another thread can still write (a leaked lock would time out here).
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(_insert(db, 1)))
+        thread.start()
+        thread.join(30)
+        assert result == [1]
