@@ -1,9 +1,9 @@
 """Who waits for the write lock, and how (Database._begin_write).
 
 Threads of one process queue on an in-process lock, so they never meet in SQLite's
-busy handler; a write that meets another process's lock is counted, and the writes
-after it poll for the lock instead of sleeping in SQLite's handler, within the same
-busy timeout, leaving the connection's busy timeout as it was.
+busy handler; while another process writes, writes poll for SQLite's lock instead of
+sleeping in SQLite's handler, within the same busy timeout, leaving the connection's
+busy timeout as it was; alone, a process keeps SQLite's handler.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def test_threads_of_one_process_queue_for_the_write_lock_not_in_sqlite(db_path: 
         assert done == [1]
         assert _count(db) == 2
         stats = db.get_stats()
-        # The waiter never reached SQLite's busy handler: no wait there was seen.
+        # The waiter never waited in SQLite (its begin would have been slow, and the
+        # next writes would poll to find out why).
+        assert not db._polls_write_lock()
         assert stats["write_lock_waits"] == 0
         assert stats["busy_retries"] == 0
 
@@ -101,28 +103,53 @@ def test_waiting_for_another_thread_is_bounded_by_the_busy_timeout(db_path: Path
         assert _count(db) == 2
 
 
+def _write_while_locked(db: Database, db_path: Path, hold_s: float) -> float:
+    """A write while another process holds the write lock ``hold_s``; the moment that
+    process released it (our write committed after it: asserted)."""
+    locker = run_worker("write_locker", db_path, hold_s)
+    try:
+        assert locker.stdout.readline().strip() == "locked"
+        db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (?)", (time.time(),)))
+        released_at = float(locker.stdout.readline().split()[1])
+    finally:
+        locker.communicate(timeout=30)
+    (mine,) = db.connection().execute("SELECT max(x) FROM t").fetchone()
+    assert mine > released_at
+    return released_at
+
+
 def test_a_write_that_waited_for_another_process_makes_the_next_ones_poll(db_path: Path) -> None:
     with Database(db_path) as db:
         _setup(db)
         configured = _busy_timeout(db)
         assert configured == db.busy_timeout_ms
-        for n in (1, 2):
-            # The first write waits in SQLite's busy handler, the second polls; both
-            # get the lock only after the other process has committed.
-            locker = run_worker("write_locker", db_path, 0.3)
-            try:
-                assert locker.stdout.readline().strip() == "locked"
-                db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (?)", (time.time(),)))
-                released_at = float(locker.stdout.readline().split()[1])
-            finally:
-                locker.communicate(timeout=30)
-            (mine,) = db.connection().execute("SELECT max(x) FROM t").fetchone()
-            assert mine > released_at
-            assert db.get_stats()["write_lock_waits"] == n
-            assert _busy_timeout(db) == configured
-            assert not db.connection().in_transaction
+        assert not db._polls_write_lock()
+        # 1. Through SQLite's busy handler: slow, so the next writes poll to find out why.
+        _write_while_locked(db, db_path, 0.3)
+        assert db.get_stats()["write_lock_waits"] == 0
+        assert db._polls_write_lock()
+        # 2. Polling: the lock is found held by another process, a wait for sure.
+        _write_while_locked(db, db_path, 0.3)
+        assert db.get_stats()["write_lock_waits"] == 1
+        assert db._polls_write_lock()
+        assert _busy_timeout(db) == configured
+        assert not db.connection().in_transaction
         assert db.get_stats()["busy_retries"] == 0
         assert _count(db) == 2
+
+
+def test_a_slow_begin_with_nobody_else_writing_goes_back_to_sqlites_handler(db_path: Path) -> None:
+    with Database(db_path) as db:
+        _setup(db)
+        _write_while_locked(db, db_path, 0.3)  # slow: the next writes probe
+        assert db._polls_write_lock()
+        # Nobody else writes now: the probes find the lock free every time, and after
+        # them a begin is one statement again.
+        for n in range(20):
+            _insert(db, n)
+        assert not db._polls_write_lock()
+        assert db.get_stats()["write_lock_waits"] == 0
+        assert _busy_timeout(db) == db.busy_timeout_ms
 
 
 def test_polling_gives_up_after_the_busy_timeout_and_leaves_nothing_held(db_path: Path) -> None:
@@ -131,14 +158,14 @@ def test_polling_gives_up_after_the_busy_timeout_and_leaves_nothing_held(db_path
         locker = run_worker("write_locker", db_path, 60)
         try:
             assert locker.stdout.readline().strip() == "locked"
-            for _ in range(2):  # SQLite's handler, then polling
+            for waits in (0, 1):  # SQLite's handler, then polling
                 with pytest.raises(BusyError) as info:
                     db.run_in_transaction(lambda c: c.execute("INSERT INTO t VALUES (1)"))
                 assert isinstance(info.value.cause, sqlite3.OperationalError)
                 assert "locked" in str(info.value.cause)
                 assert _busy_timeout(db) == 150
                 assert not db.connection().in_transaction
-            assert db.get_stats()["write_lock_waits"] == 2
+                assert db.get_stats()["write_lock_waits"] == waits
             assert db.get_stats()["busy_exhausted"] == 2
         finally:
             locker.kill()

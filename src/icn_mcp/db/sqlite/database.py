@@ -80,11 +80,13 @@ _TEMP_STORE = {"DEFAULT": 0, "FILE": 1, "MEMORY": 2}
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
-#: A ``BEGIN IMMEDIATE`` that took longer than this waited for another connection's
-#: write lock (SQLite's busy handler sleeps at least 1 ms before its first retry).
-_CONTENDED_BEGIN_S = 0.0008
-#: After such a wait, writes poll for the lock instead of sleeping in SQLite's busy
-#: handler, until this long has passed without one.
+#: A ``BEGIN IMMEDIATE`` that took longer than this may have waited for another
+#: process's write lock (SQLite's busy handler sleeps at least 1 ms before its first
+#: retry), or only for the GIL or a CPU: the next writes poll, to find out which.
+_SLOW_BEGIN_S = 0.0008
+_PROBE_WRITES = 8
+#: A write that found the lock held polls, and so do the writes after it until this
+#: long has passed without finding it held again.
 _CONTENTION_WINDOW_S = 2.0
 #: The polling: first and longest sleep between tries.
 _LOCK_POLL_MIN_S = 0.00005
@@ -225,8 +227,10 @@ class Database(BaseDatabase):
         }
         #: This process's write transactions, one at a time (see _begin_write).
         self._write_lock = threading.Lock()
-        #: Until this _clock() time, writes poll for SQLite's lock (see _begin_write).
+        #: Until this _clock() time, and for this many more writes, writes poll for
+        #: SQLite's lock (see _begin_write).
         self._contended_until = 0.0
+        self._probes = 0
         #: Full-disk incidents: StorageFull instead of a raw error, logged once each.
         self._storage = StorageWatch(self.path)
 
@@ -616,25 +620,32 @@ class Database(BaseDatabase):
         SQLite's busy handler sleeps 1, 2, 5, 10... ms between tries though the
         holder's transaction usually ends within a fraction of a millisecond: with
         several processes writing (``serve --workers N``) those sleeps were most of
-        the latency. So once a begin is seen to have waited, the writes of the next
-        couple of seconds try the lock without SQLite's handler and poll for it
-        themselves: 50 us, doubling to 2 ms, until the same busy timeout. (Only the
-        begin: every statement inside the transaction keeps the busy timeout.)
+        the latency. So while other processes are writing, begins try the lock with
+        SQLite's handler off and poll for it themselves: 50 us, doubling to 2 ms,
+        until the same busy timeout. (Only the begin: every statement inside the
+        transaction keeps the busy timeout.)
+
+        "While other processes are writing": a begin through SQLite's handler that
+        took over 0.8 ms may have waited for the lock, or only for the GIL or a CPU,
+        so it makes the next 8 writes poll, to find out; a polled begin answered
+        "busy" met another process's lock for sure (counted in
+        ``write_lock_waits``), and polling then goes on until 2 s pass without
+        another. Alone on the database, a process keeps SQLite's handler: one
+        statement per begin.
         """
         lock = self._write_lock
         if not lock.acquire(False) and not lock.acquire(timeout=self.busy_timeout_ms / 1000):
             raise _WriteLockTimeout("database is locked (by another thread of this process)")
         try:
             started = _clock()
-            if started < self._contended_until:
+            if self._probes or started < self._contended_until:
                 self._poll_begin(conn)
                 return
             try:
                 conn.execute("BEGIN IMMEDIATE")
             finally:
-                if _clock() - started > _CONTENDED_BEGIN_S:  # waited in SQLite's busy handler
-                    self._contended_until = _clock() + _CONTENTION_WINDOW_S
-                    self._count("write_lock_waits")
+                if _clock() - started > _SLOW_BEGIN_S:
+                    self._probes = _PROBE_WRITES
         except BaseException:
             lock.release()
             raise
@@ -652,17 +663,25 @@ class Database(BaseDatabase):
                 conn.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as exc:
-                if not is_busy_error(exc) or _clock() >= deadline:
+                if not is_busy_error(exc):
+                    raise
+                if not waited:  # another process holds the lock: a wait for sure
+                    waited = True
+                    self._count("write_lock_waits")
+                self._contended_until = _clock() + _CONTENTION_WINDOW_S
+                self._probes = 0
+                if _clock() >= deadline:
                     raise
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            if not waited:
-                waited = True
-                self._count("write_lock_waits")
             time.sleep(min(delay, max(0.0, deadline - _clock())))
             delay = min(delay * 2, _LOCK_POLL_MAX_S)
-        if waited:
-            self._contended_until = _clock() + _CONTENTION_WINDOW_S
+        if not waited and self._probes:
+            self._probes -= 1
+
+    def _polls_write_lock(self) -> bool:
+        """Whether the next write polls for SQLite's lock (see :meth:`_begin_write`)."""
+        return bool(self._probes) or _clock() < self._contended_until
 
     def _with_retry(self, attempt: Callable[[], T], *, retries: int | None = None) -> T:
         tries = 0
@@ -823,6 +842,8 @@ class Database(BaseDatabase):
         self._stats_lock = threading.Lock()
         self._locks = KeyedLocks()
         self._write_lock = threading.Lock()
+        self._contended_until = 0.0
+        self._probes = 0
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
