@@ -5,7 +5,9 @@ Run:  .venv/bin/python bench/bench_http.py [--tasks 2000] [--clients 8,64] [--wo
 For each (clients, server workers) pair: a fresh SQLite database with TASKS open tasks
 and one agent per client, a real ``icn-mcp serve --workers W`` subprocess, and one load
 generator: CLIENT_PROCS processes (separate from the server), each running its share
-of the clients as threads with their own keep-alive ``http.client`` connection. Every
+of the clients as threads with their own keep-alive connection (``--client raw``, the
+default: requests written and answers read on a bare socket, a fraction of the CPU of
+``--client http.client``, which the figures before 2026-12-02 04:00 UTC used). Every
 client loops ``POST /api/task/claim`` -> ``POST /api/task/run`` (completed) until no
 task is left. Rate limits are off; logging stays at INFO into a file, as in production.
 
@@ -14,8 +16,9 @@ process calling ``Store.claim_next_task`` then ``Store.report_run`` on fresh dat
 
 Printed per run: cycles/s, p50 and p99 of the claim request, the report request and
 the whole cycle, errors (any non-200), the server's CPU time per cycle (all its
-processes, from /proc: the figure least disturbed by other load on the machine), and
-the HTTP/store throughput ratio. Each run
+processes, from /proc: the figure least disturbed by other load on the machine), the
+load generator's CPU time per cycle (``clients``: CPU the server could not use on a
+shared machine), and the HTTP/store throughput ratio. Each run
 also checks the outcome: every task completed, each claimed exactly once (attempt 1).
 ``uptime``'s load average is printed before and after: the machine is shared.
 
@@ -35,6 +38,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -107,7 +111,63 @@ def _prepare(db_dir: Path, tasks: int, clients: int) -> tuple[Store, list[str]]:
 # -- the load generator (runs in client processes) ----------------------------------
 
 
-def _client_process(host: str, port: int, tokens: list[str], barrier: Any, results: Any) -> None:
+class _RawConnection:
+    """A keep-alive HTTP/1.1 client on a bare socket: the request bytes built here, the
+    answer read by its status line and Content-Length. Several times cheaper in CPU
+    than ``http.client`` (whose header parsing goes through ``email``), so on a shared
+    machine the load generator takes less of the CPU the server is measured on."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._host = f"{host}:{port}".encode()
+        self._buffer = b""
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: " + self._host]
+        head += [f"{name}: {value}".encode() for name, value in headers.items()]
+        head.append(b"Content-Length: " + str(len(body)).encode())
+        self._sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            self._buffer += self._receive()
+        lines = self._buffer[:end].split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = next(int(line.split(b":", 1)[1]) for line in lines[1:] if line[:15].lower() == b"content-length:")
+        body_end = end + 4 + length
+        while len(self._buffer) < body_end:
+            self._buffer += self._receive()
+        answer, self._buffer = self._buffer[end + 4 : body_end], self._buffer[body_end:]
+        return status, answer
+
+    def _receive(self) -> bytes:
+        data = self._sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _HttpClientConnection:
+    """The same requests through the standard library's ``http.client``."""
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        self._conn.request("POST", path, body, headers)
+        response = self._conn.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+CLIENTS = {"raw": _RawConnection, "http.client": _HttpClientConnection}
+
+
+def _client_process(host: str, port: int, tokens: list[str], barrier: Any, results: Any, kind: str = "raw") -> None:
     """Run one thread per token; put (claims, reports, cycles, errors, ends) on ``results``."""
     claim_lat: list[float] = []
     report_lat: list[float] = []
@@ -117,13 +177,12 @@ def _client_process(host: str, port: int, tokens: list[str], barrier: Any, resul
     lock = threading.Lock()
 
     def client(token: str) -> None:
-        conn = http.client.HTTPConnection(host, port, timeout=120)
+        conn = CLIENTS[kind](host, port, 120)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
         def post(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-            conn.request("POST", path, json.dumps(body), headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
+            status, answer = conn.post(path, json.dumps(body).encode(), headers)
+            return status, json.loads(answer)
 
         mine_c, mine_r, mine_y, mine_t = [], [], [], []
         try:
@@ -198,7 +257,13 @@ def _load() -> str:
 
 
 def bench_http(
-    tasks: int, clients: int, workers: int, client_procs: int, pythonpath: str | None, servers: int = 1
+    tasks: int,
+    clients: int,
+    workers: int,
+    client_procs: int,
+    pythonpath: str | None,
+    servers: int = 1,
+    client_kind: str = "raw",
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         db_dir = Path(tmp) / "var"
@@ -230,7 +295,9 @@ def bench_http(
             results = ctx.Queue()
             shares = [tokens[n::procs_n] for n in range(procs_n)]
             procs = [
-                ctx.Process(target=_client_process, args=(*addresses[n % servers], share, barrier, results))
+                ctx.Process(
+                    target=_client_process, args=(*addresses[n % servers], share, barrier, results, client_kind)
+                )
                 for n, share in enumerate(shares)
             ]
             for p in procs:
@@ -364,11 +431,18 @@ def main() -> None:
         "--server-pythonpath", default=None, help="prepend to the server's PYTHONPATH (run another checkout's server)"
     )
     parser.add_argument("--no-store", action="store_true", help="skip the store-direct baseline")
+    parser.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="raw",
+        help="the load generator's HTTP client: keep-alive requests on a bare socket (raw, default) "
+        "or the standard library's http.client (several times the CPU per request)",
+    )
     args = parser.parse_args()
     print(
         f"claim -> report cycles, {args.backend}, {args.servers} server(s): {args.tasks} tasks per run, "
         f"Python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs, {args.client_procs} client processes, {_load()}"
+        f"{os.cpu_count()} CPUs, {args.client_procs} client processes ({args.client}), {_load()}"
         + (f", server PYTHONPATH {args.server_pythonpath}" if args.server_pythonpath else "")
     )
     print("latencies in ms")
@@ -383,7 +457,13 @@ def main() -> None:
             for workers in args.workers:
                 with _FreshDatabase(args.backend):
                     r = bench_http(
-                        args.tasks, clients, workers, args.client_procs, args.server_pythonpath, args.servers
+                        args.tasks,
+                        clients,
+                        workers,
+                        args.client_procs,
+                        args.server_pythonpath,
+                        args.servers,
+                        args.client,
                     )
                 servers = f" x{args.servers}" if args.servers > 1 else ""
                 _row(f"http {clients}c {workers}w{servers}", r)
