@@ -193,3 +193,33 @@ def test_an_error_inside_the_transaction_releases_the_in_process_lock(db_path: P
         thread.start()
         thread.join(30)
         assert result == [1]
+
+
+def test_a_failure_after_a_polled_begin_leaves_no_transaction_open(db_path: Path) -> None:
+    with Database(db_path) as db:
+        _setup(db)
+        _write_while_locked(db, db_path, 0.3)  # slow: the next writes poll
+        assert db._polls_write_lock()
+        conn = db.connection()
+
+        def deny_restoring_the_busy_timeout(action: int, name: str | None, value: str | None, *_: object) -> int:
+            if action == sqlite3.SQLITE_PRAGMA and name == "busy_timeout" and value not in (None, "0"):
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        conn.set_authorizer(deny_restoring_the_busy_timeout)
+        try:
+            with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
+                _insert(db, 1)
+        finally:
+            conn.set_authorizer(None)
+        # The begin had succeeded: it was rolled back, and the in-process lock is free.
+        assert not conn.in_transaction
+        conn.execute(f"PRAGMA busy_timeout = {db.busy_timeout_ms}")
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(_insert(db, 2)))
+        thread.start()
+        thread.join(30)
+        assert result == [1]
+        assert _insert(db, 3) == 1
+        assert _count(db) == 3

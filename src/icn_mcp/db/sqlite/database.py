@@ -647,6 +647,7 @@ class Database(BaseDatabase):
                 if _clock() - started > _SLOW_BEGIN_S:
                     self._probes = _PROBE_WRITES
         except BaseException:
+            _rollback(conn)  # begun, then failed (restoring the busy timeout): not the caller's
             lock.release()
             raise
 
