@@ -8,7 +8,9 @@ busy timeout as it was; alone, a process keeps SQLite's handler.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -201,21 +203,26 @@ def test_a_failure_after_a_polled_begin_leaves_no_transaction_open(db_path: Path
         _write_while_locked(db, db_path, 0.3)  # slow: the next writes poll
         assert db._polls_write_lock()
         conn = db.connection()
+        denied: list[str] = []
 
-        def deny_restoring_the_busy_timeout(action: int, name: str | None, value: str | None, *_: object) -> int:
-            if action == sqlite3.SQLITE_PRAGMA and name == "busy_timeout" and value not in (None, "0"):
+        def deny_restoring_the_busy_timeout_once(action: int, name: str | None, value: str | None, *_: object) -> int:
+            restoring = action == sqlite3.SQLITE_PRAGMA and name == "busy_timeout" and value not in (None, "0")
+            if restoring and not denied:
+                denied.append(str(value))
                 return sqlite3.SQLITE_DENY
             return sqlite3.SQLITE_OK
 
-        conn.set_authorizer(deny_restoring_the_busy_timeout)
+        conn.set_authorizer(deny_restoring_the_busy_timeout_once)
         try:
             with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
                 _insert(db, 1)
         finally:
             conn.set_authorizer(None)
-        # The begin had succeeded: it was rolled back, and the in-process lock is free.
+        assert denied == [str(db.busy_timeout_ms)]
+        # The begin had succeeded: it was rolled back, the busy timeout is back, and
+        # the in-process lock is free.
         assert not conn.in_transaction
-        conn.execute(f"PRAGMA busy_timeout = {db.busy_timeout_ms}")
+        assert _busy_timeout(db) == db.busy_timeout_ms
         result: list[int] = []
         thread = threading.Thread(target=lambda: result.append(_insert(db, 2)))
         thread.start()
@@ -223,3 +230,34 @@ def test_a_failure_after_a_polled_begin_leaves_no_transaction_open(db_path: Path
         assert result == [1]
         assert _insert(db, 3) == 1
         assert _count(db) == 3
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="os.fork")
+def test_a_child_forked_while_a_thread_held_the_write_lock_can_write(db_path: Path) -> None:
+    with Database(db_path, busy_timeout_ms=200, retries=0) as db:
+        _setup(db)
+        held, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:  # between transactions' lock and BEGIN, as a writer may be
+            with db._write_lock:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        assert held.wait(30)
+        try:
+            pid = os.fork()
+            if pid == 0:  # child: the parent's thread (and its hold on the lock) did not come along
+                code = 1
+                try:
+                    _insert(db, 1)
+                    code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            release.set()
+            holder.join(30)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _count(db) == 1

@@ -542,9 +542,9 @@ class Database(BaseDatabase):
                 _rollback(conn)
                 raise
             _commit(conn)
+            self._stats["transactions"] += 1  # under the write lock, like every writer's
         finally:
             self._write_lock.release()
-        self._stats["transactions"] += 1
 
     @contextmanager
     def read_transaction(self) -> Iterator[sqlite3.Connection]:
@@ -601,9 +601,9 @@ class Database(BaseDatabase):
                 _rollback(conn)
                 raise
             _commit(conn)
+            self._stats["transactions"] += 1  # under the write lock, like every writer's
         finally:
             self._write_lock.release()
-        self._stats["transactions"] += 1
         if changes >= 0 and conn.total_changes != changes:
             self._storage.wrote()
         return result
@@ -647,8 +647,12 @@ class Database(BaseDatabase):
                 if _clock() - started > _SLOW_BEGIN_S:
                     self._probes = _PROBE_WRITES
         except BaseException:
-            _rollback(conn)  # begun, then failed (restoring the busy timeout): not the caller's
-            lock.release()
+            try:
+                # Begun, then failed (restoring the busy timeout): not the caller's.
+                _rollback(conn)
+                _restore_busy_timeout(conn, self.busy_timeout_ms)
+            finally:
+                lock.release()
             raise
 
     def _poll_begin(self, conn: sqlite3.Connection) -> None:
@@ -659,8 +663,8 @@ class Database(BaseDatabase):
         delay = _LOCK_POLL_MIN_S
         waited = False
         while True:
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
+                conn.execute("PRAGMA busy_timeout = 0")
                 conn.execute("BEGIN IMMEDIATE")
                 break
             except sqlite3.OperationalError as exc:
@@ -1012,6 +1016,15 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error as exc:  # the original error matters more
             log.warning("rollback failed: %s", exc)
+
+
+def _restore_busy_timeout(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Best effort after a failed begin: the busy timeout back from a polled begin's 0
+    (left at 0, later statements of the connection would fail when busy, not wait)."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    except sqlite3.Error as exc:
+        log.warning("could not restore busy_timeout on a connection: %s", exc)
 
 
 def _commit(conn: sqlite3.Connection) -> None:
