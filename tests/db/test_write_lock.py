@@ -8,8 +8,10 @@ busy timeout as it was; alone, a process keeps SQLite's handler.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -261,3 +263,31 @@ def test_a_child_forked_while_a_thread_held_the_write_lock_can_write(db_path: Pa
             holder.join(30)
         assert os.waitstatus_to_exitcode(status) == 0
         assert _count(db) == 1
+
+
+def test_processes_racing_for_the_write_lock_lose_no_update_and_poll_for_it(db_path: Path) -> None:
+    with Database(db_path) as db:
+        db.run_in_transaction(lambda c: c.execute("CREATE TABLE counter (value INTEGER NOT NULL)"))
+        db.run_in_transaction(lambda c: c.execute("INSERT INTO counter VALUES (0)"))
+        processes, threads, increments = 3, 2, 2000
+        workers = [
+            run_worker("counter_writer", db_path, increments, threads, stdin=subprocess.PIPE) for _ in range(processes)
+        ]
+        try:
+            for worker in workers:
+                assert worker.stdout.readline().strip() == "ready"
+            for worker in workers:
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            reports = [json.loads(worker.communicate(timeout=120)[0].strip().splitlines()[-1]) for worker in workers]
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.communicate()
+        (value,) = db.connection().execute("SELECT value FROM counter").fetchone()
+        assert value == processes * threads * increments  # no update lost
+        for report in reports:
+            assert report["stats"]["busy_exhausted"] == 0
+            assert report["busy_timeouts"] == [db.busy_timeout_ms] * threads  # none left at 0
+        # Three processes writing back to back met each other's lock, and polled for it.
+        assert sum(report["stats"]["write_lock_waits"] for report in reports) > 0
