@@ -3,6 +3,7 @@ temporary files, the default directory, a PATH ending in '/'."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -101,6 +102,46 @@ def test_a_backup_in_use_by_its_maker_is_not_pruned(db, tmp_path):
         os.close(fd)
     third = db.create_backup(backup_dir=directory, keep=1)
     assert set(third.pruned) == {first.path, second.path}
+
+
+def test_two_backups_started_in_the_same_microsecond_both_publish(db, tmp_path, monkeypatch):
+    """Three processes starting backups together once picked one timestamped name: the
+    later one failed with "appeared while the backup was being written". A default name
+    is ours to choose: the later backup takes the next free one."""
+    import threading
+    from datetime import UTC, datetime
+
+    from icn_mcp.db.sqlite.backup import verify_backup
+
+    moment = datetime(2026, 12, 2, 4, 7, 44, 217151, tzinfo=UTC)
+    monkeypatch.setattr(backup_module, "utc_now", lambda: moment)
+    directory = tmp_path / "backups"
+    first_checking, second_done = threading.Event(), threading.Event()
+    made = {}
+
+    def hold_at_check(phase: str, done: int, total: int) -> None:
+        if phase == "check" and done == 0:  # its name chosen, nothing published yet
+            first_checking.set()
+            assert second_done.wait(60)
+
+    def first() -> None:
+        made["first"] = db.create_backup(backup_dir=directory, check="none", progress=hold_at_check)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_checking.wait(60)
+    try:
+        made["second"] = db.create_backup(backup_dir=directory, check="none")
+    finally:
+        second_done.set()
+        thread.join(60)
+    assert set(made) == {"first", "second"}
+    names = sorted(Path(result.path).name for result in made.values())
+    assert names == ["icn-mcp-20261202T040744.217151Z.sqlite", "icn-mcp-20261202T040744.217152Z.sqlite"]
+    assert [p.name for p in list_backups(directory)] == names
+    for result in made.values():
+        assert verify_backup(result.path).ok
+        assert json.loads(Path(result.manifest_path).read_text())["file"] == Path(result.path).name
 
 
 # -- killed backups' temporary files (item 3) -----------------------------------------

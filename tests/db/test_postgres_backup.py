@@ -138,3 +138,86 @@ def test_cli_restore_onto_a_new_empty_database(source: Any, other_url: str, tmp_
         assert _agents(target) == [f"a{i}" for i in range(5)]
     finally:
         target.close()
+
+
+# -- concurrent backups into one directory (the SQLite side: test_backup_hardening.py) --
+
+PRUNE_ROUNDS = 6
+PRUNE_WORKERS = 3
+
+
+def _pg_backup_rounds(url: str, directory: str, barrier: Any, results: Any) -> None:
+    """One process: PRUNE_ROUNDS times, start a keep=1 backup together with the others."""
+    try:
+        db = _open(url)
+        try:
+            for _ in range(PRUNE_ROUNDS):
+                barrier.wait(timeout=120)
+                made = db.create_backup(backup_dir=directory, keep=1)
+                results.put((made.path, made.pruned))
+                barrier.wait(timeout=120)  # the parent counts what is left
+        finally:
+            db.close()
+    except BaseException as exc:  # report, never hang the parent at the barrier
+        results.put(("error", repr(exc)))
+        barrier.abort()
+        raise
+
+
+def test_concurrent_keep_1_backups_never_leave_zero_and_never_delete_a_newer_one(
+    source: Any, pg_url: str, tmp_path: Path
+) -> None:
+    import multiprocessing
+
+    from icn_mcp.db.postgres.backup import list_backups
+
+    directory = tmp_path / "backups"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(PRUNE_WORKERS + 1)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_pg_backup_rounds, args=(pg_url, str(directory), barrier, results))
+        for _ in range(PRUNE_WORKERS)
+    ]
+    for worker in workers:
+        worker.start()
+    empty_rounds, lost_newest, pruned_newer = 0, 0, []
+    try:
+        for _ in range(PRUNE_ROUNDS):
+            barrier.wait(timeout=120)  # go
+            barrier.wait(timeout=120)  # all returned
+            made = [results.get(timeout=10) for _ in range(PRUNE_WORKERS)]
+            assert all(path != "error" for path, _ in made), made
+            pruned_newer += [(own, p) for own, pruned in made for p in pruned if Path(p).name > Path(own).name]
+            empty_rounds += not list_backups(directory)
+            newest = max(Path(path).name for path, _ in made)
+            lost_newest += not (directory / newest).exists()
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    assert empty_rounds == 0, f"{empty_rounds} of {PRUNE_ROUNDS} rounds left no backup at all"
+    assert lost_newest == 0, f"the newest backup of a round was pruned in {lost_newest} rounds"
+    assert pruned_newer == [], "a backup pruned one newer than itself"
+    assert all(w.exitcode == 0 for w in workers)
+    assert all(Path(f"{p}.json").exists() for p in list_backups(directory))
+
+
+def test_two_backups_with_the_same_timestamp_both_publish(
+    source: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    from icn_mcp.db.postgres import backup as pg_backup
+
+    moment = datetime(2026, 12, 2, 4, 7, 44, 217151, tzinfo=UTC)
+    monkeypatch.setattr(pg_backup, "utc_now", lambda: moment)
+    directory = tmp_path / "backups"
+    first = source.create_backup(backup_dir=directory)
+    second = source.create_backup(backup_dir=directory)
+    names = [Path(first.path).name, Path(second.path).name]
+    assert names == ["icn-mcp-20261202T040744.217151Z.pgdump", "icn-mcp-20261202T040744.217152Z.pgdump"]
+    for result in (first, second):
+        assert source.verify_backup(result.path).ok
+        assert json.loads(Path(result.manifest_path).read_text())["file"] == Path(result.path).name

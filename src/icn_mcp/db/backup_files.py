@@ -10,10 +10,18 @@ and :mod:`icn_mcp.db.postgres.backup` both import it; it imports neither.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
+
+from icn_mcp.errors import BackupError
+
+log = logging.getLogger("icn_mcp.db.backup")
 
 __all__ = [
     "BackupResult",
@@ -21,6 +29,11 @@ __all__ = [
     "RestoreResult",
     "backup_dir_for",
     "manifest_path",
+    "free_name",
+    "publish_file",
+    "publish_backup",
+    "hold_in_use",
+    "prune_backup_files",
     "BACKUP_DIR_NAME",
     "BACKUP_PREFIX",
     "SAFETY_BACKUP_PREFIX",
@@ -148,3 +161,171 @@ def manifest_path(backup: str | os.PathLike[str]) -> Path:
     """The manifest beside ``backup``: its name plus ``.json``."""
     backup = Path(backup)
     return backup.with_name(backup.name + MANIFEST_SUFFIX)
+
+
+# -- naming and publishing ----------------------------------------------------------
+
+
+def free_name(directory: Path, prefix: str, suffix: str, moment: datetime) -> tuple[Path, datetime]:
+    """A backup name in ``directory`` not yet taken, and the time in it: ``moment``,
+    moved on by microseconds if need be.
+
+    Two backups in the same second (even the same microsecond) get distinct names
+    that still sort in creation order. Free now, the name can still be taken before
+    the backup is published (another backup that started in the same microsecond):
+    :func:`publish_backup` then takes the next one.
+    """
+    while True:
+        candidate = directory / f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{suffix}"
+        if not candidate.exists() and not manifest_path(candidate).exists():
+            return candidate, moment
+        moment += timedelta(microseconds=1)
+
+
+def publish_file(tmp: Path, target: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``target``, never replacing a file that is there.
+
+    A file can appear at a name checked free (another backup to the same PATH, a
+    user's copy). ``os.replace`` would overwrite it silently; ``os.link`` fails with
+    EEXIST instead: BackupError naming ``final``. Then the temporary name is removed;
+    the caller fsyncs the directory.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise BackupError(
+            str(final),
+            f"{target} appeared while the backup was being written (another backup to the same path?); "
+            "it was left untouched",
+            hint="choose a new path, give a directory, or omit PATH for a timestamped name",
+        ) from None
+    os.unlink(tmp)
+
+
+def publish_backup(tmp: Path, final: Path, prefix: str, suffix: str, name_moment: datetime | None) -> Path:
+    """Publish the backup file ``tmp`` as ``final``; the name it got.
+
+    ``name_moment`` set: ``final`` is a timestamped name the backup chose, and if
+    another backup published it meanwhile (one started in the same microsecond, in
+    another process), the next free name is taken instead of failing. A name the
+    caller gave (``name_moment`` None) is never changed: that is an error.
+    """
+    while True:
+        try:
+            publish_file(tmp, final, final)
+            return final
+        except BackupError:
+            if name_moment is None or not final.exists():
+                raise
+            final, name_moment = free_name(final.parent, prefix, suffix, name_moment + timedelta(microseconds=1))
+
+
+# -- pruning ------------------------------------------------------------------------
+
+
+def hold_in_use(fd: int, path: Path) -> None:
+    """Mark the backup being built in ``fd`` as in use until ``fd`` is closed.
+
+    A shared flock on the file's inode, taken from before the backup is published
+    until its maker returns: :func:`prune_backup_files` (any process's) skips it meanwhile.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:  # a filesystem without flock: pruning is then unprotected
+        log.debug("cannot flock %s: %s", path, exc)
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """An exclusive flock on the directory itself: one pruner at a time, in any process.
+
+    On the directory, not on a lock file, so nothing is ever left in a user's
+    directory. Where directories cannot be locked the pruning runs unlocked (the
+    per-file locks still protect backups being published).
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("cannot lock %s for pruning: %s", directory, exc)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_unless_in_use(path: Path, remove: Callable[[Path], None]) -> bool:
+    """Remove the backup ``path`` unless its maker still holds it (:func:`hold_in_use`).
+
+    Pruning takes the lock exclusively, without waiting, and skips the file when it
+    cannot. False when skipped.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("not pruning %s: the process that made it has not finished", path)
+            return False
+        remove(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def prune_backup_files(
+    directory: str | os.PathLike[str],
+    keep: int,
+    *,
+    listing: Callable[[Path], list[Path]],
+    protect: str | os.PathLike[str] | None = None,
+    remove: Callable[[Path], None] = os.unlink,
+) -> list[str]:
+    """Delete all but the newest ``keep`` backups in ``directory``; the paths removed.
+
+    ``listing(directory)`` gives the backend's backups there, oldest first (only
+    files named like ours, so nothing else in the directory is ever touched), and
+    ``protect`` (the backup just made) is never removed, nor any backup whose name
+    sorts after it: a backup never deletes a newer one (another process's, or one
+    named in the future by a clock set back). A backup another process is still
+    publishing is skipped. Pruners take turns (a lock on the directory), so however
+    many run at once at least ``keep`` backups remain. Each removed backup's
+    manifest goes with it.
+    """
+    if keep < 1:
+        raise BackupError(str(directory), f"keep={keep!r} is not valid: expected an integer >= 1")
+    directory = Path(directory)
+    removed: list[str] = []
+    with _directory_lock(directory):
+        backups = listing(directory)
+        protected = os.path.abspath(protect) if protect is not None else None
+        others = [p for p in backups if os.path.abspath(p) != protected]
+        own_listed = len(others) < len(backups)
+        # The protected backup counts as one of the ``keep``, wherever its name sorts.
+        slots = keep - own_listed
+        keepers = set(others[len(others) - slots :]) if slots > 0 else set()
+        limit = Path(protected).name if own_listed and protected is not None else None
+        doomed = [p for p in others if p not in keepers and (limit is None or p.name < limit)]
+        for path in doomed:
+            try:
+                if not _remove_unless_in_use(path, remove):
+                    continue
+            except OSError as exc:
+                log.warning("could not prune backup %s: %s", path, exc.strerror)
+                continue
+            try:
+                os.unlink(manifest_path(path))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove manifest of pruned backup %s: %s", path, exc.strerror)
+            removed.append(str(path))
+            log.info("pruned backup %s", path)
+    return removed

@@ -35,15 +35,16 @@ import subprocess
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icn_mcp.db import backup_files as _files
 from icn_mcp.db.backup_files import (
     BACKUP_PREFIX,
     FILE_MODE,
     MANIFEST_FORMAT,
     MANIFEST_FORMAT_VERSION,
-    NAME_TIME_FORMAT,
     SAFETY_BACKUP_PREFIX,
     TEMP_PREFIX,
     TEMP_SUFFIX,
@@ -194,20 +195,6 @@ def list_backups(directory: str | os.PathLike[str]) -> list[Path]:
     return [Path(directory) / n for n in sorted(names) if BACKUP_NAME.match(n)]
 
 
-def _prune(directory: Path, keep: int, protect: Path) -> list[str]:
-    others = [p for p in list_backups(directory) if p != protect]
-    doomed = others[: max(0, len(others) - (keep - 1))]
-    removed = []
-    for path in doomed:
-        for victim in (path, manifest_path(path)):
-            try:
-                os.unlink(victim)
-            except FileNotFoundError:
-                pass
-        removed.append(str(path))
-    return removed
-
-
 # -- create -------------------------------------------------------------------------
 
 
@@ -225,6 +212,9 @@ def create_backup(
     ``keep``: afterwards delete all but the newest ``keep`` backups there (0/None: all).
     Raises :class:`BackupError`; then nothing is left under the final name.
     """
+    keep = keep or 0
+    if keep < 0:
+        raise BackupError(str(path or backup_dir or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
     started = time.perf_counter()
     moment = utc_now()
     if path is not None and Path(path).is_dir():
@@ -233,88 +223,90 @@ def create_backup(
         raise BackupError(
             "-", "no PATH and no backup directory given", hint="give a file or directory, or set MCP_BACKUP_DIR"
         )
-    directory = Path(backup_dir) if backup_dir is not None else Path(".")
-    final = (
-        Path(path) if path is not None else directory / f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
-    )
-    final = Path(os.path.abspath(final))
-    if final.exists() or manifest_path(final).exists():
-        raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
+    name_moment: datetime | None = None
+    if path is not None:
+        final = Path(os.path.abspath(path))
+        if final.exists() or manifest_path(final).exists():
+            raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
+    else:
+        # A name of ours: the next free one if a backup of the same microsecond has it.
+        final, name_moment = _files.free_name(Path(os.path.abspath(backup_dir or ".")), prefix, BACKUP_SUFFIX, moment)
     make_private_dirs(final.parent)
     conninfo, env = _tool_env(db)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=final.parent)
-    os.close(fd)
+    # Held open (and flock()ed, shared) until this call returns: once published, a
+    # concurrent pruner (another process's keep=N backup) sees it in use and leaves it.
+    hold_fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=final.parent)
     tmp = Path(tmp_name)
+    _files.hold_in_use(hold_fd, tmp)
     os.chmod(tmp, FILE_MODE)
     published = False
     try:
-        with db.connection() as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-                server_major = _server_major(conn)
-                _check_tool("pg_dump", server_major, BackupError)
-                version = conn.execute("SHOW server_version").fetchone()[0]
-                counts = _row_counts(conn)
-                latest = _latest_migration(conn)
-                if latest is None:
-                    raise BackupError(
-                        str(final), "the database has no migration history", hint="run 'icn-mcp db migrate' first"
-                    )
-                _run(
-                    [
-                        "pg_dump",
-                        "--format=custom",
-                        f"--snapshot={snapshot}",
-                        "--no-owner",
-                        f"--file={tmp}",
-                        f"--dbname={conninfo}",
-                    ],
-                    env,
-                    "pg_dump",
-                    BackupError,
-                    str(final),
-                )
-            finally:
-                conn.execute("ROLLBACK")
-        _fsync(tmp)
-        sha256, size = _sha256(tmp)
         try:
-            os.link(tmp, final)
-        except FileExistsError:
-            raise BackupError(str(final), "a file appeared at that name meanwhile; it was left untouched") from None
-        published = True
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "format_version": MANIFEST_FORMAT_VERSION,
-            "backend": "postgresql",
-            "file": final.name,
-            "sha256": sha256,
-            "size_bytes": size,
-            "created_at": format_ts(moment),
-            "source": db.target,
-            "server_version": version,
-            "latest_migration": latest,
-            "row_counts": counts,
-        }
-        mtmp = final.parent / f".{final.name}.json.tmp"
-        with open(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(mtmp, manifest_path(final))
-        _fsync(final.parent, directory=True)
-    except BaseException:
-        for leftover in [tmp, final.parent / f".{final.name}.json.tmp"] + ([final] if published else []):
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-        raise
+            with db.connection() as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                    server_major = _server_major(conn)
+                    _check_tool("pg_dump", server_major, BackupError)
+                    version = conn.execute("SHOW server_version").fetchone()[0]
+                    counts = _row_counts(conn)
+                    latest = _latest_migration(conn)
+                    if latest is None:
+                        raise BackupError(
+                            str(final), "the database has no migration history", hint="run 'icn-mcp db migrate' first"
+                        )
+                    _run(
+                        [
+                            "pg_dump",
+                            "--format=custom",
+                            f"--snapshot={snapshot}",
+                            "--no-owner",
+                            f"--file={tmp}",
+                            f"--dbname={conninfo}",
+                        ],
+                        env,
+                        "pg_dump",
+                        BackupError,
+                        str(final),
+                    )
+                finally:
+                    conn.execute("ROLLBACK")
+            _fsync(tmp)
+            sha256, size = _sha256(tmp)
+            final = _files.publish_backup(tmp, final, prefix, BACKUP_SUFFIX, name_moment)
+            published = True
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "format_version": MANIFEST_FORMAT_VERSION,
+                "backend": "postgresql",
+                "file": final.name,
+                "sha256": sha256,
+                "size_bytes": size,
+                "created_at": format_ts(moment),
+                "source": db.target,
+                "server_version": version,
+                "latest_migration": latest,
+                "row_counts": counts,
+            }
+            mtmp = final.parent / f".{final.name}.json.tmp"
+            with open(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(mtmp, manifest_path(final))
+            _fsync(final.parent, directory=True)
+        except BaseException:
+            for leftover in [tmp, final.parent / f".{final.name}.json.tmp"] + ([final] if published else []):
+                try:
+                    os.unlink(leftover)
+                except FileNotFoundError:
+                    pass
+            raise
+        # A backup never deletes a newer one, nor one still being published; pruners
+        # take turns (icn_mcp.db.backup_files.prune_backup_files).
+        pruned = _files.prune_backup_files(final.parent, keep, listing=list_backups, protect=final) if keep else []
     finally:
-        if tmp.exists() and published:
-            os.unlink(tmp)
-    pruned = _prune(final.parent, keep, final) if keep else []
+        os.close(hold_fd)
     return BackupResult(
         path=str(final),
         manifest_path=str(manifest_path(final)),

@@ -44,9 +44,7 @@ re-exported here).
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -58,11 +56,12 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
+from icn_mcp.db import backup_files as _files
 from icn_mcp.db.backup_files import (
     BACKUP_DIR_NAME,
     BACKUP_PREFIX,
@@ -158,19 +157,6 @@ def _name_for(prefix: str, moment: datetime) -> str:
     return f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
 
 
-def _free_name(directory: Path, prefix: str, moment: datetime) -> Path:
-    """A name not yet taken: the timestamp moved on by microseconds if need be.
-
-    Two backups in the same second (even the same microsecond) get distinct names
-    that still sort in creation order.
-    """
-    while True:
-        candidate = directory / _name_for(prefix, moment)
-        if not candidate.exists() and not manifest_path(candidate).exists():
-            return candidate
-        moment += timedelta(microseconds=1)
-
-
 def list_backups(directory: str | os.PathLike[str]) -> list[Path]:
     """Backups in ``directory`` named like ours (``icn-mcp-<UTC time>.sqlite``), oldest first."""
     directory = Path(directory)
@@ -200,52 +186,6 @@ def latest_backup(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
-@contextlib.contextmanager
-def _directory_lock(directory: Path) -> Iterator[None]:
-    """An exclusive flock on the directory itself: one pruner at a time, in any process.
-
-    On the directory, not on a lock file, so nothing is ever left in a user's
-    directory. Where directories cannot be locked the pruning runs unlocked (the
-    per-file locks below still protect backups being published).
-    """
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            log.debug("cannot lock %s for pruning: %s", directory, exc)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _remove_unless_in_use(path: Path) -> bool:
-    """Remove the backup ``path`` unless a process still holds it (see create_backup).
-
-    A backup is flock()ed (shared) by the process that makes it from before it is
-    published until that process returns; pruning takes the lock exclusively, without
-    waiting, and skips the file when it cannot. False when skipped.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("not pruning %s: the process that made it has not finished", path)
-            return False
-        _remove_file(path)
-        return True
-    finally:
-        os.close(fd)
-
-
 def prune_backups(
     directory: str | os.PathLike[str], keep: int, *, protect: str | os.PathLike[str] | None = None
 ) -> list[str]:
@@ -257,38 +197,10 @@ def prune_backups(
     process's, or one named in the future by a clock set back). A backup another
     process is still publishing is skipped. Pruners take turns (a lock on the
     directory), so however many run at once at least ``keep`` backups remain. Each
-    removed backup's manifest goes with it.
+    removed backup's manifest goes with it. (The rule is both backends':
+    :func:`icn_mcp.db.backup_files.prune_backup_files`.)
     """
-    if keep < 1:
-        raise BackupError(str(directory), f"keep={keep!r} is not valid: expected an integer >= 1")
-    directory = Path(directory)
-    removed: list[str] = []
-    with _directory_lock(directory):
-        backups = list_backups(directory)
-        protected = os.path.abspath(protect) if protect is not None else None
-        others = [p for p in backups if os.path.abspath(p) != protected]
-        own_listed = len(others) < len(backups)
-        # The protected backup counts as one of the ``keep``, wherever its name sorts.
-        slots = keep - own_listed
-        keepers = set(others[len(others) - slots :]) if slots > 0 else set()
-        limit = Path(protected).name if own_listed and protected is not None else None
-        doomed = [p for p in others if p not in keepers and (limit is None or p.name < limit)]
-        for path in doomed:
-            try:
-                if not _remove_unless_in_use(path):
-                    continue
-            except OSError as exc:
-                log.warning("could not prune backup %s: %s", path, exc.strerror)
-                continue
-            try:
-                os.unlink(manifest_path(path))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("could not remove manifest of pruned backup %s: %s", path, exc.strerror)
-            removed.append(str(path))
-            log.info("pruned backup %s", path)
-    return removed
+    return _files.prune_backup_files(directory, keep, listing=list_backups, protect=protect, remove=_remove_file)
 
 
 # -- temporary files ------------------------------------------------------------------
@@ -669,7 +581,7 @@ def create_backup(
     moment = utc_now()
     if not db.path.exists():  # checked again when the source is opened
         _open_live(db, "ro", BackupError)
-    final = _final_path(db, path, backup_dir, prefix, moment)
+    final, name_moment = _final_path(db, path, backup_dir, prefix, moment)
     directory = final.parent
     _make_directory(directory, final)
     remove_orphan_temp_files(directory)  # killed backups' leftovers: their space counts below
@@ -687,10 +599,7 @@ def create_backup(
     try:
         hold_fd, tmp = _make_temp(directory)
         temps += [tmp] + [Path(f"{tmp}{s}") for s in ("-journal", "-wal", "-shm")]
-        try:
-            fcntl.flock(hold_fd, fcntl.LOCK_SH)
-        except OSError as exc:  # a filesystem without flock: pruning is then unprotected
-            log.debug("cannot flock %s: %s", tmp, exc)
+        _files.hold_in_use(hold_fd, tmp)
 
         phase = time.perf_counter()
         # Read-only, and never created: a missing live file is an error, not an
@@ -757,6 +666,9 @@ def create_backup(
         if progress is not None:
             progress("sync", 0, 1)
         _write_out(tmp)
+        # The backup first, then its manifest: a manifest never names a missing file.
+        final = _files.publish_backup(tmp, final, prefix, BACKUP_SUFFIX, name_moment)
+        published.append(final)
         manifest = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_FORMAT_VERSION,
@@ -780,10 +692,7 @@ def create_backup(
             fh.flush()
             os.fsync(fh.fileno())
 
-        # The backup first, then its manifest: a manifest never names a missing file.
-        _publish(tmp, final, final)
-        published.append(final)
-        _publish(manifest_tmp, manifest_path(final), final)
+        _files.publish_file(manifest_tmp, manifest_path(final), final)
         published.append(manifest_path(final))
         _fsync_path(directory, directory=True)
         if progress is not None:
@@ -834,43 +743,25 @@ def create_backup(
     )
 
 
-def _publish(tmp: Path, target: Path, final: Path) -> None:
-    """Give ``tmp`` the name ``target``, never replacing a file that is there.
-
-    ``_final_path`` checked that the name was free, but a file can appear there
-    since (another backup to the same PATH, a user's copy). ``os.replace`` would
-    overwrite it silently; ``os.link`` fails with EEXIST instead. Then the
-    temporary name is removed; the caller fsyncs the directory.
-    """
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise BackupError(
-            str(final),
-            f"{target} appeared while the backup was being written (another backup to the same path?); "
-            "it was left untouched",
-            hint="choose a new path, give a directory, or omit PATH for a timestamped name",
-        ) from None
-    os.unlink(tmp)
-
-
 def _final_path(
     db: Database,
     path: str | os.PathLike[str] | None,
     backup_dir: str | os.PathLike[str] | None,
     prefix: str,
     moment: datetime,
-) -> Path:
+) -> tuple[Path, datetime | None]:
+    """Where the backup goes, and the time in its name when this call chose the name
+    (None: the caller named the file)."""
     if path is not None:
         raw = os.fspath(path)
         target = Path(os.path.abspath(raw))
         if target.is_dir():
-            return _free_name(target, prefix, moment)
+            return _files.free_name(target, prefix, BACKUP_SUFFIX, moment)
         if raw.endswith((os.sep, os.sep + ".")) or (os.altsep and raw.endswith(os.altsep)):
             # ``DIR/``: a directory, to be created; never a file named DIR.
             if target.exists():
                 raise BackupError(str(target), "is not a directory, but PATH ends with a slash")
-            return _free_name(target, prefix, moment)
+            return _files.free_name(target, prefix, BACKUP_SUFFIX, moment)
         if target.exists() or manifest_path(target).exists():
             raise BackupError(
                 str(target),
@@ -879,9 +770,9 @@ def _final_path(
             )
         if target == db.path or str(target).startswith(f"{db.path}-"):
             raise BackupError(str(target), "that is the live database (or one of its files)")
-        return target
+        return target, None
     directory = Path(os.path.abspath(backup_dir)) if backup_dir is not None else default_backup_dir(db)
-    return _free_name(directory, prefix, moment)
+    return _files.free_name(directory, prefix, BACKUP_SUFFIX, moment)
 
 
 def _make_directory(directory: Path, final: Path) -> None:
