@@ -4,7 +4,6 @@ temporary files, the default directory, a PATH ending in '/'."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from icn_mcp.db import Database
 from icn_mcp.db.sqlite import backup as backup_module
 from icn_mcp.db.sqlite.backup import BACKUP_NAME, list_backups
-from tests.db.backup_support import make_db
+from tests.db.backup_support import concurrent_keep_1_rounds, make_db
 from tests.helpers import run_cli
 
 
@@ -51,40 +50,14 @@ def _backup_rounds(db_path: str, directory: str, barrier, results) -> None:
 @pytest.mark.slow
 def test_concurrent_keep_1_backups_never_leave_zero_and_never_delete_a_newer_one(db, tmp_path):
     directory = tmp_path / "backups"
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS + 1)
-    results = ctx.Queue()
-    workers = [
-        ctx.Process(target=_backup_rounds, args=(str(db.path), str(directory), barrier, results))
-        for _ in range(WORKERS)
-    ]
-    for worker in workers:
-        worker.start()
-    empty_rounds = 0
-    lost_newest = 0
-    pruned_newer = []
-    try:
-        for _ in range(ROUNDS):
-            barrier.wait(timeout=120)  # go
-            barrier.wait(timeout=120)  # all three returned
-            made = [results.get(timeout=10) for _ in range(WORKERS)]
-            assert all(path != "error" for path, _ in made), made
-            pruned_newer += [(own, p) for own, pruned in made for p in pruned if Path(p).name > Path(own).name]
-            left = list_backups(directory)
-            empty_rounds += not left
-            newest = max(Path(path).name for path, _ in made)
-            lost_newest += not (directory / newest).exists()
-    finally:
-        for worker in workers:
-            worker.join(timeout=60)
-            if worker.is_alive():
-                worker.kill()
-    assert empty_rounds == 0, f"{empty_rounds} of {ROUNDS} rounds left no backup at all"
-    assert lost_newest == 0, f"the newest backup of a round was pruned in {lost_newest} rounds"
-    assert pruned_newer == [], "a backup pruned one newer than itself"
-    assert all(w.exitcode == 0 for w in workers)
-    # Every backup left is whole: its manifest is beside it.
-    assert all(backup_module.manifest_path(p).exists() for p in list_backups(directory))
+    concurrent_keep_1_rounds(
+        _backup_rounds,
+        (str(db.path), str(directory)),
+        workers=WORKERS,
+        rounds=ROUNDS,
+        directory=directory,
+        list_backups=list_backups,
+    )
 
 
 def test_a_backup_in_use_by_its_maker_is_not_pruned(db, tmp_path):

@@ -167,41 +167,18 @@ def _pg_backup_rounds(url: str, directory: str, barrier: Any, results: Any) -> N
 def test_concurrent_keep_1_backups_never_leave_zero_and_never_delete_a_newer_one(
     source: Any, pg_url: str, tmp_path: Path
 ) -> None:
-    import multiprocessing
-
     from icn_mcp.db.postgres.backup import list_backups
+    from tests.db.backup_support import concurrent_keep_1_rounds
 
     directory = tmp_path / "backups"
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(PRUNE_WORKERS + 1)
-    results = ctx.Queue()
-    workers = [
-        ctx.Process(target=_pg_backup_rounds, args=(pg_url, str(directory), barrier, results))
-        for _ in range(PRUNE_WORKERS)
-    ]
-    for worker in workers:
-        worker.start()
-    empty_rounds, lost_newest, pruned_newer = 0, 0, []
-    try:
-        for _ in range(PRUNE_ROUNDS):
-            barrier.wait(timeout=120)  # go
-            barrier.wait(timeout=120)  # all returned
-            made = [results.get(timeout=10) for _ in range(PRUNE_WORKERS)]
-            assert all(path != "error" for path, _ in made), made
-            pruned_newer += [(own, p) for own, pruned in made for p in pruned if Path(p).name > Path(own).name]
-            empty_rounds += not list_backups(directory)
-            newest = max(Path(path).name for path, _ in made)
-            lost_newest += not (directory / newest).exists()
-    finally:
-        for worker in workers:
-            worker.join(timeout=60)
-            if worker.is_alive():
-                worker.kill()
-    assert empty_rounds == 0, f"{empty_rounds} of {PRUNE_ROUNDS} rounds left no backup at all"
-    assert lost_newest == 0, f"the newest backup of a round was pruned in {lost_newest} rounds"
-    assert pruned_newer == [], "a backup pruned one newer than itself"
-    assert all(w.exitcode == 0 for w in workers)
-    assert all(Path(f"{p}.json").exists() for p in list_backups(directory))
+    concurrent_keep_1_rounds(
+        _pg_backup_rounds,
+        (pg_url, str(directory)),
+        workers=PRUNE_WORKERS,
+        rounds=PRUNE_ROUNDS,
+        directory=directory,
+        list_backups=list_backups,
+    )
 
 
 def test_two_backups_with_the_same_timestamp_both_publish(
