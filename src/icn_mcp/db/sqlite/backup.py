@@ -153,10 +153,6 @@ def default_backup_dir(db: Database) -> Path:
     return backup_dir_for(db.path)
 
 
-def _name_for(prefix: str, moment: datetime) -> str:
-    return f"{prefix}{moment.strftime(NAME_TIME_FORMAT)}{BACKUP_SUFFIX}"
-
-
 def list_backups(directory: str | os.PathLike[str]) -> list[Path]:
     """Backups in ``directory`` named like ours (``icn-mcp-<UTC time>.sqlite``), oldest first."""
     directory = Path(directory)
