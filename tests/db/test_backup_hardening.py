@@ -331,3 +331,37 @@ def test_verify_backup_refuses_a_file_with_a_wal_beside_it(db, tmp_path):
     Path(f"{made}-wal").write_bytes(b"\1" * 100)
     result = db.verify_backup(made)
     assert not result.ok and "-wal" in result.problems[0] and "self-contained" in result.problems[0]
+
+
+def test_a_timestamped_name_lost_to_a_backup_that_then_failed_still_moves_on(tmp_path, monkeypatch):
+    """The other backup published the name and then removed it (its manifest step
+    failed): the name is free again by the time we look, but ours must not fail."""
+    from datetime import UTC, datetime
+
+    from icn_mcp.db import backup_files
+    from icn_mcp.errors import BackupError
+
+    moment = datetime(2026, 12, 2, 4, 7, 44, 217151, tzinfo=UTC)
+    tmp = tmp_path / ".icn-mcp-backup-x.tmp"
+    tmp.write_bytes(b"ours")
+    final, name_moment = backup_files.free_name(tmp_path, "icn-mcp-", ".sqlite", moment)
+    real_publish = backup_files.publish_file
+    calls = []
+
+    def lost_once(source, target, named):
+        calls.append(target.name)
+        if len(calls) == 1:  # EEXIST, and the other file gone again by now
+            raise BackupError(str(named), f"{target} appeared while the backup was being written")
+        real_publish(source, target, named)
+
+    monkeypatch.setattr(backup_files, "publish_file", lost_once)
+    published = backup_files.publish_backup(tmp, final, "icn-mcp-", ".sqlite", name_moment)
+    assert calls == ["icn-mcp-20261202T040744.217151Z.sqlite", "icn-mcp-20261202T040744.217152Z.sqlite"]
+    assert published.read_bytes() == b"ours" and not tmp.exists()
+    # A name the caller gave is never changed.
+    other = tmp_path / ".icn-mcp-backup-y.tmp"
+    other.write_bytes(b"theirs")
+    calls.clear()
+    with pytest.raises(BackupError, match="appeared"):
+        backup_files.publish_backup(other, tmp_path / "given.sqlite", "icn-mcp-", ".sqlite", None)
+    assert other.exists() and not (tmp_path / "given.sqlite").exists()

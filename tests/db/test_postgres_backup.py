@@ -181,15 +181,23 @@ def test_concurrent_keep_1_backups_never_leave_zero_and_never_delete_a_newer_one
     )
 
 
-def test_two_backups_with_the_same_timestamp_both_publish(
-    source: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+#: Every backup of the tests below starts at this moment: icn-mcp-20261202T040744.217151Z.
+FROZEN_MOMENT = (2026, 12, 2, 4, 7, 44, 217151)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The PostgreSQL backup module, its clock stopped at FROZEN_MOMENT."""
     from datetime import UTC, datetime
 
     from icn_mcp.db.postgres import backup as pg_backup
 
-    moment = datetime(2026, 12, 2, 4, 7, 44, 217151, tzinfo=UTC)
+    moment = datetime(*FROZEN_MOMENT, tzinfo=UTC)
     monkeypatch.setattr(pg_backup, "utc_now", lambda: moment)
+    return pg_backup
+
+
+def test_two_backups_with_the_same_timestamp_both_publish(source: Any, tmp_path: Path, frozen_clock: Any) -> None:
     directory = tmp_path / "backups"
     first = source.create_backup(backup_dir=directory)
     second = source.create_backup(backup_dir=directory)
@@ -198,3 +206,93 @@ def test_two_backups_with_the_same_timestamp_both_publish(
     for result in (first, second):
         assert source.verify_backup(result.path).ok
         assert json.loads(Path(result.manifest_path).read_text())["file"] == Path(result.path).name
+
+
+def test_a_name_taken_after_it_was_chosen_moves_on_and_the_other_file_is_untouched(
+    source: Any, tmp_path: Path, frozen_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's backup of the same microsecond publishes the name first."""
+    pg_backup = frozen_clock
+    directory = tmp_path / "backups"
+    taken = directory / "icn-mcp-20261202T040744.217151Z.pgdump"
+    real_sha256 = pg_backup._sha256
+
+    def sha256_then_the_other_backup_publishes(path: Path) -> tuple[str, int]:
+        taken.write_bytes(b"the other process's dump")
+        return real_sha256(path)
+
+    monkeypatch.setattr(pg_backup, "_sha256", sha256_then_the_other_backup_publishes)
+    made = source.create_backup(backup_dir=directory)
+    assert Path(made.path).name == "icn-mcp-20261202T040744.217152Z.pgdump"
+    assert taken.read_bytes() == b"the other process's dump"
+    assert json.loads(Path(made.manifest_path).read_text())["file"] == Path(made.path).name
+    assert source.verify_backup(made.path).ok
+
+
+def test_two_backups_to_one_path_at_once_leave_the_first_whole(
+    source: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The later backup fails at the link; its cleanup once removed the first one's
+    manifest temporary file (named after the final name), and then the first backup
+    failed too and removed its published dump: nothing left."""
+    import threading
+
+    from icn_mcp.db import backup_files
+    from icn_mcp.db.postgres import backup as pg_backup
+    from icn_mcp.errors import BackupError
+
+    target = tmp_path / "one.pgdump"
+    first_writing_manifest, second_done = threading.Event(), threading.Event()
+    real_publish, real_dump = backup_files.publish_backup, pg_backup.json.dump
+    second_thread: list[threading.Thread] = []
+
+    def publish_after_the_first(*args: Any) -> Path:
+        if threading.current_thread() in second_thread:
+            assert first_writing_manifest.wait(60)
+        return real_publish(*args)
+
+    def dump_while_the_second_fails(obj: Any, fh: Any, **kw: Any) -> None:
+        if threading.current_thread() not in second_thread and "sha256" in obj:
+            first_writing_manifest.set()
+            assert second_done.wait(60)
+        real_dump(obj, fh, **kw)
+
+    monkeypatch.setattr(backup_files, "publish_backup", publish_after_the_first)
+    monkeypatch.setattr(pg_backup.json, "dump", dump_while_the_second_fails)
+    outcome: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            outcome[name] = source.create_backup(target)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome[name] = exc
+        finally:
+            if name == "second":
+                second_done.set()
+
+    second = threading.Thread(target=run, args=("second",))
+    second_thread.append(second)
+    first = threading.Thread(target=run, args=("first",))
+    first.start()
+    second.start()
+    first.join(120)
+    second.join(120)
+    assert isinstance(outcome["second"], BackupError)
+    assert "appeared while the backup was being written" in str(outcome["second"])
+    made = outcome["first"]
+    assert not isinstance(made, BaseException), made
+    assert made.path == str(target)
+    assert source.verify_backup(target).ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_path_ending_in_a_slash_is_a_directory_on_postgresql(source: Any, tmp_path: Path) -> None:
+    made = source.create_backup(f"{tmp_path / 'new'}/")
+    assert Path(made.path).parent == tmp_path / "new"
+    assert (tmp_path / "new").is_dir()
+    (tmp_path / "file").write_text("mine")
+    from icn_mcp.errors import BackupError
+
+    with pytest.raises(BackupError, match="PATH ends with a slash"):
+        source.create_backup(f"{tmp_path / 'file'}/")
+    assert (tmp_path / "file").read_text() == "mine"

@@ -165,6 +165,10 @@ def manifest_path(backup: str | os.PathLike[str]) -> Path:
 
 # -- naming and publishing ----------------------------------------------------------
 
+#: Timestamped names a backup tries before giving up (each taken by another backup
+#: between its choice and its publication: never more than a few in practice).
+_PUBLISH_TRIES = 100
+
 
 def free_name(directory: Path, prefix: str, suffix: str, moment: datetime) -> tuple[Path, datetime]:
     """A backup name in ``directory`` not yet taken, and the time in it: ``moment``,
@@ -199,7 +203,12 @@ def publish_file(tmp: Path, target: Path, final: Path) -> None:
             "it was left untouched",
             hint="choose a new path, give a directory, or omit PATH for a timestamped name",
         ) from None
-    os.unlink(tmp)
+    try:
+        os.unlink(tmp)
+    except OSError as exc:
+        # Published all the same: the temporary name is only a second name of the same
+        # file now, and the next backup's orphan sweep removes it (the file stays).
+        log.warning("could not remove the temporary name %s of %s: %s", tmp, target, exc)
 
 
 def publish_backup(tmp: Path, final: Path, prefix: str, suffix: str, name_moment: datetime | None) -> Path:
@@ -210,14 +219,16 @@ def publish_backup(tmp: Path, final: Path, prefix: str, suffix: str, name_moment
     another process), the next free name is taken instead of failing. A name the
     caller gave (``name_moment`` None) is never changed: that is an error.
     """
-    while True:
+    for _ in range(_PUBLISH_TRIES - 1):
         try:
             publish_file(tmp, final, final)
             return final
         except BackupError:
-            if name_moment is None or not final.exists():
+            if name_moment is None:
                 raise
             final, name_moment = free_name(final.parent, prefix, suffix, name_moment + timedelta(microseconds=1))
+    publish_file(tmp, final, final)
+    return final
 
 
 # -- pruning ------------------------------------------------------------------------

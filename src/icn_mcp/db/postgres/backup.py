@@ -217,8 +217,15 @@ def create_backup(
         raise BackupError(str(path or backup_dir or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
     started = time.perf_counter()
     moment = utc_now()
-    if path is not None and Path(path).is_dir():
-        backup_dir, path = path, None
+    if path is not None:
+        raw = os.fspath(path)
+        if Path(raw).is_dir():
+            backup_dir, path = raw, None
+        elif raw.endswith((os.sep, os.sep + ".")):
+            # ``DIR/``: a directory, to be created; never a file named DIR (as on SQLite).
+            if Path(raw).exists():
+                raise BackupError(os.path.abspath(raw), "is not a directory, but PATH ends with a slash")
+            backup_dir, path = raw, None
     if path is None and backup_dir is None:
         raise BackupError(
             "-", "no PATH and no backup directory given", hint="give a file or directory, or set MCP_BACKUP_DIR"
@@ -240,6 +247,7 @@ def create_backup(
     _files.hold_in_use(hold_fd, tmp)
     os.chmod(tmp, FILE_MODE)
     published = False
+    manifest_tmp: Path | None = None
     try:
         try:
             with db.connection() as conn:
@@ -288,15 +296,20 @@ def create_backup(
                 "latest_migration": latest,
                 "row_counts": counts,
             }
-            mtmp = final.parent / f".{final.name}.json.tmp"
-            with open(os.open(mtmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "w", encoding="utf-8") as f:
+            # A temporary name of its own (never derived from the final name: another
+            # backup to the same name must not be able to remove it), linked into place.
+            mfd, mtmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=final.parent)
+            manifest_tmp = Path(mtmp_name)
+            os.chmod(manifest_tmp, FILE_MODE)
+            with os.fdopen(mfd, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(mtmp, manifest_path(final))
+            _files.publish_file(manifest_tmp, manifest_path(final), final)
             _fsync(final.parent, directory=True)
         except BaseException:
-            for leftover in [tmp, final.parent / f".{final.name}.json.tmp"] + ([final] if published else []):
+            # Only what this call created: its temporary files, and its backup once published.
+            for leftover in [tmp] + ([manifest_tmp] if manifest_tmp else []) + ([final] if published else []):
                 try:
                     os.unlink(leftover)
                 except FileNotFoundError:
