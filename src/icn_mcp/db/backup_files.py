@@ -29,6 +29,8 @@ __all__ = [
     "RestoreResult",
     "backup_dir_for",
     "manifest_path",
+    "check_keep",
+    "backup_target",
     "free_name",
     "publish_file",
     "publish_backup",
@@ -186,6 +188,48 @@ def free_name(directory: Path, prefix: str, suffix: str, moment: datetime) -> tu
         moment += timedelta(microseconds=1)
 
 
+def check_keep(keep: int | None, where: str | os.PathLike[str] | None) -> int:
+    """``keep`` as an integer >= 0 (None: 0, keep all); BackupError naming ``where`` else."""
+    keep = keep or 0
+    if keep < 0:
+        raise BackupError(str(where or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
+    return keep
+
+
+def backup_target(
+    path: str | os.PathLike[str] | None, directory: Path | None, prefix: str, suffix: str, moment: datetime
+) -> tuple[Path, datetime | None]:
+    """Where a backup goes, and the time in its name when the name is ours to choose
+    (None: the caller named the file, which is then never renamed).
+
+    ``path`` an existing directory, or ending in ``/`` (a directory to be created,
+    never a file named like it): a timestamped name in it. ``path`` a file name: that
+    name, refused if it or its manifest exists. No ``path``: a timestamped name in
+    ``directory`` (the caller's default; neither: BackupError).
+    """
+    if path is None:
+        if directory is None:
+            raise BackupError(
+                "-", "no PATH and no backup directory given", hint="give a file or directory, or set MCP_BACKUP_DIR"
+            )
+        return free_name(Path(os.path.abspath(directory)), prefix, suffix, moment)
+    raw = os.fspath(path)
+    target = Path(os.path.abspath(raw))
+    if target.is_dir():
+        return free_name(target, prefix, suffix, moment)
+    if raw.endswith((os.sep, os.sep + ".")) or (os.altsep and raw.endswith(os.altsep)):
+        if target.exists():
+            raise BackupError(str(target), "is not a directory, but PATH ends with a slash")
+        return free_name(target, prefix, suffix, moment)
+    if target.exists() or manifest_path(target).exists():
+        raise BackupError(
+            str(target),
+            "the file (or its manifest) already exists",
+            hint="choose a new path, give a directory, or omit PATH for a timestamped name",
+        )
+    return target, None
+
+
 def publish_file(tmp: Path, target: Path, final: Path) -> None:
     """Give ``tmp`` the name ``target``, never replacing a file that is there.
 
@@ -207,7 +251,7 @@ def publish_file(tmp: Path, target: Path, final: Path) -> None:
         os.unlink(tmp)
     except OSError as exc:
         # Published all the same: the temporary name is only a second name of the same
-        # file now, and the next backup's orphan sweep removes it (the file stays).
+        # file now (on SQLite the next backup's orphan sweep removes that name).
         log.warning("could not remove the temporary name %s of %s: %s", tmp, target, exc)
 
 

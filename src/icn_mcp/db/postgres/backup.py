@@ -35,7 +35,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -212,32 +211,14 @@ def create_backup(
     ``keep``: afterwards delete all but the newest ``keep`` backups there (0/None: all).
     Raises :class:`BackupError`; then nothing is left under the final name.
     """
-    keep = keep or 0
-    if keep < 0:
-        raise BackupError(str(path or backup_dir or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
+    keep = _files.check_keep(keep, path or backup_dir)
     started = time.perf_counter()
     moment = utc_now()
-    if path is not None:
-        raw = os.fspath(path)
-        if Path(raw).is_dir():
-            backup_dir, path = raw, None
-        elif raw.endswith((os.sep, os.sep + ".")):
-            # ``DIR/``: a directory, to be created; never a file named DIR (as on SQLite).
-            if Path(raw).exists():
-                raise BackupError(os.path.abspath(raw), "is not a directory, but PATH ends with a slash")
-            backup_dir, path = raw, None
-    if path is None and backup_dir is None:
-        raise BackupError(
-            "-", "no PATH and no backup directory given", hint="give a file or directory, or set MCP_BACKUP_DIR"
-        )
-    name_moment: datetime | None = None
-    if path is not None:
-        final = Path(os.path.abspath(path))
-        if final.exists() or manifest_path(final).exists():
-            raise BackupError(str(final), "a file with that name exists", hint="choose a new path")
-    else:
-        # A name of ours: the next free one if a backup of the same microsecond has it.
-        final, name_moment = _files.free_name(Path(os.path.abspath(backup_dir or ".")), prefix, BACKUP_SUFFIX, moment)
+    # PATH/ or an existing directory: a name of ours in it (the next free one if a
+    # backup of the same microsecond has it); a file name: that, never renamed.
+    final, name_moment = _files.backup_target(
+        path, Path(backup_dir) if backup_dir is not None else None, prefix, BACKUP_SUFFIX, moment
+    )
     make_private_dirs(final.parent)
     conninfo, env = _tool_env(db)
     # Held open (and flock()ed, shared) until this call returns: once published, a

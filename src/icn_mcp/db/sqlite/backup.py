@@ -569,9 +569,7 @@ def create_backup(
     nothing is left under the final name and no temporary file remains.
     """
     check = _check_value(check or DEFAULT_CHECK)
-    keep = keep or 0
-    if keep < 0:
-        raise BackupError(str(path or backup_dir or "-"), f"keep={keep!r} is not valid: expected an integer >= 0")
+    keep = _files.check_keep(keep, path or backup_dir)
 
     started = time.perf_counter()
     moment = utc_now()
@@ -747,28 +745,13 @@ def _final_path(
     moment: datetime,
 ) -> tuple[Path, datetime | None]:
     """Where the backup goes, and the time in its name when this call chose the name
-    (None: the caller named the file)."""
-    if path is not None:
-        raw = os.fspath(path)
-        target = Path(os.path.abspath(raw))
-        if target.is_dir():
-            return _files.free_name(target, prefix, BACKUP_SUFFIX, moment)
-        if raw.endswith((os.sep, os.sep + ".")) or (os.altsep and raw.endswith(os.altsep)):
-            # ``DIR/``: a directory, to be created; never a file named DIR.
-            if target.exists():
-                raise BackupError(str(target), "is not a directory, but PATH ends with a slash")
-            return _files.free_name(target, prefix, BACKUP_SUFFIX, moment)
-        if target.exists() or manifest_path(target).exists():
-            raise BackupError(
-                str(target),
-                "the file (or its manifest) already exists",
-                hint="choose a new path, give a directory, or omit PATH for a timestamped name",
-            )
-        if target == db.path or str(target).startswith(f"{db.path}-"):
-            raise BackupError(str(target), "that is the live database (or one of its files)")
-        return target, None
-    directory = Path(os.path.abspath(backup_dir)) if backup_dir is not None else default_backup_dir(db)
-    return _files.free_name(directory, prefix, BACKUP_SUFFIX, moment)
+    (None: the caller named the file); see :func:`icn_mcp.db.backup_files.backup_target`.
+    Never the live database or one of its files."""
+    directory = Path(backup_dir) if backup_dir is not None else default_backup_dir(db)
+    target, name_moment = _files.backup_target(path, directory, prefix, BACKUP_SUFFIX, moment)
+    if name_moment is None and (target == db.path or str(target).startswith(f"{db.path}-")):
+        raise BackupError(str(target), "that is the live database (or one of its files)")
+    return target, name_moment
 
 
 def _make_directory(directory: Path, final: Path) -> None:
