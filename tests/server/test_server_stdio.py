@@ -38,16 +38,21 @@ def _handshake(client_name: str) -> bytes:
     return _line(initialize) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 
-def _serve_stdio_until_eof(env: dict[str, str], payload: bytes) -> tuple[bytes, bytes]:
-    """``serve --stdio`` given ``payload`` then EOF (communicate() closes stdin right
-    after writing); its stdout and stderr, once it exited cleanly."""
-    proc = subprocess.Popen(
+def _start_stdio(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``icn-mcp serve --stdio`` as a desktop client starts it: all three pipes."""
+    return subprocess.Popen(
         [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _serve_stdio_until_eof(env: dict[str, str], payload: bytes) -> tuple[bytes, bytes]:
+    """``serve --stdio`` given ``payload`` then EOF (communicate() closes stdin right
+    after writing); its stdout and stderr, once it exited cleanly."""
+    proc = _start_stdio(env)
     out, err = proc.communicate(payload, timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     return out, err
@@ -93,13 +98,7 @@ def test_sigterm_answers_the_requests_in_flight_before_exiting(tmp_path: Path) -
     env = server_env(
         tmp_path / "var", MCP_STDIO_AGENT_NAME="desk", MCP_STDIO_AGENT_KIND="ops", MCP_SHUTDOWN_TIMEOUT_S="60"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "icn_mcp", "serve", "--stdio"],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_stdio(env)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(
