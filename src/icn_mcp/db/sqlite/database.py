@@ -614,9 +614,11 @@ class Database(BaseDatabase):
         On return the caller holds both and must release ``_write_lock`` after its
         commit or rollback; on an exception it holds neither.
 
-        Threads of one process write one at a time, queued on a lock that hands over
-        at once (waited for at most ``busy_timeout_ms``, then a busy error as
-        SQLite's own), so SQLite's lock is contended only between processes. There,
+        Threads of one process write one at a time, taking turns at a lock that hands
+        over at once (no first-come-first-served promise; waited for at most
+        ``busy_timeout_ms``, then a busy error as SQLite's own), so SQLite's lock is
+        contended only between processes (and this process's other connections:
+        a restore's, a second Database on the file). There,
         SQLite's busy handler sleeps 1, 2, 5, 10... ms between tries though the
         holder's transaction usually ends within a fraction of a millisecond: with
         several processes writing (``serve --workers N``) those sleeps were most of
